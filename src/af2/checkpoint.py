@@ -1,0 +1,333 @@
+"""Loading and saving AF2 weights: NVIDIA's released layout and our own format.
+
+Released layout (spec section 8)::
+
+    DIR/safe_ckpt/metadata.json            keys = chunk names
+    DIR/safe_ckpt/<chunk>.safetensors      the Flamingo state dict (alias keys included)
+    DIR/clap_ckpt/epoch_*.pt               AF-CLAP two-tower checkpoint (torch pickle)
+
+Our format: ``config.json`` (the AF2Config) + ``model.safetensors`` + the tokenizer files.
+
+Every load is strict: each missing, unexpected, mis-shaped or inconsistent key is reported with
+the file it came from. The official code loads non-strictly and silently drops keys.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from af2.config import AF2Config, config_from_dict, config_to_dict
+from af2.model.af2 import AF2Model
+from af2.model.htsat import OFFICIAL_CLAP_PREFIX as CLAP_PREFIX, clap_state_dict_from_official
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as it is; the message names the file and the keys."""
+
+
+# Official Flamingo key prefix → ours. Both CLAP namings exist: the HF inference code calls the
+# tower `nvclap`, the training code `afclap`.
+_PREFIXES = (
+    ("clap.nvclap.", "audio_encoder."),
+    ("clap.afclap.", "audio_encoder."),
+    ("audio_transformer_clap.", "audio_transformer."),
+    ("lang_encoder.model.layers.", "lm.model.layers."),
+    ("lang_encoder.", "lm."),
+)
+_LAYER_PART = re.compile(r"^lm\.model\.layers\.(\d+)\.gated_cross_attn_layer_sound\.")
+# Second registrations of the same tensors in the official module; they must equal the primary.
+_ALIASES = (
+    (re.compile(r"^lang_encoder\.old_decoder_blocks\.(\d+)\."), r"lang_encoder.model.layers.\1.decoder_layer."),
+    (re.compile(r"^lang_encoder\.gated_cross_attn_layers_sound\.(\d+)\."),
+     r"lang_encoder.model.layers.\1.gated_cross_attn_layer_sound."),
+)
+_TIED = ("lang_encoder.lm_head.weight", "lang_encoder.model.embed_tokens.weight")
+
+
+def official_to_ours(key: str) -> str:
+    """Map one primary (non-alias) official key to our module's name for it."""
+    for old, new in _PREFIXES:
+        if key.startswith(old):
+            key = new + key[len(old):]
+            break
+    else:
+        raise KeyError(key)
+    return _LAYER_PART.sub(r"lm.model.layers.\1.xattn.", key)
+
+
+def ours_to_official(key: str) -> str:
+    """Inverse of ``official_to_ours`` (HTSAT keys use the HF code's `clap.nvclap.` naming)."""
+    key = re.sub(r"^lm\.model\.layers\.(\d+)\.xattn\.", r"lm.model.layers.\1.gated_cross_attn_layer_sound.", key)
+    for new, old in (("audio_encoder.", "clap.nvclap."), ("audio_transformer.", "audio_transformer_clap."),
+                     ("lm.", "lang_encoder.")):
+        if key.startswith(new):
+            return old + key[len(new):]
+    raise KeyError(key)
+
+
+def alias_target(key: str) -> str | None:
+    """The primary key an official alias key duplicates, or None if ``key`` is primary."""
+    for pattern, repl in _ALIASES:
+        if pattern.match(key):
+            return pattern.sub(repl, key)
+    return _TIED[1] if key == _TIED[0] else None
+
+
+def read_official_chunks(ckpt_dir: str | Path) -> dict[str, torch.Tensor]:
+    """Merge every chunk listed by ``safe_ckpt/metadata.json`` into one state dict."""
+    safe = Path(ckpt_dir) / "safe_ckpt"
+    meta_path = safe / "metadata.json"
+    if not meta_path.is_file():
+        raise CheckpointError(f"{meta_path}: not found; an official AF2 checkpoint folder holds safe_ckpt/metadata.json "
+                              "(download it with `huggingface-cli download nvidia/audio-flamingo-2-0.5B --local-dir DIR`)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict) or not meta:
+        raise CheckpointError(f"{meta_path}: expected a non-empty JSON object whose keys are chunk names")
+    state: dict[str, torch.Tensor] = {}
+    for chunk in meta:
+        path = safe / f"{chunk}.safetensors"
+        if not path.is_file():
+            raise CheckpointError(f"{path}: chunk {chunk!r} listed in {meta_path.name} is missing; re-download it")
+        try:
+            part = load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{path}: unreadable safetensors file ({exc}); re-download it") from exc
+        overlap = state.keys() & part.keys()
+        if overlap:
+            raise CheckpointError(f"{path}: keys also present in an earlier chunk: {sorted(overlap)[:5]}")
+        state.update(part)
+    return state
+
+
+def read_official_clap(ckpt_dir: str | Path) -> tuple[dict[str, torch.Tensor], Path] | None:
+    """The HTSAT weights of ``clap_ckpt/epoch_*.pt`` (latest epoch), read with weights_only=True."""
+    files = sorted((Path(ckpt_dir) / "clap_ckpt").glob("epoch_*.pt"),
+                   key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
+    if not files:
+        return None
+    path = files[-1]
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: refused to unpickle: it holds objects other than tensors and plain "
+                              f"containers, which could run code ({str(exc).splitlines()[0]})") from exc
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"{path}: unreadable torch checkpoint ({exc})") from exc
+    if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: expected a dict with a 'state_dict' entry (an AF-CLAP training checkpoint)")
+    kept, _ignored = clap_state_dict_from_official(obj["state_dict"])
+    return kept, path
+
+
+def convert_official_state_dict(official: dict[str, torch.Tensor], model: AF2Model, *, source: str,
+                                clap: dict[str, torch.Tensor] | None = None,
+                                clap_source: str = "clap_ckpt") -> dict[str, torch.Tensor]:
+    """Map an official Flamingo state dict onto ``model``'s keys, strictly.
+
+    Alias keys must equal their primary; HTSAT keys absent from the Flamingo dict are taken from
+    ``clap`` (the official load order: CLAP checkpoint first, Flamingo chunks win). Raises
+    CheckpointError listing every missing, unexpected or mis-shaped key.
+    """
+    expected = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    unexpected, mismatched, alias_errors = [], [], []
+    for key, value in official.items():
+        target = alias_target(key)
+        if target is not None:
+            if target not in official:
+                unexpected.append(f"{key} (alias of absent {target})")
+            elif official[target].shape != value.shape or not torch.equal(official[target], value):
+                alias_errors.append(f"{key} differs from {target}")
+            continue
+        try:
+            ours = official_to_ours(key)
+        except KeyError:
+            unexpected.append(key)
+            continue
+        if ours not in expected:
+            unexpected.append(key)
+        elif expected[ours].shape != value.shape:
+            mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(expected[ours].shape)}")
+        else:
+            out[ours] = value
+    for key, value in (clap or {}).items():
+        ours = "audio_encoder." + key
+        if ours in out:
+            continue
+        if ours not in expected:
+            unexpected.append(f"{clap_source}:{CLAP_PREFIX}{key}")
+        elif expected[ours].shape != value.shape:
+            mismatched.append(f"{clap_source}:{key}: file {tuple(value.shape)} vs model {tuple(expected[ours].shape)}")
+        else:
+            out[ours] = value
+    tied = _tied_keys(model)
+    missing = [k for k in expected if k not in out and k not in tied]
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched),
+                        ("inconsistent alias", alias_errors)):
+        if keys:
+            problems.append(f"{len(keys)} {label}: " + ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else ""))
+    if problems:
+        raise CheckpointError(f"{source}: does not match the model: " + "; ".join(problems))
+    return out
+
+
+def _tied_keys(model: torch.nn.Module) -> dict[str, str]:
+    """State-dict keys that share storage with an earlier key (the tied lm_head) → that key."""
+    seen: dict[tuple, str] = {}
+    tied: dict[str, str] = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        if tensor.device.type == "meta" or not tensor.numel():
+            continue
+        ptr = (tensor.data_ptr(), tuple(tensor.shape))
+        if ptr in seen:
+            tied[key] = seen[ptr]
+        else:
+            seen[ptr] = key
+    lm = getattr(model, "lm", None)
+    if lm is not None and lm.config.tie_word_embeddings:
+        tied["lm.lm_head.weight"] = "lm.model.embed_tokens.weight"
+    return tied
+
+
+def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)``; tied keys are filled from their primary; errors name the source."""
+    state = dict(state)
+    for key, primary in _tied_keys(model).items():
+        if key not in state and primary in state:
+            state[key] = state[primary]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{source}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# our format
+
+
+def save_pretrained(model: AF2Model, out_dir: str | Path, tokenizer=None) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (+ tokenizer) to ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tied = _tied_keys(model)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in tied}
+    tmp = out / "model.safetensors.tmp"
+    save_file(state, str(tmp), metadata={"format": "pt", "af2": "1"})
+    tmp.replace(out / "model.safetensors")
+    (out / "config.json").write_text(json.dumps({"af2_version": 1, **config_to_dict(model.cfg)}, indent=1))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+    return out
+
+
+def read_config(model_dir: str | Path) -> AF2Config:
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found; expected a folder written by af2 (save_pretrained or `af2 convert`)")
+    data = json.loads(path.read_text())
+    data.pop("af2_version", None)
+    return config_from_dict(AF2Config, data)
+
+
+def load_pretrained_weights(model: AF2Model, model_dir: str | Path) -> None:
+    path = Path(model_dir) / "model.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from exc
+    expected = model.state_dict()
+    bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+           for k, v in state.items() if k in expected and expected[k].shape != v.shape]
+    if bad:
+        raise CheckpointError(f"{path}: wrong shapes: {bad[:8]}")
+    load_state_dict_strict(model, state, str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# official layout → model
+
+
+def load_tokenizer(path: str | Path):
+    """A base tokenizer from a local folder or a hub id (offline when HF_HUB_OFFLINE=1)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"cannot load the tokenizer from {path!s} ({str(exc).splitlines()[0]}). Point --base-lm at a local "
+            "Qwen2.5 folder (config.json + tokenizer files) or download it: "
+            "`huggingface-cli download Qwen/Qwen2.5-0.5B --local-dir DIR`") from exc
+
+
+def read_lm_config(path: str | Path) -> dict:
+    """The base LM's HF config dict, from a config.json file, a folder holding one, or a hub id."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "config.json"
+    if p.is_file():
+        return json.loads(p.read_text())
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(path)).to_dict()
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"cannot find the base LM config at {path!s} ({str(exc).splitlines()[0]}); pass a local folder "
+            "holding the Qwen2.5 config.json, or download it with `huggingface-cli download Qwen/Qwen2.5-0.5B`") from exc
+
+
+def official_config(ckpt_dir: str | Path, base_lm: str | Path | None, vocab_size: int,
+                    base: AF2Config | None = None) -> AF2Config:
+    """AF2Config for an official checkpoint: released architecture + the base LM's config."""
+    import dataclasses
+
+    ckpt = Path(ckpt_dir)
+    source = ckpt / "lm_config.json" if (ckpt / "lm_config.json").is_file() else base_lm
+    if source is None:
+        raise CheckpointError(f"{ckpt}: no lm_config.json inside; pass the base LM (e.g. --base-lm Qwen/Qwen2.5-0.5B "
+                              "or a local folder) so its config and tokenizer can be read")
+    lm = {k: v for k, v in read_lm_config(source).items() if not k.startswith("_") and k not in
+          ("torch_dtype", "dtype", "transformers_version", "use_cache")}
+    return dataclasses.replace(base or AF2Config(), lm=lm, vocab_size=vocab_size)
+
+
+def load_official(ckpt_dir: str | Path, *, base_lm: str | Path | None = None, cfg: AF2Config | None = None,
+                  dtype: torch.dtype = torch.float32):
+    """Build an AF2 model from NVIDIA's released layout; return (model, tokenizer, SpecialTokens).
+
+    ``base_lm``: the Qwen2.5 base (local folder or hub id) for its config and tokenizer when the
+    checkpoint folder has no ``lm_config.json`` / ``tokenizer/``. ``cfg`` (optional) overrides
+    the architecture (HTSAT size, window limits...); its ``lm``/``vocab_size`` are filled here.
+    """
+    from af2.tokens import add_special_tokens
+
+    ckpt = Path(ckpt_dir)
+    if not ckpt.is_dir():
+        raise CheckpointError(f"{ckpt}: not a folder; expected an official AF2 checkpoint folder (safe_ckpt/, clap_ckpt/)")
+    tok_source = ckpt / "tokenizer" if (ckpt / "tokenizer").is_dir() else base_lm
+    if tok_source is None:
+        raise CheckpointError(f"{ckpt}: no tokenizer/ inside; pass the base LM (--base-lm) for its tokenizer")
+    tokenizer = load_tokenizer(tok_source)
+    special = add_special_tokens(tokenizer, (cfg or AF2Config()).tokens)
+    cfg = official_config(ckpt, base_lm, len(tokenizer), cfg)
+    official = read_official_chunks(ckpt)
+    clap = read_official_clap(ckpt)
+    model = AF2Model(cfg)
+    state = convert_official_state_dict(official, model, source=str(ckpt / "safe_ckpt"),
+                                        clap=clap[0] if clap else None, clap_source=str(clap[1]) if clap else "")
+    load_state_dict_strict(model, state, str(ckpt))
+    return model.to(dtype).eval(), tokenizer, special

@@ -1,0 +1,57 @@
+"""Model commands: ``af2 check-parity`` and ``af2 convert``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check-parity", help="compare against a golden fixture computed by the official code",
+                       description="Load a golden fixture (config.json, cases.json, checkpoint/, audio/, "
+                                   "expected.safetensors), run every case and the batch, print each tensor's "
+                                   "error against the fixture's tolerances; exit 0 only if all pass.")
+    p.add_argument("fixture", type=Path, help="fixture folder, e.g. ../shared/fixtures/af2-golden-a")
+    p.set_defaults(func=_check_parity)
+
+    p = sub.add_parser("convert", help="convert an official AF2 checkpoint folder to af2's format",
+                       description="Read NVIDIA's released layout (safe_ckpt/ + clap_ckpt/) plus the base LM's "
+                                   "config and tokenizer, check every key, write config.json + model.safetensors "
+                                   "+ tokenizer to OUT_DIR.")
+    p.add_argument("official_dir", type=Path, help="folder holding safe_ckpt/ and clap_ckpt/")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--base-lm", help="Qwen2.5 base LM (local folder or hub id) for its config and tokenizer, "
+                                      "when OFFICIAL_DIR has no lm_config.json/tokenizer/ "
+                                      "(e.g. Qwen/Qwen2.5-0.5B for audio-flamingo-2-0.5B)")
+    p.add_argument("--max-windows", type=int, default=None,
+                   help="audio window limit stored in the converted config (default 30 = 5 minutes)")
+    p.set_defaults(func=_convert)
+
+
+def _check_parity(args: argparse.Namespace) -> int:
+    import torch
+
+    from af2.parity import run_parity
+
+    torch.manual_seed(0)
+    checks = run_parity(args.fixture)
+    failed = [c for c in checks if not c.passed]
+    print(f"\n{len(checks) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from af2.checkpoint import load_official, save_pretrained
+    from af2.config import AF2Config, AudioConfig
+
+    cfg = AF2Config()
+    if args.max_windows is not None:
+        cfg = dataclasses.replace(cfg, audio=dataclasses.replace(AudioConfig(), max_windows=args.max_windows))
+    model, tokenizer, _ = load_official(args.official_dir, base_lm=args.base_lm, cfg=cfg)
+    out = save_pretrained(model, args.out_dir, tokenizer)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote {out} ({n:,} parameters)", file=sys.stderr)
+    return 0

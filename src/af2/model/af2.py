@@ -1,0 +1,113 @@
+"""Audio Flamingo 2: AF-CLAP over 10-s windows → transformation layers → gated cross-attention
+before the decoder layers of a frozen causal LM (spec sections 1-5). Pure: no I/O, no devices.
+
+Shapes: B batch, W windows, S samples per window (160,000), N = W·64 audio tokens, T text tokens,
+Da audio width (2048 for HTSAT-large), D LM width.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from af2.audio import log_mel
+from af2.config import AF2Config
+from af2.model.audio_transformer import AudioTransformer
+from af2.model.htsat import HTSAT
+from af2.model.xattn import AudioContext, GatedCrossAttentionBlock, XAttnDecoderLayer
+
+TOKENS_PER_WINDOW = 64
+
+
+def build_lm(cfg: AF2Config) -> PreTrainedModel:
+    """The base causal LM from its config dict, randomly initialised, vocabulary resized to AF2's.
+
+    Qwen2 and Llama-family configs work (anything whose decoder layers live at ``model.layers``).
+    """
+    lm_cfg = dict(cfg.lm)
+    model_type = lm_cfg.pop("model_type", None)
+    if model_type is None:
+        raise ValueError("AF2Config.lm needs a 'model_type' (e.g. 'qwen2' or 'llama')")
+    lm_cfg.pop("architectures", None)
+    hf_config = AutoConfig.for_model(model_type, **lm_cfg)
+    hf_config._attn_implementation = "sdpa"
+    lm = AutoModelForCausalLM.from_config(hf_config)
+    lm.resize_token_embeddings(cfg.vocab_size, mean_resizing=False)
+    return lm
+
+
+class AF2Model(nn.Module):
+    def __init__(self, cfg: AF2Config, lm: PreTrainedModel | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.audio_encoder = HTSAT(cfg.htsat)
+        self.audio_transformer = AudioTransformer(cfg.audio_dim, cfg.audio_transformer)
+        self.lm = lm if lm is not None else build_lm(cfg)
+        layers = self.lm.model.layers
+        dim = self.lm.config.hidden_size
+        every = cfg.xattn.every_n_layers
+        for i in range(len(layers)):
+            block = GatedCrossAttentionBlock(dim, cfg.audio_dim, cfg.xattn) if (i + 1) % every == 0 else None
+            layers[i] = XAttnDecoderLayer(layers[i], block, i)
+
+    @property
+    def decoder_layers(self) -> list[XAttnDecoderLayer]:
+        return list(self.lm.model.layers)
+
+    # ----------------------------------------------------------------------------------------
+    # audio
+
+    def encode_windows(self, windows: torch.Tensor, window_mask: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """windows: (B, W, S) waveforms, window_mask: (B, W) → CLAP tokens (B, W·64, Da).
+
+        Only real windows go through the encoder, all samples' windows in one batched call (or in
+        chunks of ``chunk`` windows to bound memory). Padded windows get zeros: the official code
+        encodes their silence, but every consumer masks them, so the result is the same.
+        """
+        B, W, S = windows.shape
+        real = window_mask.bool().reshape(B * W)
+        flat = windows.reshape(B * W, S)[real]
+        if chunk is None or chunk <= 0:
+            chunk = max(flat.shape[0], 1)
+        pieces = [self.audio_encoder(log_mel(flat[i:i + chunk], self.cfg.audio)) for i in range(0, flat.shape[0], chunk)]
+        encoded = torch.cat(pieces) if pieces else flat.new_zeros(0, TOKENS_PER_WINDOW, self.cfg.audio_dim)
+        tokens = encoded.new_zeros(B * W, TOKENS_PER_WINDOW, self.cfg.audio_dim)
+        tokens[real] = encoded
+        return tokens.view(B, W * TOKENS_PER_WINDOW, self.cfg.audio_dim)
+
+    def encode_audio(self, windows: torch.Tensor, window_mask: torch.Tensor, *, cache_kv: bool = False,
+                     chunk: int | None = None) -> AudioContext:
+        """(B, W, S) windows + (B, W) mask → the AudioContext every cross-attention block reads.
+
+        With ``cache_kv`` every block's keys and values over the audio are computed here, once,
+        instead of at every forward (the official code recomputes them at every decoding step).
+        """
+        if (window_mask.bool().sum(dim=1) == 0).any():
+            raise ValueError("every batch item needs at least one real audio window (window_mask all zero)")
+        mask = window_mask.bool().repeat_interleave(TOKENS_PER_WINDOW, dim=1)  # (B, N)
+        features = self.audio_transformer(self.encode_windows(windows, window_mask, chunk), mask)
+        kv = None
+        if cache_kv:
+            kv = tuple(None if layer.xattn is None else layer.xattn.attn.keys_values(features)
+                       for layer in self.decoder_layers)
+        return AudioContext(features, mask, kv)
+
+    # ----------------------------------------------------------------------------------------
+    # language model
+
+    def forward(self, windows: torch.Tensor | None = None, window_mask: torch.Tensor | None = None,
+                input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, *, audio: AudioContext | None = None, **lm_kwargs):
+        """Teacher-forced (or one decoding step's) forward → HF ``CausalLMOutputWithPast``.
+
+        Pass either ``windows`` + ``window_mask`` or a precomputed ``audio`` context. Extra
+        keyword arguments (``cache``, ``use_cache``, ``position_ids``, ``logits_to_keep``) go to
+        the LM unchanged.
+        """
+        if audio is None:
+            if windows is None or window_mask is None:
+                raise ValueError("pass windows and window_mask, or a precomputed audio context")
+            audio = self.encode_audio(windows, window_mask)
+        return self.lm(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                       audio_context=audio, **lm_kwargs)

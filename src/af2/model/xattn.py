@@ -1,0 +1,109 @@
+"""Gated cross-attention (XATTN-Dense), inserted before decoder layers by composition (spec 4).
+
+Audio reaches the layers as an explicit ``AudioContext`` argument that flows through the Hugging
+Face model's ``**kwargs``; nothing is stored on the modules. The context can carry every layer's
+cross-attention keys and values, computed once per request, so decoding steps reuse them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from af2.config import XAttnConfig
+
+
+@dataclass(frozen=True)
+class AudioContext:
+    """Audio seen by the cross-attention blocks.
+
+    features: (B, N, Da) audio transformer output; mask: (B, N) bool, True = real audio token;
+    kv: optional per-layer (K, V), each (B, heads, N, dim_head), indexed by decoder layer (None
+    for layers without a block).
+    """
+
+    features: torch.Tensor
+    mask: torch.Tensor
+    kv: tuple[tuple[torch.Tensor, torch.Tensor] | None, ...] | None = None
+
+    def select(self, index: torch.Tensor) -> AudioContext:
+        """The context of batch rows ``index`` (used when a batch shrinks or repeats)."""
+        kv = None if self.kv is None else tuple(None if p is None else (p[0][index], p[1][index]) for p in self.kv)
+        return AudioContext(self.features[index], self.mask[index], kv)
+
+
+class MaskedCrossAttention(nn.Module):
+    def __init__(self, dim: int, dim_audio: int, cfg: XAttnConfig):
+        super().__init__()
+        inner = cfg.heads * cfg.dim_head
+        self.heads, self.dim_head = cfg.heads, cfg.dim_head
+        self.norm = nn.LayerNorm(dim, eps=cfg.layernorm_eps)
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim_audio, inner * 2, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=False)
+
+    def keys_values(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """audio: (B, N, Da) → K, V each (B, heads, N, dim_head)."""
+        B, N, _ = audio.shape
+        k, v = self.to_kv(audio).chunk(2, dim=-1)
+        return tuple(t.view(B, N, self.heads, self.dim_head).transpose(1, 2) for t in (k, v))
+
+    def forward(self, x: torch.Tensor, audio_mask: torch.Tensor,
+                kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """x: (B, T, D) text states → (B, T, D). Every text token sees every real audio token."""
+        B, T, _ = x.shape
+        q = self.to_q(self.norm(x)).view(B, T, self.heads, self.dim_head).transpose(1, 2)
+        k, v = kv
+        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=audio_mask[:, None, None, :])
+        return self.to_out(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class GatedCrossAttentionBlock(nn.Module):
+    """x ← x + tanh(g_attn)·attn(x, audio); x ← x + tanh(g_ff)·ff(x). Gates start at 0."""
+
+    def __init__(self, dim: int, dim_audio: int, cfg: XAttnConfig):
+        super().__init__()
+        self.attn = MaskedCrossAttention(dim, dim_audio, cfg)
+        self.attn_gate = nn.Parameter(torch.zeros(1))
+        self.ff = nn.Sequential(
+            nn.LayerNorm(dim, eps=cfg.layernorm_eps),
+            nn.Linear(dim, dim * cfg.ff_mult, bias=False),
+            nn.GELU(),
+            nn.Linear(dim * cfg.ff_mult, dim, bias=False),
+        )
+        self.ff_gate = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, audio_mask: torch.Tensor,
+                kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x = x + self.attn_gate.tanh() * self.attn(x, audio_mask, kv)
+        return x + self.ff_gate.tanh() * self.ff(x)
+
+
+class XAttnDecoderLayer(nn.Module):
+    """A decoder layer of the base LM with an optional gated cross-attention block before it.
+
+    Replaces the LM's layer in its layer list; the wrapped layer is untouched, so the plain LM's
+    behaviour is recovered exactly when there is no audio or the gates are zero.
+    """
+
+    def __init__(self, decoder_layer: nn.Module, xattn: GatedCrossAttentionBlock | None, layer_idx: int):
+        super().__init__()
+        self.decoder_layer = decoder_layer
+        self.xattn = xattn
+        self.layer_idx = layer_idx
+
+    @property
+    def attention_type(self) -> str:  # read by some HF models to pick the layer's mask
+        return getattr(self.decoder_layer, "attention_type", "full_attention")
+
+    def forward(self, hidden_states: torch.Tensor, *args, audio_context: AudioContext | None = None, **kwargs):
+        if self.xattn is not None and audio_context is not None:
+            if audio_context.kv is not None:
+                kv = audio_context.kv[self.layer_idx]
+            else:
+                kv = self.xattn.attn.keys_values(audio_context.features)
+            hidden_states = self.xattn(hidden_states, audio_context.mask, kv)
+        return self.decoder_layer(hidden_states, *args, **kwargs)

@@ -1,0 +1,381 @@
+"""The AF2 audio front end (spec section 1): decode, normalise, window, log-mel.
+
+Pure functions in the style of whisper's ``audio.py``. The order of operations reproduces the
+official ``read_audio`` / ``load_audio`` / ``CLAP.get_mel`` bit for bit where the golden fixture
+checks it (windows) and to ~1e-4 dB where it does not need to (mel):
+
+    read at most max_seconds -> /peak if peak > 1 -> resample to 16 kHz (soxr HQ)
+    -> first channel -> peak-normalise -> int16 round trip -> 10-s windows -> log-mel
+
+Every float step before the windows are cast to float32 runs in float64, as numpy does in the
+official code; doing them in float32 puts some samples 1 LSB off.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Sequence, Union
+
+import av
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+
+from af2.config import AudioConfig
+
+SAMPLE_RATE = 16_000  # hard-coded by the official code (compute_sliding_window, inference.py)
+INT16_MAX = 32767  # np.iinfo(np.int16).max: the official round trip multiplies and divides by it
+RESAMPLE_QUALITY = "HQ"  # librosa 0.11 default res_type 'soxr_hq'
+# A decode that yields fewer frames than the header promised, by more than this, is a truncated file.
+_SHORTFALL_TOLERANCE_S = 0.1
+# soundfile cannot read these; FFmpeg (PyAV) can. Anything else tries soundfile first.
+_FFMPEG_SUFFIXES = frozenset({".m4a", ".aac", ".mp4", ".m4b", ".3gp", ".webm", ".wma", ".mka", ".mkv", ".amr"})
+
+Channel = Literal["first", "mean"]
+AudioSource = Union[str, Path, bytes, tuple[np.ndarray, int]]
+
+
+class AudioError(ValueError):
+    """Audio that cannot be used: the message names the source and what to do about it."""
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    """Normalised mono audio at ``sample_rate`` plus what was known about the original.
+
+    ``samples`` are float64 multiples of 1/32767 (the official int16 round trip), shape (T,).
+    ``duration_s`` is the whole original's length (from the header when only a prefix was read;
+    None if the container does not say); ``kept_s`` is how much of it was read and
+    ``truncated_s`` how much was left unread (None when ``duration_s`` is unknown).
+    """
+
+    samples: np.ndarray
+    sample_rate: int
+    source_sample_rate: int
+    channels: int
+    duration_s: float | None
+    kept_s: float
+    truncated_s: float | None
+    source: str
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.samples.shape[0])
+
+
+def max_read_seconds(cfg: AudioConfig) -> float:
+    """Seconds the official loader reads: max_windows * (window - overlap) + overlap."""
+    return cfg.max_windows * (cfg.window_seconds - cfg.window_overlap_seconds) + cfg.window_overlap_seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding
+
+
+def _describe(source: AudioSource) -> str:
+    if isinstance(source, (str, Path)):
+        return str(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    return "<array>"
+
+
+def _max_frames(max_seconds: float | None, sample_rate: int) -> int | None:
+    if max_seconds is None:
+        return None
+    if not max_seconds > 0:
+        raise AudioError(f"max_seconds must be positive, got {max_seconds!r}")
+    return int(max_seconds * sample_rate)  # official: int((start + duration) * sr) with start = 0
+
+
+def _int_to_float(data: np.ndarray) -> np.ndarray:
+    """Scale integer PCM to [-1, 1) as libsndfile does; floats pass through as float64."""
+    if data.dtype.kind == "f":
+        return data.astype(np.float64, copy=False)
+    if data.dtype.kind == "u":  # unsigned 8-bit PCM is offset binary
+        half = float(2 ** (8 * data.dtype.itemsize - 1))
+        return (data.astype(np.float64) - half) / half
+    if data.dtype.kind == "i":
+        return data.astype(np.float64) / float(2 ** (8 * data.dtype.itemsize - 1))
+    raise AudioError(f"unsupported sample dtype {data.dtype}; pass float or integer PCM")
+
+
+def _read_array(array: np.ndarray, sample_rate: int, max_seconds: float | None, name: str):
+    data = np.asarray(array)
+    if data.ndim == 1:
+        data = data[:, None]
+    if data.ndim != 2:
+        raise AudioError(f"{name}: audio array must be (frames,) or (frames, channels), got shape {data.shape}")
+    if data.shape[1] > 16 and data.shape[0] <= 16:
+        raise AudioError(f"{name}: array of shape {data.shape} looks like (channels, frames); pass array.T")
+    if not (isinstance(sample_rate, (int, np.integer)) and sample_rate > 0):
+        raise AudioError(f"{name}: sample rate must be a positive int, got {sample_rate!r}")
+    total = data.shape[0]
+    limit = _max_frames(max_seconds, int(sample_rate))
+    data = _int_to_float(data[:limit] if limit is not None else data)
+    return data, int(sample_rate), total
+
+
+def _read_soundfile(fileobj, max_seconds: float | None, name: str):
+    with sf.SoundFile(fileobj) as f:  # an open failure lets the caller try FFmpeg instead
+        sample_rate, total = f.samplerate, f.frames
+        limit = _max_frames(max_seconds, sample_rate)
+        wanted = total if limit is None else min(limit, total)
+        try:
+            data = f.read(frames=wanted, dtype="float64", always_2d=True)
+        except sf.LibsndfileError as exc:
+            raise AudioError(f"{name}: decoding failed part-way ({exc}); the file is truncated or corrupt, "
+                             "re-export or re-download it") from exc
+    if wanted - data.shape[0] > max(_SHORTFALL_TOLERANCE_S * sample_rate, 0.01 * wanted):
+        raise AudioError(f"{name}: the file is truncated: its header promises {wanted / sample_rate:.2f} s but only "
+                         f"{data.shape[0] / sample_rate:.2f} s decode; re-export or re-download it")
+    return data, sample_rate, total
+
+
+def _frame_to_array(frame: av.AudioFrame) -> np.ndarray:
+    """One decoded frame as float64 (samples, channels)."""
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    data = data.T if frame.format.is_planar else data.reshape(-1, channels)
+    return _int_to_float(data)
+
+
+def _read_ffmpeg(fileobj, max_seconds: float | None, name: str):
+    with av.open(fileobj, mode="r") as container:
+        if not container.streams.audio:
+            raise RuntimeError("it holds no audio stream")
+        stream = container.streams.audio[0]
+        sample_rate = stream.codec_context.sample_rate or stream.rate
+        if not sample_rate:
+            raise RuntimeError("its audio stream has no sample rate")
+        limit = _max_frames(max_seconds, sample_rate)
+        chunks, count, stopped_early = [], 0, False
+        for frame in container.decode(stream):
+            chunks.append(_frame_to_array(frame))
+            count += frame.samples
+            if limit is not None and count >= limit:  # do not decode a long file to the end
+                stopped_early = True
+                break
+        if stream.duration is not None and stream.time_base is not None:
+            header_s = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            header_s = container.duration / av.time_base
+        else:
+            header_s = None
+    if not chunks:
+        return np.zeros((0, 1)), sample_rate, 0
+    data = np.concatenate(chunks)[:limit]
+    if not stopped_early or header_s is None:
+        total = count if not stopped_early else None
+    else:
+        total = max(int(round(header_s * sample_rate)), data.shape[0])
+    return data, sample_rate, total
+
+
+def _decode(source: AudioSource, max_seconds: float | None, name: str):
+    """(data (N, C) float64, sample rate, total frames of the original or None)."""
+    if isinstance(source, tuple):
+        if len(source) != 2:
+            raise AudioError(f"{name}: an array source is a tuple (samples, sample_rate)")
+        return _read_array(source[0], source[1], max_seconds, name)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        payload, suffix = bytes(source), ""
+        if not payload:
+            raise AudioError(f"{name}: no audio bytes (0 bytes)")
+    elif isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise AudioError(f"{name}: no such audio file; check the path")
+        if path.stat().st_size == 0:
+            raise AudioError(f"{name}: the file is empty (0 bytes); re-export or re-download it")
+        payload, suffix = None, path.suffix.lower()
+    else:
+        raise AudioError(f"unsupported audio source of type {type(source).__name__}; "
+                         "pass a path, raw bytes or a (samples, sample_rate) tuple")
+
+    readers = [_read_ffmpeg] if suffix in _FFMPEG_SUFFIXES else [_read_soundfile, _read_ffmpeg]
+    failures = []
+    for reader in readers:
+        fileobj = str(source) if payload is None else io.BytesIO(payload)  # fresh stream per decoder
+        try:
+            return reader(fileobj, max_seconds, name)
+        except AudioError:
+            raise
+        except (sf.LibsndfileError, av.FFmpegError, RuntimeError, EOFError, OSError, ValueError) as exc:
+            failures.append(f"{'soundfile' if reader is _read_soundfile else 'ffmpeg'}: {exc}")
+    raise AudioError(f"{name}: cannot decode audio ({'; '.join(failures)}). The file is corrupt, truncated "
+                     "or in an unsupported codec; convert it to wav/flac (e.g. ffmpeg -i IN -ar 16000 OUT.wav)")
+
+
+def _resample(x: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+    """librosa.resample(res_type='soxr_hq', fix=True) on one channel: soxr, then fix the length."""
+    if source_rate == target_rate:
+        return x
+    y = soxr.resample(x, source_rate, target_rate, quality=RESAMPLE_QUALITY)
+    n = int(np.ceil(x.shape[0] * (float(target_rate) / source_rate)))
+    return y[:n] if y.shape[0] >= n else np.pad(y, (0, n - y.shape[0]))
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    """Official peak normalisation + int16 round trip, in float64, of a mono signal (T,).
+
+    All-positive audio is mapped 2x/|max| - 1, as the official code does. All-zero audio (where the
+    official code divides 0 by 0) is returned as zeros.
+    """
+    lo, hi = x.min(), x.max()
+    if lo == 0 and hi == 0:
+        return np.zeros_like(x, dtype=np.float64)
+    if lo >= 0:
+        x = 2 * x / abs(hi) - 1.0
+    else:
+        x = x / max(abs(hi), abs(lo))
+    return (np.clip(x, -1, 1) * float(INT16_MAX)).astype(np.int16) / float(INT16_MAX)
+
+
+def load_audio(source: AudioSource, *, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None,
+               channel: Channel = "first") -> DecodedAudio:
+    """Decode ``source`` to normalised mono float64 at ``sample_rate`` (spec 1.1).
+
+    source: a path, the bytes of an audio file, or ``(samples, sample_rate)`` with samples shaped
+    (frames,) or (frames, channels). Only the first ``max_seconds`` are read (None: all of it).
+    channel: "first" keeps channel 0 like the official loader does for every format but mp3;
+    "mean" averages the channels like its mp3 (pydub) path.
+    """
+    name = _describe(source)
+    if channel not in ("first", "mean"):
+        raise AudioError(f"channel must be 'first' or 'mean', got {channel!r}")
+    data, source_rate, total = _decode(source, max_seconds, name)
+    if data.shape[0] == 0:
+        raise AudioError(f"{name}: contains no audio samples (0 s); nothing to listen to")
+    if not np.isfinite(data).all():
+        raise AudioError(f"{name}: contains NaN or infinite samples; clean the audio before passing it")
+
+    peak_hi, peak_lo = data.max(), data.min()
+    if peak_hi > 1 or peak_lo < -1:  # official: float files louder than full scale are scaled first
+        data = data / max(abs(peak_hi), abs(peak_lo))
+    mono = data[:, 0] if channel == "first" else data.mean(axis=1)
+    samples = normalize(_resample(mono, source_rate, sample_rate))
+
+    kept_s = data.shape[0] / source_rate
+    duration_s = None if total is None else total / source_rate
+    truncated_s = None if duration_s is None else max(duration_s - kept_s, 0.0)
+    return DecodedAudio(samples=samples, sample_rate=sample_rate, source_sample_rate=source_rate,
+                        channels=int(data.shape[1]), duration_s=duration_s, kept_s=kept_s,
+                        truncated_s=truncated_s, source=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# windowing
+
+
+def num_windows(num_samples: int, cfg: AudioConfig) -> int:
+    """Windows the official loader cuts from ``num_samples`` samples (spec 1.2)."""
+    size, hop = cfg.window_samples, cfg.hop_samples
+    if num_samples <= size:
+        return 1
+    return min(cfg.max_windows, 1 + math.ceil((num_samples - size) / hop))
+
+
+def make_windows(samples: np.ndarray | torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
+    """Cut (T,) audio into zero-padded windows (W, window_samples) float32, W <= cfg.max_windows."""
+    x = torch.as_tensor(samples)
+    if x.ndim != 1 or x.shape[0] == 0:
+        raise ValueError(f"make_windows expects non-empty 1-D audio, got shape {tuple(x.shape)}")
+    if cfg.hop_samples <= 0:
+        raise ValueError(f"window_overlap_seconds ({cfg.window_overlap_seconds}) must be below "
+                         f"window_seconds ({cfg.window_seconds})")
+    size, hop = cfg.window_samples, cfg.hop_samples
+    w = num_windows(x.shape[0], cfg)
+    full = (w - 1) * hop + size
+    # Cast after padding: float64 k/32767 -> float32 is the official (x / 32767.0).astype(float32).
+    padded = torch.zeros(full, dtype=x.dtype)
+    keep = min(full, x.shape[0])
+    padded[:keep] = x[:keep]
+    return padded.unfold(0, size, hop).to(torch.float32).contiguous()  # (W, S)
+
+
+def pad_windows(windows: Sequence[np.ndarray | torch.Tensor], max_windows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack per-clip windows (W_i, S) into (B, Wmax, S) float32 plus a (B, Wmax) mask (1 = real).
+
+    Wmax is the largest W_i; a clip with more than ``max_windows`` windows is an error, since
+    make_windows never produces one.
+    """
+    if len(windows) == 0:
+        raise ValueError("pad_windows needs at least one clip")
+    clips = [torch.as_tensor(w, dtype=torch.float32) for w in windows]
+    for i, clip in enumerate(clips):
+        if clip.ndim != 2 or clip.shape[1] != clips[0].shape[1] or clip.shape[0] == 0:
+            raise ValueError(f"clip {i} has windows of shape {tuple(clip.shape)}; expected (W, "
+                             f"{clips[0].shape[1]}) with W >= 1")
+        if clip.shape[0] > max_windows:
+            raise ValueError(f"clip {i} has {clip.shape[0]} windows, more than max_windows={max_windows}; "
+                             "make its windows with the same AudioConfig.max_windows")
+    lengths = torch.tensor([clip.shape[0] for clip in clips])
+    batch = torch.nn.utils.rnn.pad_sequence(clips, batch_first=True)  # (B, Wmax, S), zero padded
+    mask = (torch.arange(batch.shape[1])[None, :] < lengths[:, None]).to(torch.float32)  # (B, Wmax)
+    return batch, mask
+
+
+# ---------------------------------------------------------------------------------------------
+# log-mel
+
+
+def _hz_to_mel(hz: float) -> float:
+    return 2595.0 * math.log10(1.0 + hz / 700.0)  # HTK
+
+
+@functools.lru_cache(maxsize=16)
+def _mel_filters(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float,
+                 device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """HTK triangular filterbank (n_fft//2+1, n_mels), no area normalisation (torchaudio semantics).
+
+    Built in float32 like torchaudio's default, then cast. Cached: treat the result as read-only.
+    """
+    freqs = torch.linspace(0, sample_rate // 2, n_fft // 2 + 1)
+    mels = torch.linspace(_hz_to_mel(f_min), _hz_to_mel(f_max), n_mels + 2)
+    edges = 700.0 * (10.0 ** (mels / 2595.0) - 1.0)  # (n_mels + 2,) Hz
+    widths = edges[1:] - edges[:-1]
+    slopes = edges[None, :] - freqs[:, None]  # (n_freqs, n_mels + 2)
+    rising = (-1.0 * slopes[:, :-2]) / widths[:-1]
+    falling = slopes[:, 2:] / widths[1:]
+    fb = torch.clamp(torch.minimum(rising, falling), min=0.0)
+    return fb.to(device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _hann(win_length: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.hann_window(win_length, periodic=True, dtype=torch.float32).to(device=device, dtype=dtype)
+
+
+def log_mel(windows: torch.Tensor, cfg: AudioConfig = AudioConfig()) -> torch.Tensor:
+    """Log-mel in dB of audio windows: (..., S) -> (..., frames, n_mels), e.g. (W, 160000) -> (W, 1001, 64).
+
+    torchaudio MelSpectrogram (periodic Hann, centred reflect-padded STFT, power 2, HTK mels, no
+    norm) then AmplitudeToDB(top_db=None) = 10*log10(max(P, amin)). Batched, differentiable;
+    half-precision inputs are computed in float32.
+    """
+    x = windows if windows.dtype in (torch.float32, torch.float64) else windows.float()
+    lead, length = x.shape[:-1], x.shape[-1]
+    spec = torch.stft(x.reshape(-1, length), n_fft=cfg.n_fft, hop_length=cfg.hop_length,
+                      win_length=cfg.win_length, window=_hann(cfg.win_length, x.device, x.dtype),
+                      center=True, pad_mode="reflect", normalized=False, onesided=True, return_complex=True)
+    power = spec.abs().pow(2.0)  # (N, n_freqs, frames)
+    fb = _mel_filters(cfg.sample_rate, cfg.n_fft, cfg.n_mels, float(cfg.f_min), float(cfg.f_max), x.device, x.dtype)
+    mel = torch.matmul(power.transpose(-1, -2), fb)  # (N, frames, n_mels)
+    db = 10.0 * torch.log10(torch.clamp(mel, min=cfg.amin))
+    return db.reshape(*lead, *db.shape[-2:])
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def prepare(source: AudioSource, cfg: AudioConfig = AudioConfig(), *, channel: Channel = "first"
+            ) -> tuple[torch.Tensor, DecodedAudio]:
+    """Load ``source`` and cut it into model-ready windows (W, window_samples) float32."""
+    audio = load_audio(source, sample_rate=cfg.sample_rate, max_seconds=max_read_seconds(cfg), channel=channel)
+    return make_windows(audio.samples, cfg), audio

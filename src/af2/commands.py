@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base-lm", help="Qwen2.5 base LM (local folder or hub id) for its config and tokenizer, "
                                       "when OFFICIAL_DIR has no lm_config.json/tokenizer/ "
                                       "(e.g. Qwen/Qwen2.5-0.5B for audio-flamingo-2-0.5B)")
+    p.add_argument("--config", type=Path, help="YAML overriding the architecture (default: the released AF2 "
+                                                "with HTSAT-large; only needed for non-standard checkpoints)")
     p.add_argument("--max-windows", type=int, default=None,
                    help="audio window limit stored in the converted config (default 30 = 5 minutes)")
     p.set_defaults(func=_convert)
@@ -45,11 +47,11 @@ def _convert(args: argparse.Namespace) -> int:
     import dataclasses
 
     from af2.checkpoint import load_official, save_pretrained
-    from af2.config import AF2Config, AudioConfig
+    from af2.config import AF2Config, load_config_yaml
 
-    cfg = AF2Config()
+    cfg = load_config_yaml(args.config) if args.config else AF2Config()
     if args.max_windows is not None:
-        cfg = dataclasses.replace(cfg, audio=dataclasses.replace(AudioConfig(), max_windows=args.max_windows))
+        cfg = dataclasses.replace(cfg, audio=dataclasses.replace(cfg.audio, max_windows=args.max_windows))
     model, tokenizer, _ = load_official(args.official_dir, base_lm=args.base_lm, cfg=cfg)
     out = save_pretrained(model, args.out_dir, tokenizer)
     n = sum(p.numel() for p in model.parameters())

@@ -70,7 +70,10 @@ class AF2Model(nn.Module):
         flat = windows.reshape(B * W, S)[real]
         if chunk is None or chunk <= 0:
             chunk = max(flat.shape[0], 1)
-        pieces = [self.audio_encoder(log_mel(flat[i:i + chunk], self.cfg.audio)) for i in range(0, flat.shape[0], chunk)]
+        dtype = self.audio_encoder.norm.weight.dtype
+        # The mel is computed in fp32 (the official front end's precision), then cast to the tower's dtype.
+        pieces = [self.audio_encoder(log_mel(flat[i:i + chunk].float(), self.cfg.audio).to(dtype))
+                  for i in range(0, flat.shape[0], chunk)]
         encoded = torch.cat(pieces) if pieces else flat.new_zeros(0, TOKENS_PER_WINDOW, self.cfg.audio_dim)
         tokens = encoded.new_zeros(B * W, TOKENS_PER_WINDOW, self.cfg.audio_dim)
         tokens[real] = encoded

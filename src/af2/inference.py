@@ -1,0 +1,267 @@
+"""Ask questions about audio: ``af2.load(...)`` → ``AF2.ask / ask_batch / stream / caption``.
+
+    import af2
+    model = af2.load("nvidia/audio-flamingo-2-0.5B", device="cuda", dtype="bfloat16")
+    print(model.ask("dog.wav", "What animal is this?").text)
+
+All windows of all batch items go through the audio encoder in one batched pass; every cross-
+attention layer's audio keys and values are computed once per request; decoding uses a KV cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from af2.audio import AudioError, AudioSource, load_audio, make_windows, pad_windows
+from af2.config import AF2Config
+from af2.checkpoint import CheckpointError, load_official, load_pretrained_weights, load_tokenizer, read_config
+from af2.generate import GenerationConfig, left_pad, stream_tokens
+from af2.model.af2 import AF2Model
+from af2.tokens import SpecialTokens, add_special_tokens, clean_answer, inference_prompt, special_token_ids
+
+CAPTION_PROMPT = "Caption the input audio."
+DEFAULT_MODEL = "nvidia/audio-flamingo-2-0.5B"
+# The official release names the Qwen2.5 base of each AF2 size only in its README.
+_BASE_LM = {"0.5B": "Qwen/Qwen2.5-0.5B", "1.5B": "Qwen/Qwen2.5-1.5B", "3B": "Qwen/Qwen2.5-3B"}
+
+
+@dataclass(frozen=True)
+class AudioFacts:
+    source: str
+    duration_s: float | None  # of the whole input, None when the container does not say
+    kept_s: float  # seconds the model heard
+    truncated_s: float | None  # seconds cut by the length limit
+    windows: int  # 10-s windows used
+
+
+@dataclass(frozen=True)
+class Timings:
+    audio_s: float  # decoding + resampling the file(s)
+    encode_s: float  # audio encoder + transformation layers + x-attn keys/values
+    first_token_s: float  # from request start to the first new token
+    decode_s: float  # after the first token
+    new_tokens: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        return (self.new_tokens - 1) / self.decode_s if self.decode_s > 0 and self.new_tokens > 1 else 0.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    question: str
+    audio: AudioFacts
+    timings: Timings
+    finish_reason: str  # "stop" (end of text or a stop string) or "length" (max_new_tokens)
+    token_ids: tuple[int, ...]
+
+
+class AF2:
+    """A loaded AF2 model with its tokenizer: the inference API."""
+
+    def __init__(self, model: AF2Model, tokenizer, special: SpecialTokens, *, device: str | torch.device = "cpu",
+                 max_audio_seconds: float = 300.0, strict_length: bool = False, encoder_chunk: int = 16):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.special = special
+        self.device = torch.device(device)
+        self.strict_length = strict_length
+        self.encoder_chunk = encoder_chunk
+        self.set_max_audio_seconds(max_audio_seconds)
+
+    def set_max_audio_seconds(self, seconds: float) -> None:
+        """Listen to at most ``seconds`` of each input (300 = 5 minutes, AF2's advertised limit)."""
+        if seconds <= 0:
+            raise ValueError(f"max_audio_seconds must be positive, got {seconds}")
+        audio = self.model.cfg.audio
+        windows = max(1, math.ceil(seconds / audio.window_seconds - 1e-9))
+        self.audio_cfg = dataclasses.replace(audio, max_windows=windows)
+        self.max_audio_seconds = float(seconds)
+
+    # ------------------------------------------------------------------------------------------
+
+    def _load(self, source: AudioSource) -> tuple[torch.Tensor, AudioFacts]:
+        decoded = load_audio(source, sample_rate=self.audio_cfg.sample_rate, max_seconds=self.max_audio_seconds)
+        windows = make_windows(decoded.samples, self.audio_cfg)
+        facts = AudioFacts(decoded.source, decoded.duration_s, decoded.kept_s, decoded.truncated_s, windows.shape[0])
+        if decoded.truncated_s:
+            message = (f"{decoded.source}: {decoded.duration_s:.1f} s long; only the first {decoded.kept_s:.1f} s are "
+                       f"used ({decoded.truncated_s:.1f} s truncated; raise max_audio_seconds to hear more)")
+            if self.strict_length:
+                raise AudioError(message + " [strict length]")
+            warnings.warn(message, stacklevel=3)
+        return windows, facts
+
+    def _prompt_ids(self, question: str) -> list[int]:
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("the question is empty; ask something about the audio")
+        ids = self.tokenizer(inference_prompt(question, self.model.cfg.tokens), add_special_tokens=False)["input_ids"]
+        limit = self.model.cfg.tokens.max_tokens
+        if len(ids) > limit:
+            raise ValueError(f"the question is {len(ids)} tokens long; the model takes at most {limit}")
+        return ids
+
+    def _stream(self, audios: Sequence[AudioSource], questions: Sequence[str], gen: GenerationConfig,
+                stop: Sequence[str], want_text: bool = False
+                ) -> Iterator[tuple[list[list[int]], list[str] | None, list[bool], dict]]:
+        """Core loop: yields, per step, every row's token so far, its text and whether it is done."""
+        if len(audios) != len(questions):
+            raise ValueError(f"{len(audios)} audio inputs but {len(questions)} questions")
+        t0 = time.perf_counter()
+        prompts = [self._prompt_ids(q) for q in questions]
+        loaded = [self._load(a) for a in audios]
+        t_audio = time.perf_counter()
+        dtype = next(self.model.parameters()).dtype
+        windows, window_mask = pad_windows([w for w, _ in loaded], self.audio_cfg.max_windows)
+        with torch.inference_mode():
+            audio = self.model.encode_audio(windows.to(self.device), window_mask.to(self.device, dtype), cache_kv=True,
+                                            chunk=self.encoder_chunk)
+        t_enc = time.perf_counter()
+        ids, mask = left_pad(prompts, self.special.pad, self.device)
+        B = len(prompts)
+        tokens: list[list[int]] = [[] for _ in range(B)]
+        done = [False] * B
+        info = {"facts": [f for _, f in loaded], "t0": t0, "audio_s": t_audio - t0, "encode_s": t_enc - t_audio,
+                "first": None, "reason": ["length"] * B}
+        for step, (tok, live) in enumerate(stream_tokens(self.model, audio, ids, mask, gen, (self.special.eos,),
+                                                         self.special.pad)):
+            if info["first"] is None:
+                info["first"] = time.perf_counter()
+            for row in range(B):  # per-row text bookkeeping for stop strings; not tensor work
+                if done[row] or not live[row]:
+                    continue
+                t = int(tok[row])
+                if t == self.special.eos:
+                    done[row], info["reason"][row] = True, "stop"
+                    continue
+                tokens[row].append(t)
+            texts = [self._text(t) for t in tokens] if want_text or stop else None
+            for row in range(B) if stop else ():
+                if not done[row] and any(s in texts[row] for s in stop):
+                    done[row], info["reason"][row] = True, "stop"
+            yield tokens, texts, done, info
+            if all(done):
+                return
+
+    def _text(self, ids: list[int]) -> str:
+        return clean_answer(self.tokenizer.decode(ids, skip_special_tokens=False), self.model.cfg.tokens)
+
+    @staticmethod
+    def _cut(text: str, stop: Sequence[str]) -> str:
+        cuts = [text.index(s) for s in stop if s in text]
+        return text[: min(cuts)].rstrip() if cuts else text
+
+    # ------------------------------------------------------------------------------------------
+
+    def ask_batch(self, audios: Sequence[AudioSource], questions: Sequence[str], *, stop: Sequence[str] = (),
+                  **gen_options) -> list[Answer]:
+        """Answer ``questions[i]`` about ``audios[i]`` for every i, in one batch."""
+        gen = GenerationConfig(**gen_options)
+        last = None
+        for last in self._stream(audios, questions, gen, stop):
+            pass
+        if last is None:
+            return []
+        tokens, _, _, info = last
+        texts = [self._text(t) for t in tokens]
+        end = time.perf_counter()
+        first = info["first"] or end
+        answers = []
+        for row, question in enumerate(questions):
+            timings = Timings(info["audio_s"], info["encode_s"], first - info["t0"], end - first, len(tokens[row]))
+            answers.append(Answer(self._cut(texts[row], stop), question, info["facts"][row], timings,
+                                  info["reason"][row], tuple(tokens[row])))
+        return answers
+
+    def ask(self, audio: AudioSource, question: str, **options) -> Answer:
+        """Answer one question about one audio input (a path, bytes, or ``(samples, rate)``)."""
+        return self.ask_batch([audio], [question], **options)[0]
+
+    def caption(self, audio: AudioSource, **options) -> Answer:
+        return self.ask(audio, CAPTION_PROMPT, **options)
+
+    def stream(self, audio: AudioSource, question: str, *, stop: Sequence[str] = (), **gen_options) -> Iterator[str]:
+        """Yield the answer's text in pieces as it is generated."""
+        sent = ""
+        for _, texts, _, _ in self._stream([audio], [question], GenerationConfig(**gen_options), stop, True):
+            text = self._cut(texts[0], stop)
+            if len(text) > len(sent) and text.startswith(sent):
+                yield text[len(sent):]
+                sent = text
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+
+def _dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; use float32 or bfloat16")
+    return table[dtype]
+
+
+def resolve_model_dir(path_or_id: str | Path) -> Path:
+    """A local folder, or a hub id resolved through the local HF cache (downloads only when online)."""
+    path = Path(path_or_id).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: not a folder; pass a model folder or a hub id")
+        return path
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", str(path_or_id)):
+        raise CheckpointError(f"{path_or_id}: no such folder, and not a hub id (owner/name)")
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    try:
+        return Path(snapshot_download(str(path_or_id), local_files_only=offline))
+    except Exception as exc:  # the hub client raises many types; all mean "not available here"
+        how = ("it is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading; "
+               f"run `huggingface-cli download {path_or_id}` on a machine with internet" if offline
+               else f"download failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+        raise CheckpointError(f"cannot get model {path_or_id}: {how}") from exc
+
+
+def load(path_or_id: str | Path = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
+         dtype: str | torch.dtype = "float32", base_lm: str | Path | None = None, max_audio_seconds: float = 300.0,
+         strict_length: bool = False, config: AF2Config | None = None) -> AF2:
+    """Load an AF2 model: our format (config.json + model.safetensors), NVIDIA's released layout
+    (safe_ckpt/ + clap_ckpt/; the Qwen2.5 base LM comes from ``base_lm`` or is inferred from the
+    id), a local folder or a hub id (honours HF_HUB_OFFLINE). ``config`` overrides the architecture
+    of an official checkpoint (default: the released AF2 with HTSAT-large)."""
+    folder = resolve_model_dir(path_or_id)
+    torch_dtype = _dtype(dtype)
+    if torch.device(device).type == "cpu" and torch_dtype == torch.float16:
+        raise ValueError("float16 has no fast path on CPUs; use bfloat16 or float32")
+    if (folder / "safe_ckpt").is_dir():
+        if base_lm is None and not (folder / "lm_config.json").is_file():
+            size = next((s for s in _BASE_LM if str(path_or_id).endswith(f"-{s}")), "3B")
+            base_lm = _BASE_LM[size]
+        model, tokenizer, special = load_official(folder, base_lm=base_lm, cfg=config)
+    elif (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        cfg = read_config(folder)
+        model = AF2Model(cfg)
+        load_pretrained_weights(model, folder)
+        tokenizer = load_tokenizer(folder)
+        special = special_token_ids(tokenizer, cfg.tokens) if "<SEP>" in tokenizer.get_vocab() else \
+            add_special_tokens(tokenizer, cfg.tokens)
+    else:
+        raise CheckpointError(f"{folder}: neither an af2 model (config.json + model.safetensors) nor an official AF2 "
+                              "checkpoint (safe_ckpt/ + clap_ckpt/); convert one with `af2 convert`")
+    model = model.to(device=device, dtype=torch_dtype)
+    return AF2(model, tokenizer, special, device=device, max_audio_seconds=max_audio_seconds,
+               strict_length=strict_length)

@@ -129,7 +129,8 @@ def test_explicit_longer_only_changes_flagged_windows(golden_htsat, expected):
     with torch.no_grad():
         plain = golden_htsat(mel)
         fused = golden_htsat(mel, longer=longer)
-    assert torch.equal(fused[~longer], plain[~longer])
+    # Unflagged windows: same maths; 4-channel vs 1-channel kernels may round differently.
+    assert torch.allclose(fused[~longer], plain[~longer], atol=1e-5, rtol=0)
     assert (fused[longer] - plain[longer]).abs().max().item() > 1e-3
 
 

@@ -256,11 +256,11 @@ class PatchEmbed(nn.Module):
         self.mel_conv2d = nn.Conv2d(cfg.in_chans, cfg.embed_dim, kernel_size=(p, 3 * p), stride=(sh, 3 * sw))
         self.fusion_model = AFF(cfg.embed_dim)
 
-    def forward(self, img: Tensor, longer: Tensor) -> Tensor:
-        # img: (N, 4, S, S); longer: (N,) bool
+    def forward(self, img: Tensor, longer: Tensor | None) -> Tensor:
+        # img: (N, 4, S, S) (or (N, 1, S, S) when longer is None); longer: (N,) bool or None
         x = self.proj(img[:, :1])  # (N, E, G, G), G = S / stride
-        idx = torch.nonzero(longer).flatten()
-        if idx.numel():
+        idx = torch.nonzero(longer).flatten() if longer is not None else None
+        if idx is not None and idx.numel():
             crops = img[idx, 1:]  # (K, 3, S, S)
             k, three, s1, s2 = crops.shape
             local = self.mel_conv2d(crops.reshape(k * three, 1, s1, s2))  # (3K, E, G, w)
@@ -329,14 +329,13 @@ class HTSAT(nn.Module):
         if mel.ndim != 3 or mel.shape[-1] != cfg.mel_bins:
             raise ValueError(f"HTSAT expects log-mel windows (N, T, {cfg.mel_bins}), got {tuple(mel.shape)}")
         n = mel.shape[0]
-        if longer is None:
-            longer = torch.zeros(n, dtype=torch.bool, device=mel.device)
-        if longer.shape != (n,) or longer.dtype != torch.bool:
+        if longer is not None and (longer.shape != (n,) or longer.dtype != torch.bool):
             raise ValueError(f"longer must be a ({n},) bool tensor, got {longer.dtype} {tuple(longer.shape)}")
-        if self.training and not bool(longer.any()):
+        if self.training and (longer is None or not bool(longer.any())):
             longer = random_longer_flags([n], generator, mel.device)
-
-        x = mel[:, None].expand(n, FUSION_CHANNELS, *mel.shape[1:])  # (N, 4, T, M): short-window stack
+        # Without a `longer` window only channel 0 is ever used: skip the 3 identical copies.
+        channels = 1 if longer is None else FUSION_CHANNELS
+        x = mel[:, None].expand(n, channels, *mel.shape[1:])  # (N, 4, T, M): short-window stack
         x = self.bn0(x.transpose(1, 3)).transpose(1, 3)  # normalise each mel bin
         if self.training:
             x = drop_stripes(x, 2, *SPEC_AUGMENT["time"], generator)

@@ -1,0 +1,126 @@
+"""Adapters: the one interface between the runner and a model.
+
+An adapter answers a batch of requests (audio path + prompt) with strings, and describes itself
+for the reproducibility card. Any model, an AF2 checkpoint or another audio-language model,
+is evaluated by the same runner once it has an adapter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    task: str
+    id: str
+    audio: str  # path of the audio file
+    prompt: str
+
+
+class Adapter(Protocol):
+    def answer(self, requests: Sequence[Request]) -> list[str]:
+        """One answer string per request, in order."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Name, model hash, decoding parameters: everything the card needs to rerun this."""
+        ...
+
+
+def hash_model(path: str | Path) -> str:
+    """sha256 over the weight and config files of a checkpoint (file names and bytes, sorted)."""
+    path = Path(path)
+    suffixes = (".safetensors", ".json", ".bin", ".pt", ".yaml", ".model", ".txt")
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in suffixes)
+    if not files:
+        raise ValueError(f"no model files under {path}")
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(str(f.relative_to(path) if path.is_dir() else f.name).encode("utf-8"))
+        with f.open("rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+class AF2Adapter:
+    """An AF2 checkpoint through ``af2.inference.load`` and its batched ``ask_batch``.
+
+    Decoding defaults to the benchmark setting of the official code: greedy (temperature 0,
+    one beam), at most 256 new tokens.
+    """
+
+    def __init__(self, model: str, device: str = "cpu", dtype: str = "float32", max_new_tokens: int = 256):
+        from af2.inference import load
+
+        self.model_path = model
+        self.device, self.dtype = device, dtype
+        self.generation = {"max_new_tokens": max_new_tokens, "do_sample": False}
+        self.pipeline = load(model, device=device, dtype=dtype)
+
+    def answer(self, requests: Sequence[Request]) -> list[str]:
+        answers = self.pipeline.ask_batch([r.audio for r in requests], [r.prompt for r in requests], **self.generation)
+        return [a.text for a in answers]
+
+    def describe(self) -> dict[str, Any]:
+        return {"adapter": "af2", "model": str(self.model_path), "model_sha256": hash_model(self.model_path),
+                "device": self.device, "dtype": self.dtype, "decoding": dict(self.generation)}
+
+
+class FirstChoiceAdapter:
+    """TEST ADAPTER, NOT A MODEL: never opens the audio; answers the first listed option, else a
+    fixed sentence. It exists to test the runner; its scores measure nothing."""
+
+    def __init__(self, fallback: str = "a sound is heard"):
+        self.fallback = fallback
+
+    def answer(self, requests: Sequence[Request]) -> list[str]:
+        out = []
+        for r in requests:
+            start = r.prompt.find("(A) ")
+            if start >= 0:
+                out.append(r.prompt[start + 4:].split(". (B)")[0].rstrip("."))
+            elif "one of: " in r.prompt:
+                out.append(r.prompt.split("one of: ", 1)[1].split(",")[0].rstrip("."))
+            else:
+                out.append(self.fallback)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"adapter": "first-choice (TEST ADAPTER: ignores the audio, not a model)",
+                "model_sha256": "none", "decoding": {"rule": "first listed option, else a fixed sentence"}}
+
+
+class PredictionsAdapter:
+    """Answers from a lookup table: a JSONL of {"task": ..., "id": ..., "prediction": ...} lines
+    (``task`` optional; e.g. predictions another tool dumped), so this runner scores them with the
+    official rules. It is not a model; a request missing from the table is an error."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.table: dict[str, str] = {}
+        with self.path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    row = json.loads(line)
+                    if "id" not in row or "prediction" not in row:
+                        raise ValueError(f"{self.path}: line {lineno} needs 'id' and 'prediction'")
+                    key = f"{row['task']}/{row['id']}" if "task" in row else str(row["id"])
+                    self.table[key] = str(row["prediction"])
+
+    def answer(self, requests: Sequence[Request]) -> list[str]:
+        keys = [f"{r.task}/{r.id}" if f"{r.task}/{r.id}" in self.table else r.id for r in requests]
+        missing = [k for k in keys if k not in self.table]
+        if missing:
+            raise ValueError(f"{self.path} has no prediction for {missing[:5]}")
+        return [self.table[k] for k in keys]
+
+    def describe(self) -> dict[str, Any]:
+        return {"adapter": f"predictions (lookup table {self.path.name}, not a model)",
+                "model_sha256": hash_model(self.path), "decoding": {"rule": "answers read from the table"}}

@@ -1,0 +1,97 @@
+"""``af2 eval``: parse, validate, build the adapter and scoring options, call ``runner.run``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from af2.cli import UserError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="score a model on audio benchmarks with their official protocols",
+                              description="Evaluate a model on benchmarks; see docs/evaluation.md.")
+    p.add_argument("--list-tasks", action="store_true", help="name every registered task and exit")
+    p.add_argument("--model", help="AF2 checkpoint folder (for --adapter af2)")
+    p.add_argument("--adapter", default="af2", choices=("af2", "predictions", "first-choice"),
+                   help="af2: an AF2 checkpoint; predictions: score a JSONL of {task,id,prediction} given as --model; "
+                        "first-choice: a TEST adapter that ignores the audio (for checking the harness)")
+    p.add_argument("--tasks", help="comma-separated task names (see --list-tasks)")
+    p.add_argument("--data-root", type=Path, help="folder holding one sub-folder per benchmark")
+    p.add_argument("--data", action="append", default=[], metavar="TASK=PATH", help="data folder of one task")
+    p.add_argument("--out", type=Path, help="output folder; rerunning with the same one resumes")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=int, default=None, help="first N examples of each task (smoke runs)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--caption-tokenizer", default="auto", choices=("auto", "ptb", "simple"))
+    p.add_argument("--no-meteor", action="store_true", help="skip METEOR (a Java process; slow to start)")
+    p.add_argument("--judge-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--judge-model", help="model name sent to the judge endpoint")
+    p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the judge API key")
+    p.add_argument("--judge-retries", type=int, default=3)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=main)
+
+
+def list_tasks() -> int:
+    from af2.eval.tasks import all_tasks
+
+    for name, task in all_tasks().items():
+        print(f"{name:22s} {task.scorer_name:18s} {task.description}")
+    return 0
+
+
+def _build_adapter(args):
+    from af2.eval import adapters
+
+    if args.adapter == "first-choice":
+        return adapters.FirstChoiceAdapter()
+    if not args.model:
+        raise UserError("--model is required (an AF2 checkpoint folder, or the predictions JSONL with --adapter predictions)")
+    if not Path(args.model).exists():
+        raise UserError(f"--model {args.model} does not exist")
+    if args.adapter == "predictions":
+        return adapters.PredictionsAdapter(args.model)
+    return adapters.AF2Adapter(args.model, device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.list_tasks:
+        return list_tasks()
+    from af2.eval.judge import Judge, JudgeConfig
+    from af2.eval.runner import RunConfig, rank_from_env, run
+    from af2.eval.scoring import ScoringOptions
+    from af2.eval.tasks import get_task
+
+    for flag in ("tasks", "data_root", "out"):
+        if getattr(args, flag) is None:
+            raise UserError(f"--{flag.replace('_', '-')} is required (or --list-tasks)")
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    for t in tasks:
+        get_task(t)
+    overrides = {}
+    for item in args.data:
+        name, sep, path = item.partition("=")
+        if not sep or name not in tasks:
+            raise UserError(f"--data {item!r}: expected TASK=PATH with TASK one of {', '.join(tasks)}")
+        overrides[name] = Path(path)
+    if bool(args.judge_url) != bool(args.judge_model):
+        raise UserError("--judge-url and --judge-model go together")
+    judge = None
+    if args.judge_url:
+        judge = Judge(JudgeConfig(url=args.judge_url, model=args.judge_model, cache_dir=args.out / "judge-cache",
+                                  api_key_env=args.judge_key_env, max_retries=args.judge_retries))
+    rank, world = rank_from_env()
+    config = RunConfig(tasks=tasks, data_root=args.data_root, out_dir=args.out, data_overrides=overrides,
+                       batch_size=args.batch_size, limit=args.limit, rank=rank, world_size=world,
+                       scoring=ScoringOptions(args.caption_tokenizer, not args.no_meteor, judge),
+                       progress=not args.no_progress)
+    summary = run(_build_adapter(args), config)
+    if summary is not None:
+        for name, r in summary["tasks"].items():
+            value = r["metrics"].get(r["primary"])
+            print(f"{name}: {r['primary']} = {value:.2f}" if isinstance(value, float) else f"{name}: {value}")
+        print(f"report: {args.out / 'report.md'}")
+    return 0

@@ -1,0 +1,65 @@
+"""Small readers shared by the benchmark loaders: JSON/CSV files and audio paths, failing loudly."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from af2.cli import UserError
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
+
+
+def find_file(root: Path, names: tuple[str, ...], task: str) -> Path:
+    """The first of ``names`` (relative paths or glob patterns) that exists under ``root``."""
+    for name in names:
+        hits = sorted(root.glob(name))
+        if hits:
+            return hits[0]
+    raise UserError(f"task {task}: none of {list(names)} found under {root}")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+
+
+def read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+    """Rows of a CSV with a header; column names are matched case-insensitively, spaces stripped."""
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        header = {(h or "").strip().lower(): h for h in reader.fieldnames or ()}
+        missing = [c for c in required if c.lower() not in header]
+        if missing:
+            raise UserError(f"{path}: missing column(s) {missing}; the header is {reader.fieldnames}")
+        return [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+
+
+def field(record: dict, keys: tuple[str, ...], where: str) -> Any:
+    """The first of ``keys`` present in ``record``; a clear error naming them all otherwise."""
+    for key in keys:
+        if key in record and record[key] not in (None, ""):
+            return record[key]
+    raise UserError(f"{where}: missing field {' or '.join(repr(k) for k in keys)}")
+
+
+def audio_path(root: Path, relative: str, where: str) -> str:
+    path = (root / relative).resolve()
+    if not path.is_file():
+        raise UserError(f"{where}: audio file {path} does not exist")
+    return str(path)
+
+
+def audio_by_stem(folder: Path, stems: tuple[str, ...], where: str) -> str:
+    """The audio file in ``folder`` named one of ``stems`` with any common audio suffix."""
+    for stem in stems:
+        if Path(stem).suffix.lower() in AUDIO_SUFFIXES and (folder / stem).is_file():
+            return str((folder / stem).resolve())
+        for suffix in AUDIO_SUFFIXES:
+            if (folder / f"{stem}{suffix}").is_file():
+                return str((folder / f"{stem}{suffix}").resolve())
+    raise UserError(f"{where}: no audio file in {folder} named {list(stems)} (with any of {list(AUDIO_SUFFIXES)})")

@@ -16,6 +16,7 @@ _COMMAND_MODULES = (
     "af2.ask",
     "af2.data.cli",
     "af2.eval.cli",
+    "af2.train.cli",
 )
 
 

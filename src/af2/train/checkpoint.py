@@ -1,0 +1,164 @@
+"""Checkpoints: written atomically, complete enough to continue a run exactly.
+
+Layout of ``<output_dir>/checkpoints/step_00000100/``:
+  model.safetensors  the whole model, LoRA-free key names (loads into a fresh ``AF2Model``)
+  lora.safetensors   the adapters alone, when LoRA is on
+  trainer.pt         optimizer, scheduler, step, data position, counters, RNG state of every rank
+  config.yaml        the resolved ``TrainConfig``
+Everything is written into a temporary directory that is then renamed (``os.replace``) into place,
+and ``checkpoints/latest`` (also replaced atomically) names the newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+from af2.train.distributed import DistInfo, barrier, gather_objects, unwrap
+from af2.train.lora import join_lora_state, split_lora_state
+from af2.train.sampler import Position
+
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def tied_aliases(model: nn.Module) -> dict[str, str]:
+    """``{alias: canonical}`` for parameters shared under several names (tied embeddings)."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            aliases[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return aliases
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path, aliases: dict[str, str] | None = None) -> None:
+    """A safetensors file of ``state`` without tied aliases, written atomically."""
+    aliases = aliases or {}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items() if k not in aliases}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a file written by ``save_weights`` (or a checkpoint directory) into ``model``, strictly."""
+    path = resolve_weights(path)
+    state = load_file(str(path))
+    for alias, canonical in tied_aliases(model).items():
+        if canonical in state:
+            state.setdefault(alias, state[canonical])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: does not match the model: {exc}") from exc
+
+
+def resolve_weights(path: str | Path) -> Path:
+    """``model.safetensors`` itself, or the one inside a checkpoint directory or a run directory."""
+    path = Path(path)
+    if path.is_dir():
+        latest = latest_checkpoint(path)
+        path = (latest if latest is not None else path) / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights at {path}; pass a model.safetensors or a checkpoint directory")
+    return path
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run directory (or its ``checkpoints/`` folder)."""
+    run_dir = Path(run_dir)
+    for folder in (run_dir / "checkpoints", run_dir):
+        pointer = folder / "latest"
+        if pointer.is_file():
+            return folder / pointer.read_text().strip()
+    return None
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "cached": float(np_state[4])}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, position: Position, counters: dict[str, int], config_yaml: str,
+                    info: DistInfo, export: Callable[[dict[str, torch.Tensor], Path], None] | None = None) -> Path:
+    """Collective: every rank must call it. Returns the checkpoint directory."""
+    model_state, optim_state = get_state_dict(model, optimizer, options=_FULL)
+    rngs = gather_objects(rng_state(), info)
+    final = run_dir / "checkpoints" / f"step_{step:08d}"
+    if info.is_main:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        plain, adapters = split_lora_state(model_state)
+        save_weights(plain, tmp / "model.safetensors", tied_aliases(unwrap(model)))
+        if adapters:
+            save_weights(adapters, tmp / "lora.safetensors")
+        torch.save({"step": step, "position": dataclasses.asdict(position), "optimizer": optim_state,
+                    "scheduler": scheduler.state_dict(), "counters": dict(counters), "rng": rngs,
+                    "world_size": info.world_size}, tmp / "trainer.pt")
+        (tmp / "config.yaml").write_text(config_yaml)
+        if export is not None:
+            export(plain, tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        atomic_write_bytes(final.parent / "latest", final.name.encode())
+    barrier(info)
+    return final
+
+
+def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    info: DistInfo) -> dict[str, Any]:
+    """Restore everything ``save_checkpoint`` wrote; returns the trainer record (step, position, ...)."""
+    plain = load_file(str(ckpt / "model.safetensors"))
+    adapters = load_file(str(ckpt / "lora.safetensors")) if (ckpt / "lora.safetensors").is_file() else {}
+    bare = unwrap(model)
+    state = join_lora_state(bare, plain, adapters)
+    for alias, canonical in tied_aliases(bare).items():
+        state.setdefault(alias, state[canonical])
+    trainer = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=True)
+    set_state_dict(model, optimizer, model_state_dict=state, optim_state_dict=trainer["optimizer"],
+                   options=StateDictOptions(full_state_dict=True, strict=True))
+    scheduler.load_state_dict(trainer["scheduler"])
+    rngs = trainer["rng"]
+    if len(rngs) != info.world_size:
+        raise ValueError(f"{ckpt}: saved by {len(rngs)} ranks, resumed with {info.world_size}; an exact "
+                         "resume needs the same number of ranks (load the weights with init_checkpoint instead)")
+    set_rng_state(rngs[info.rank])
+    trainer["position"] = Position(**trainer["position"])
+    return trainer

@@ -1,0 +1,95 @@
+"""Build the task of a stage from its ``TrainConfig`` and run it: what ``af2 train`` calls."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer
+
+from af2.config import AF2Config, af2_config, apply_overrides, tiny_config
+from af2.model.af2 import AF2Model
+from af2.tokens import add_special_tokens
+from af2.train.checkpoint import latest_checkpoint, load_weights
+from af2.train.clap import AFClap, ClapCollator, build_text_encoder, clap_loss, export_audio_tower
+from af2.train.config import TrainConfig
+from af2.train.data import Collator, ManifestDataset, blended_items
+from af2.train.distributed import init_distributed, shutdown
+from af2.train.engine import Task, TrainResult, train
+from af2.train.lora import add_lora
+from af2.train.stages import apply_stage
+
+
+def model_config(cfg: TrainConfig) -> AF2Config:
+    """The AF2 architecture of the run, with the stage's window count."""
+    base = tiny_config() if cfg.model == "tiny" else af2_config(cfg.model)
+    base = apply_overrides(base, cfg.model_overrides) if cfg.model_overrides else base
+    return replace(base, audio=replace(base.audio, max_windows=cfg.windows))
+
+
+def load_tokenizer(path: str, what: str):
+    if not path:
+        raise ValueError(f"{what} is required: a local tokenizer folder")
+    return AutoTokenizer.from_pretrained(path)
+
+
+def audio_tower_file(path: str | Path) -> Path:
+    """stage 0's ``audio_tower.safetensors``, or the one in a stage-0 checkpoint or run directory."""
+    path = Path(path)
+    if path.is_dir():
+        path = (latest_checkpoint(path) or path) / "audio_tower.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"audio_tower_checkpoint: no {path}; point it at stage 0's run directory or file")
+    return path
+
+
+def build_alm_task(cfg: TrainConfig) -> Task:
+    """Stages 1-3: an ``AF2Model`` initialised from the previous stage, its trainable set applied."""
+    arch = model_config(cfg)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    model = AF2Model(arch)
+    if cfg.init_checkpoint:
+        load_weights(model, cfg.init_checkpoint)
+    elif cfg.audio_tower_checkpoint:
+        tower = audio_tower_file(cfg.audio_tower_checkpoint)
+        try:
+            model.audio_encoder.load_state_dict(load_file(str(tower)))
+        except RuntimeError as exc:
+            raise ValueError(f"{tower}: does not match the audio tower of this model: {exc}") from exc
+    if cfg.lora.enabled:
+        add_lora(model, cfg.lora)
+    apply_stage(model, cfg.trainable)
+    tokenizer = load_tokenizer(cfg.tokenizer, "tokenizer")
+    add_special_tokens(tokenizer, arch.tokens)
+    if len(tokenizer) != arch.vocab_size:
+        raise ValueError(f"tokenizer {cfg.tokenizer} has {len(tokenizer)} tokens with AF2's specials but the "
+                         f"model has {arch.vocab_size} embedding rows; fix model or tokenizer")
+    dataset = ManifestDataset(blended_items(cfg.data), cfg.data.data_root, arch.audio)
+    tokens = replace(arch.tokens, max_tokens=cfg.data.max_tokens)
+    return Task(model=model, dataset=dataset, collate=Collator(tokenizer, tokens, cfg.windows),
+                loss=lambda m, batch: m(**batch).loss, lengths=dataset.lengths())
+
+
+def build_clap_task(cfg: TrainConfig) -> Task:
+    """Stage 0: AF-CLAP on (clip, captions) items; each checkpoint also holds audio_tower.safetensors."""
+    arch = model_config(cfg)
+    torch.manual_seed(cfg.seed)
+    model = AFClap(arch.htsat, arch.audio, cfg.clap, build_text_encoder(cfg.clap))
+    if cfg.init_checkpoint:
+        load_weights(model, cfg.init_checkpoint)
+    apply_stage(model, cfg.trainable)
+    tokenizer = load_tokenizer(cfg.clap.tokenizer or cfg.clap.text_encoder, "clap.tokenizer")
+    dataset = ManifestDataset(blended_items(cfg.data), cfg.data.data_root, replace(arch.audio, max_windows=1))
+    return Task(model=model, dataset=dataset, collate=ClapCollator(tokenizer, cfg.clap), loss=clap_loss,
+                lengths=dataset.lengths(), export=export_audio_tower)
+
+
+def run(cfg: TrainConfig) -> TrainResult:
+    info = init_distributed(cfg.device)
+    try:
+        task = build_clap_task(cfg) if cfg.kind == "clap" else build_alm_task(cfg)
+        return train(cfg, task, info)
+    finally:
+        shutdown()

@@ -92,7 +92,7 @@ def stage_cfg(root: Path, tok: Path, recipe: str, **kw) -> TrainConfig:
                                      "output_dir": str(root / recipe), "data.dataset_file_root": str(root),
                                      "data.data_root": str(root), "data.blend": {"tones/train": 1.0},
                                      "data.global_weight": 1.0, "audio_tower_checkpoint": "",
-                                     "init_checkpoint": ""})
+                                     "init_checkpoint": "", "base_lm": ""})
     return replace(cfg, **kw)
 
 
@@ -215,3 +215,42 @@ def test_curriculum_stage0_to_stage3(workspace):
     # CLAP's BatchNorm statistics, which costs a little on this toy).
     assert accuracy["stage1_pretrain"] >= 0.85, accuracy
     assert accuracy["stage2_finetune"] >= 0.75 and accuracy["stage3_long"] >= 0.75, accuracy
+
+
+def test_af2_train_cli_with_pretrained_base_lm_and_lora(workspace, tmp_path, capsys):
+    """`af2 train` end to end: the base LM's pretrained weights become the frozen LM, LoRA adapters
+    train and are saved separately, metrics and checkpoints are written."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from af2.cli import main
+    from af2.config import tiny_config
+
+    root, tok = workspace
+    lm_cfg = dict(tiny_config().lm)
+    base_dir = tmp_path / "base-lm"
+    torch.manual_seed(5)
+    base = AutoModelForCausalLM.from_config(AutoConfig.for_model(lm_cfg.pop("model_type"), **lm_cfg))
+    base.save_pretrained(str(base_dir))
+    PreTrainedTokenizerFast.from_pretrained(str(tok)).save_pretrained(str(base_dir))
+    out = tmp_path / "run"
+    rc = main(["train", "--config", "stage1_pretrain", "model=tiny", f"model_overrides={json.dumps(MICRO)}",
+               f"base_lm={base_dir}", "lora.enabled=true",
+               "trainable=[audio_transformer,xattn,embeddings,lora]", "max_steps=3", "save_interval=3",
+               "batch_size=4", "grad_accum=1", "precision=fp32", "progress=false", f"output_dir={out}",
+               f"data.dataset_file_root={root}", f"data.data_root={root}", "data.blend={tones/train: 1.0}",
+               "data.global_weight=1.0", "audio_tower_checkpoint=\"\""])
+    assert rc == 0, capsys.readouterr().err
+    ckpt = resolve_weights(out).parent
+    weights = load_file(str(ckpt / "model.safetensors"))
+    adapters = load_file(str(ckpt / "lora.safetensors"))
+    assert adapters and all("lora" in k for k in adapters)
+    # Frozen LM weights are the pretrained ones, untouched by training.
+    want = base.state_dict()
+    frozen = [k for k in want if k.startswith("model.layers.") and k.endswith("mlp.up_proj.weight")]
+    assert frozen
+    for key in frozen:
+        i = key.split(".")[2]
+        ours = f"lm.model.layers.{i}.decoder_layer.{key.split('.', 3)[3]}"
+        assert torch.equal(weights[ours], want[key]), key
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 3

@@ -91,6 +91,9 @@ class TrainConfig:
     model: str = "0.5b"  # "0.5b", "1.5b", "3b" or "tiny"
     model_overrides: dict[str, Any] = field(default_factory=dict)
     tokenizer: str = ""  # a local tokenizer directory (base LM); special tokens are added
+    # The pretrained base LM (local HF folder or hub id, e.g. Qwen/Qwen2.5-0.5B): its config replaces
+    # the model's `lm` and its weights become the frozen LM. Empty: a randomly initialised LM (tests).
+    base_lm: str = ""
     init_checkpoint: str = ""  # model.safetensors (or a run/checkpoint directory) of the previous stage
     audio_tower_checkpoint: str = ""  # stage 0's audio_tower.safetensors, loaded into audio_encoder
     trainable: tuple[str, ...] = ("audio_transformer", "xattn", "embeddings")

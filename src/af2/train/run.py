@@ -35,6 +35,23 @@ def load_tokenizer(path: str, what: str):
     return AutoTokenizer.from_pretrained(path)
 
 
+def load_base_lm(path: str, arch: AF2Config, vocab_size: int):
+    """The pretrained causal LM at ``path`` (folder or hub id), resized to AF2's vocabulary as the
+    official factory does (rows of the base vocabulary kept, the 4 new rows freshly initialised)."""
+    from transformers import AutoModelForCausalLM
+
+    from af2.checkpoint import CheckpointError, read_lm_config
+
+    lm_cfg = {k: v for k, v in read_lm_config(path).items() if not k.startswith("_") and k not in
+              ("torch_dtype", "dtype", "transformers_version", "use_cache")}
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"base_lm {path}: cannot load its weights ({str(exc).splitlines()[0]})") from exc
+    lm.resize_token_embeddings(vocab_size, mean_resizing=False)
+    return replace(arch, lm=lm_cfg, vocab_size=vocab_size), lm
+
+
 def audio_tower_file(path: str | Path) -> Path:
     """stage 0's ``audio_tower.safetensors``, or the one in a stage-0 checkpoint or run directory."""
     path = Path(path)
@@ -48,8 +65,13 @@ def audio_tower_file(path: str | Path) -> Path:
 def build_alm_task(cfg: TrainConfig) -> Task:
     """Stages 1-3: an ``AF2Model`` initialised from the previous stage, its trainable set applied."""
     arch = model_config(cfg)
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.base_lm, "tokenizer")
+    add_special_tokens(tokenizer, arch.tokens)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = AF2Model(arch)
+    lm = None
+    if cfg.base_lm:
+        arch, lm = load_base_lm(cfg.base_lm, arch, len(tokenizer))
+    model = AF2Model(arch, lm=lm)
     if cfg.init_checkpoint:
         load_weights(model, cfg.init_checkpoint)
     elif cfg.audio_tower_checkpoint:
@@ -61,8 +83,6 @@ def build_alm_task(cfg: TrainConfig) -> Task:
     if cfg.lora.enabled:
         add_lora(model, cfg.lora)
     apply_stage(model, cfg.trainable)
-    tokenizer = load_tokenizer(cfg.tokenizer, "tokenizer")
-    add_special_tokens(tokenizer, arch.tokens)
     if len(tokenizer) != arch.vocab_size:
         raise ValueError(f"tokenizer {cfg.tokenizer} has {len(tokenizer)} tokens with AF2's specials but the "
                          f"model has {arch.vocab_size} embedding rows; fix model or tokenizer")

@@ -38,6 +38,9 @@ TOY = textwrap.dedent('''
             self.xattn = nn.Linear(8, 8)
             self.decoder_layer = nn.Linear(8, 8)
 
+        def forward(self, h):  # called as a module, so FSDP2's per-layer unshard hooks run
+            return h + torch.tanh(self.decoder_layer(h) + self.xattn(h))
+
     class Inner(nn.Module):
         def __init__(self):
             super().__init__()
@@ -61,7 +64,7 @@ TOY = textwrap.dedent('''
         def forward(self, x):
             h = self.audio_transformer(torch.tanh(self.audio_encoder(x)))
             for layer in self.lm.model.layers:
-                h = h + torch.tanh(layer.decoder_layer(h) + layer.xattn(h))
+                h = layer(h)
             return self.lm.lm_head(h)
 
     def toy_data(n=64, seed=0):
@@ -164,7 +167,8 @@ SCRIPT = TOY + textwrap.dedent('''
     from af2.train.engine import train
     out, kill_at, resume, batch = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
     dropout = float(sys.argv[5])
-    cfg = TrainConfig(stage="toy", trainable=("clap", "audio_transformer", "xattn", "embeddings"),
+    strategy = sys.argv[6] if len(sys.argv) > 6 else "ddp"
+    cfg = TrainConfig(stage="toy", trainable=("clap", "audio_transformer", "xattn", "embeddings"), strategy=strategy,
                       batch_size=batch, grad_accum=2, max_steps=10, precision="fp32",
                       optim=OptimConfig(lr=3e-2, warmup_steps=2), output_dir=out, save_interval=3,
                       progress=False, resume=resume)
@@ -199,12 +203,14 @@ def test_sigkill_then_resume_logs_the_same_losses(tmp_path):
         assert rb["lr"] == ra["lr"]
 
 
-def test_torchrun_two_ranks_match_one_process(tmp_path):
-    """Global micro-batch 4: one process with batch 4 vs 2 gloo ranks with batch 2 each."""
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_torchrun_two_ranks_match_one_process(tmp_path, strategy):
+    """Global micro-batch 4: one process with batch 4 vs 2 gloo ranks with batch 2 each (DDP, or
+    FSDP2 sharding every decoder layer and the root)."""
     single = _run_script(tmp_path, tmp_path / "one", -1, 0, 4, 0.0, launcher=(sys.executable,))
     assert single.returncode == 0, single.stderr
     torchrun = Path(sys.executable).with_name("torchrun")
-    double = _run_script(tmp_path, tmp_path / "two", -1, 0, 2, 0.0,
+    double = _run_script(tmp_path, tmp_path / "two", -1, 0, 2, 0.0, strategy,
                          launcher=(str(torchrun), "--standalone", "--nproc_per_node", "2"))
     assert double.returncode == 0, double.stderr[-3000:]
     a = read_metrics(tmp_path / "one" / "metrics.jsonl")
@@ -239,3 +245,10 @@ def test_frozen_modules_stay_in_eval_and_lora_merges():
     before = model(x)
     assert merge_lora(model) == 2
     assert torch.allclose(model(x), before, atol=1e-5)
+
+
+def test_bf16_autocast_trains(tmp_path):
+    """precision=bf16 runs the forward under bf16 autocast; the fp32 master weights still learn."""
+    result = train(toy_cfg(tmp_path, precision="bf16", max_steps=10, save_interval=10), toy_task(dropout=0.0))
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert result.losses[-1] < result.losses[0]

@@ -118,6 +118,7 @@ class _Exploit:
         return (os.system, ("touch /tmp/af2-pwned",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickle_that_would_run_code_is_refused(ckpt_copy, fixture_dir, tmp_path):
     marker = tmp_path / "pwned"
     path = ckpt_copy / "clap_ckpt" / "epoch_16.pt"

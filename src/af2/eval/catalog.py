@@ -1,7 +1,7 @@
 """The built-in benchmarks: one loader per file format users keep locally.
 
 Each task reads ``<data-root>/<folder>`` (override with ``--data TASK=PATH``); the layouts are
-the ones the benchmarks ship in, described per task in the README section "Evaluation" with where to get them.
+the ones the benchmarks ship in, described per task in the README section 'Evaluation' with where to get them.
 """
 
 from __future__ import annotations

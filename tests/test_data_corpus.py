@@ -1,0 +1,105 @@
+"""The corpus builder on a small sample of real sources (installed by
+``scripts/install-corpus-sources.sh --small``; CI runs it first)."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from af2.cli import main
+from af2.data.catalog import SMALL_SOURCES
+from af2.data.check import check_manifests
+from af2.data.corpus import BuildOptions, build_corpus, resolve_sources
+from af2.data.longaudio import CATEGORIES
+from af2.data.manifest import read_manifest
+from af2.data.qa import SKILLS
+from af2.data.sources import RESERVED, ReservedSourceError, SourceUnavailableError, check_not_reserved
+
+
+def _opts(out):
+    return BuildOptions(out=out, seed=7, sources=SMALL_SOURCES, limit=6, scenes=4, long=3, long_seconds=(40.0, 70.0),
+                        small_soundfont=True, progress=False)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    try:
+        resolve_sources(SMALL_SOURCES)
+    except SourceUnavailableError as exc:
+        pytest.fail(f"corpus sample sources missing ({exc}). Run: scripts/install-corpus-sources.sh --small")
+    a, b = tmp_path_factory.mktemp("a"), tmp_path_factory.mktemp("b")
+    return build_corpus(_opts(a)), a, b
+
+
+def test_same_seed_gives_byte_identical_manifests(built):
+    _, a, b = built
+    build_corpus(_opts(b))
+    files = sorted(p.relative_to(a) for p in (a / "manifests").rglob("*.json"))
+    assert files and files == sorted(p.relative_to(b) for p in (b / "manifests").rglob("*.json"))
+    for rel in files:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    assert (a / "datasheet.json").read_bytes() == (b / "datasheet.json").read_bytes()
+
+
+def test_manifests_pass_check_and_load(built):
+    sheet, a, _ = built
+    paths = sorted((a / "manifests").rglob("*.json"))
+    report = check_manifests(paths, a)
+    assert report.ok, report.format()
+    assert report.items == sheet["qa"]["total"] > 0
+    assert main(["data", "check", *map(str, paths)]) == 0
+    items = [it for p in paths for it in read_manifest(p).items]
+    skills = {it.extra["skill"] for it in items if it.flamingo_task == "AF2Corpus-AudioSkills"}
+    assert set(SKILLS) <= skills
+    assert {it.extra["skill"] for it in items if it.flamingo_task == "AF2Corpus-LongAudio"} == set(CATEGORIES)
+    for it in items:
+        prov = it.extra["provenance"]
+        assert prov["generator"] and prov["template"] and prov["sources"]
+    assert any(it.prompt.endswith(")") is False and "(A) " in it.prompt and it.output.startswith("(") for it in items)
+    sheet_md = (a / "datasheet.md").read_text()
+    assert f"| clips | {sheet['clips']['count']} |" in sheet_md and "Sources and licences" in sheet_md
+
+
+def test_long_recordings_contain_what_the_answers_say(built):
+    _, a, _ = built
+    items = read_manifest(a / "manifests" / "AF2Corpus-LongAudio" / "train.json").items
+    items += read_manifest(a / "manifests" / "AF2Corpus-LongAudio" / "val.json").items \
+        if (a / "manifests" / "AF2Corpus-LongAudio" / "val.json").exists() else []
+    checked = 0
+    for it in items:
+        if not it.extra["provenance"]["template"] == "long.temporal.at":
+            continue
+        tl = json.loads((a / it.extra["timeline"]).read_text())
+        e = tl["events"][it.extra["event"]]
+        m, s = map(int, re.search(r"(\d+):(\d\d)", it.prompt).groups())
+        assert e["start"] <= m * 60 + s <= e["end"]
+        rec, _ = sf.read(it.audio_path(a), dtype="float32")
+        clip, _ = sf.read(a / "audio" / "clips" / f"{e['source_id']}.flac", dtype="float32")
+        start = round(e["start"] * 16_000)
+        assert np.max(np.abs(rec[start: start + len(clip)] - clip)) < 2e-3  # the placed clip, sample for sample
+        checked += 1
+    assert checked >= 3
+
+
+def test_reserved_sources_are_refused(tmp_path):
+    for name in RESERVED:
+        with pytest.raises(ReservedSourceError, match="reserved for evaluation"):
+            resolve_sources([name])
+    with pytest.raises(ReservedSourceError):
+        check_not_reserved("/usr/share/sounds/freedesktop/stereo/bell.oga")
+    with pytest.raises(ReservedSourceError):
+        check_not_reserved("/usr/share/games/warzone2100/music/track1.opus")
+    assert main(["corpus", "build", "--out", str(tmp_path / "x"), "--sources", "oxygen-sounds"]) == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_data_qa_command_regenerates_from_metadata(built):
+    _, a, _ = built
+    out = a / "manifests" / "Regen-AudioSkills" / "train.jsonl"
+    assert main(["data", "qa", str(a / "metadata" / "clips.jsonl"), "--out", str(out), "--seed", "7"]) == 0
+    items = read_manifest(out).items
+    assert items and check_manifests([out], a).ok
+    assert {it.extra["skill"] for it in items} >= set(SKILLS)
+    out.unlink()

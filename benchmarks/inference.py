@@ -28,7 +28,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from af2.config import af2_config
-from af2.generate import GenerationConfig, generate, left_pad
+from af2.generate import GenerationConfig, left_pad, stream_tokens
+from af2.inference import default_encoder_chunk
 from af2.model.af2 import AF2Model, TOKENS_PER_WINDOW
 from af2.model.xattn import AudioContext
 
@@ -114,8 +115,7 @@ def decode_weight_bytes(model: AF2Model) -> int:
     return total
 
 
-def run_path(model: AF2Model, seconds: float, device: torch.device, new_tokens: int, optimised: bool,
-             encoder_chunk: int = 8) -> dict:
+def run_path(model: AF2Model, seconds: float, device: torch.device, new_tokens: int, optimised: bool) -> dict:
     windows = min(30, max(1, int(-(-seconds // 10))))
     g = torch.Generator().manual_seed(0)
     audio = (torch.rand(1, windows, 160_000, generator=g) - 0.5).to(device)
@@ -127,7 +127,7 @@ def run_path(model: AF2Model, seconds: float, device: torch.device, new_tokens: 
         sync(device)
         t0 = time.perf_counter()
         if optimised:
-            ctx = model.encode_audio(audio, mask, cache_kv=True, chunk=encoder_chunk)
+            ctx = model.encode_audio(audio, mask, cache_kv=True, chunk=default_encoder_chunk(device))
         else:  # one window at a time, and no cached audio keys/values
             tokens = torch.cat([model.encode_windows(audio[:, i:i + 1], mask[:, i:i + 1]) for i in range(windows)], 1)
             full = mask.bool().repeat_interleave(TOKENS_PER_WINDOW, dim=1)
@@ -135,8 +135,6 @@ def run_path(model: AF2Model, seconds: float, device: torch.device, new_tokens: 
         sync(device)
         t_enc = time.perf_counter()
         steps = []
-        from af2.generate import stream_tokens
-
         for _tok, _live in stream_tokens(model, ctx, ids, attn, gen, stop_ids=(), pad_id=151667):
             sync(device)
             steps.append(time.perf_counter())

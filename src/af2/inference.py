@@ -71,13 +71,13 @@ class AF2:
     """A loaded AF2 model with its tokenizer: the inference API."""
 
     def __init__(self, model: AF2Model, tokenizer, special: SpecialTokens, *, device: str | torch.device = "cpu",
-                 max_audio_seconds: float = 300.0, strict_length: bool = False, encoder_chunk: int = 16):
+                 max_audio_seconds: float = 300.0, strict_length: bool = False, encoder_chunk: int | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.special = special
         self.device = torch.device(device)
         self.strict_length = strict_length
-        self.encoder_chunk = encoder_chunk
+        self.encoder_chunk = encoder_chunk or default_encoder_chunk(self.device)
         self.set_max_audio_seconds(max_audio_seconds)
 
     def set_max_audio_seconds(self, seconds: float) -> None:
@@ -215,6 +215,22 @@ def _dtype(dtype: str | torch.dtype) -> torch.dtype:
     return table[dtype]
 
 
+def default_encoder_chunk(device: torch.device | str) -> int:
+    """Windows per audio-encoder call. On CPUs two windows at a time keep HTSAT's activations in
+    cache (measured here: 0.87 s/window against 1.08 s/window for 8 at a time); accelerators want
+    large batches."""
+    return 2 if torch.device(device).type == "cpu" else 64
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether the CPU has bfloat16 matrix instructions (oneDNN uses them for bf16 matmuls)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2")
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
 def resolve_model_dir(path_or_id: str | Path) -> Path:
     """A local folder, or a hub id resolved through the local HF cache (downloads only when online)."""
     path = Path(path_or_id).expanduser()
@@ -247,6 +263,10 @@ def load(path_or_id: str | Path = DEFAULT_MODEL, *, device: str | torch.device =
     torch_dtype = _dtype(dtype)
     if torch.device(device).type == "cpu" and torch_dtype == torch.float16:
         raise ValueError("float16 has no fast path on CPUs; use bfloat16 or float32")
+    if torch.device(device).type == "cpu" and torch_dtype == torch.bfloat16 and not cpu_has_fast_bf16():
+        warnings.warn(f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bfloat16 matrix "
+                      "instructions (AVX512-BF16 or AMX): bfloat16 runs emulated and much slower than float32 "
+                      "here; use dtype='float32'", stacklevel=2)
     if (folder / "safe_ckpt").is_dir():
         if base_lm is None and not (folder / "lm_config.json").is_file():
             size = next((s for s in _BASE_LM if str(path_or_id).endswith(f"-{s}")), "3B")

@@ -103,3 +103,28 @@ def test_data_qa_command_regenerates_from_metadata(built):
     assert items and check_manifests([out], a).ok
     assert {it.extra["skill"] for it in items} >= set(SKILLS)
     out.unlink()
+
+
+def test_corpus_manifests_load_in_the_trainer(built, official_model):
+    """The builder's manifests go through the trainer's blend, dataset and collator unchanged."""
+    import torch
+
+    from af2.config import AudioConfig, TokensConfig
+    from af2.train.config import DataConfig
+    from af2.train.data import Collator, ManifestDataset, blended_items
+
+    _, a, _ = built
+    blend = {f"{task}/train": 1.0 for task in ("AF2Corpus-AudioSkills", "AF2Corpus-LongAudio",
+                                                "AF2Corpus-AudioCaptioning")}
+    data = DataConfig(dataset_file_root=str(a / "manifests"), data_root=str(a), blend=blend, global_weight=1.0)
+    items = blended_items(data)
+    assert len(items) == sum(len(read_manifest(a / "manifests" / f"{k}.json").items) for k in blend)
+    audio = AudioConfig(max_windows=30)
+    dataset = ManifestDataset(items, str(a), audio)
+    longest = max(range(len(items)), key=lambda i: items[i].duration)
+    samples = [dataset[0], dataset[longest]]
+    assert samples[1].windows.shape[0] == min(30, -(-int(items[longest].duration * 16_000) // 160_000))
+    _, tokenizer, special = official_model  # any AF2 tokenizer works for the collator
+    batch = Collator(tokenizer, TokensConfig(), 30)(samples)
+    assert batch["windows"].shape[0] == 2 and batch["window_mask"].sum() == sum(s.windows.shape[0] for s in samples)
+    assert (batch["labels"] != -100).any() and torch.all(batch["input_ids"][:, 0] == special.audio)

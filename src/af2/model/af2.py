@@ -92,7 +92,9 @@ class AF2Model(nn.Module):
         features = self.audio_transformer(self.encode_windows(windows, window_mask, chunk), mask)
         kv = None
         if cache_kv:
-            kv = tuple(None if layer.xattn is None else layer.xattn.attn.keys_values(features)
+            # Made contiguous once here: every decoding step then streams them through attention.
+            kv = tuple(None if layer.xattn is None
+                       else tuple(t.contiguous() for t in layer.xattn.attn.keys_values(features))
                        for layer in self.decoder_layers)
         return AudioContext(features, mask, kv)
 

@@ -49,8 +49,7 @@ class MaskedCrossAttention(nn.Module):
         """audio: (B, N, Da) → K, V each (B, heads, N, dim_head)."""
         B, N, _ = audio.shape
         k, v = self.to_kv(audio).chunk(2, dim=-1)
-        # Contiguous: when cached, every decoding step streams them through attention.
-        return tuple(t.view(B, N, self.heads, self.dim_head).transpose(1, 2).contiguous() for t in (k, v))
+        return tuple(t.view(B, N, self.heads, self.dim_head).transpose(1, 2) for t in (k, v))
 
     def forward(self, x: torch.Tensor, audio_mask: torch.Tensor,
                 kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

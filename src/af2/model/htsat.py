@@ -27,7 +27,7 @@ def clap_state_dict_from_official(sd: Mapping[str, Tensor]) -> tuple[dict[str, T
     Keeps keys containing "audio" that start with ``module.audio_branch.`` (prefix stripped).
     Every other key (text tower, ``module.audio_projection.*``, logit scales...) is returned in
     ``ignored_keys`` instead of being dropped silently (the official loader hides them with
-    ``strict=False``).
+    a non-strict load).
     """
     state_dict, ignored = {}, []
     for key, value in sd.items():

@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 import pickle
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from af2.config import AF2Config, config_from_dict, config_to_dict
@@ -80,7 +82,7 @@ def alias_target(key: str) -> str | None:
     return _TIED[1] if key == _TIED[0] else None
 
 
-def read_official_chunks(ckpt_dir: str | Path) -> dict[str, torch.Tensor]:
+def read_official_chunks(ckpt_dir: str | Path) -> Mapping[str, torch.Tensor]:
     """Merge every chunk listed by ``safe_ckpt/metadata.json`` into one state dict."""
     safe = Path(ckpt_dir) / "safe_ckpt"
     meta_path = safe / "metadata.json"
@@ -93,20 +95,46 @@ def read_official_chunks(ckpt_dir: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from exc
     if not isinstance(meta, dict) or not meta:
         raise CheckpointError(f"{meta_path}: expected a non-empty JSON object whose keys are chunk names")
-    state: dict[str, torch.Tensor] = {}
-    for chunk in meta:
-        path = safe / f"{chunk}.safetensors"
-        if not path.is_file():
-            raise CheckpointError(f"{path}: chunk {chunk!r} listed in {meta_path.name} is missing; re-download it")
+    return LazyChunks([safe / f"{chunk}.safetensors" for chunk in meta], meta_path)
+
+
+class LazyChunks(Mapping):
+    """The merged state dict of safetensors chunks, each tensor read only when asked for.
+
+    Released chunks hold every key twice over (alias registrations) in fp32: reading them all at
+    once would double the memory a load needs (7.2 GB for AF2-0.5B instead of 4.3 GB).
+    """
+
+    def __init__(self, paths: list[Path], listed_in: Path):
+        self._where: dict[str, Path] = {}
+        self._handles = {}
+        for path in paths:
+            if not path.is_file():
+                raise CheckpointError(f"{path}: chunk {path.stem!r} listed in {listed_in.name} is missing; "
+                                      "re-download it")
+            try:
+                handle = safe_open(str(path), framework="pt")
+                keys = list(handle.keys())
+            except (SafetensorError, OSError) as exc:
+                raise CheckpointError(f"{path}: unreadable safetensors file ({exc}); re-download it") from exc
+            overlap = self._where.keys() & set(keys)
+            if overlap:
+                raise CheckpointError(f"{path}: keys also present in an earlier chunk: {sorted(overlap)[:5]}")
+            self._handles[path] = handle
+            self._where.update(dict.fromkeys(keys, path))
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        path = self._where[key]
         try:
-            part = load_file(str(path))
+            return self._handles[path].get_tensor(key)
         except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"{path}: unreadable safetensors file ({exc}); re-download it") from exc
-        overlap = state.keys() & part.keys()
-        if overlap:
-            raise CheckpointError(f"{path}: keys also present in an earlier chunk: {sorted(overlap)[:5]}")
-        state.update(part)
-    return state
+            raise CheckpointError(f"{path}: cannot read tensor {key!r} ({exc}); re-download it") from exc
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
 
 
 def read_official_clap(ckpt_dir: str | Path) -> tuple[dict[str, torch.Tensor], Path] | None:
@@ -129,7 +157,7 @@ def read_official_clap(ckpt_dir: str | Path) -> tuple[dict[str, torch.Tensor], P
     return kept, path
 
 
-def convert_official_state_dict(official: dict[str, torch.Tensor], model: AF2Model, *, source: str,
+def convert_official_state_dict(official: Mapping[str, torch.Tensor], model: AF2Model, *, source: str,
                                 clap: dict[str, torch.Tensor] | None = None,
                                 clap_source: str = "clap_ckpt") -> dict[str, torch.Tensor]:
     """Map an official Flamingo state dict onto ``model``'s keys, strictly.
@@ -200,16 +228,42 @@ def _tied_keys(model: torch.nn.Module) -> dict[str, str]:
     return tied
 
 
-def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict(strict=True)``; tied keys are filled from their primary; errors name the source."""
+def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
+                           assign: bool = False) -> None:
+    """``load_state_dict(strict=True)``; tied keys are filled from their primary; errors name the source.
+
+    ``assign=True`` adopts the given tensors (for a model built on the meta device), re-ties the
+    LM head to the embedding and rebuilds buffers that no checkpoint stores (rotary frequencies).
+    """
     state = dict(state)
-    for key, primary in _tied_keys(model).items():
+    tied = _tied_keys(model)
+    for key, primary in tied.items():
         if key not in state and primary in state:
             state[key] = state[primary]
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=assign)
     except RuntimeError as exc:
         raise CheckpointError(f"{source}: {exc}") from exc
+    if assign:
+        lm = getattr(model, "lm", None)
+        if lm is not None and lm.config.tie_word_embeddings:
+            lm.lm_head.weight = lm.model.embed_tokens.weight
+        _rebuild_unsaved_buffers(model, source)
+
+
+def _rebuild_unsaved_buffers(model: torch.nn.Module, source: str) -> None:
+    """Non-persistent buffers (e.g. an HF rotary embedding's inv_freq) are still on the meta
+    device after an assign-load: rebuild their modules from their config."""
+    for name, module in list(model.named_modules()):
+        if not any(b.is_meta for b in module.buffers(recurse=False)):
+            continue
+        if not hasattr(module, "config"):
+            raise CheckpointError(f"{source}: buffer of {name} is not in the checkpoint and cannot be rebuilt")
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, attr, type(module)(config=module.config))
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise CheckpointError(f"{source}: no values for {left[:8]}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,8 +380,9 @@ def load_official(ckpt_dir: str | Path, *, base_lm: str | Path | None = None, cf
     cfg = official_config(ckpt, base_lm, len(tokenizer), cfg)
     official = read_official_chunks(ckpt)
     clap = read_official_clap(ckpt)
-    model = AF2Model(cfg)
+    with torch.device("meta"):  # no random init, no second copy: the checkpoint's tensors are adopted
+        model = AF2Model(cfg)
     state = convert_official_state_dict(official, model, source=str(ckpt / "safe_ckpt"),
                                         clap=clap[0] if clap else None, clap_source=str(clap[1]) if clap else "")
-    load_state_dict_strict(model, state, str(ckpt))
+    load_state_dict_strict(model, state, str(ckpt), assign=True)
     return model.to(dtype).eval(), tokenizer, special

@@ -16,6 +16,15 @@ from af2.eval.tasks import Example, register_task
 MC_PROMPT = "{question} {options}"  # AF2's training format for options: "Question? (A) xxx. (B) yyy."
 
 
+def _json_list(root: Path, file_names: tuple[str, ...], task: str) -> tuple[Path, list]:
+    """The task's JSON file under ``root`` and its top-level list of items."""
+    path = find_file(root, file_names, task)
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise UserError(f"{path}: expected a JSON list of items")
+    return path, data
+
+
 def _facets(record: dict, keys: tuple[str, ...]) -> dict:
     return {"facets": {k: str(record[k]) for k in keys if record.get(k) not in (None, "")}}
 
@@ -185,10 +194,7 @@ def load_entailment(root: Path) -> list[Example]:
                description="CompA-R-test: open-ended complex reasoning; LLM judge (1-10 ×10) and similarity",
                data_source="github.com/Sreyan88/GAMA: CompA-R-test JSON; audio from AudioSet into audio/")
 def load_compa_r(root: Path) -> list[Example]:
-    path = find_file(root, ("CompA-R-test.json", "*.json"), "compa-r")
-    data = read_json(path)
-    if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON list")
+    path, data = _json_list(root, ("CompA-R-test.json", "*.json"), "compa-r")
     audio_dir = root / "audio" if (root / "audio").is_dir() else root
     out = []
     for i, item in enumerate(data):
@@ -203,10 +209,7 @@ def load_compa_r(root: Path) -> list[Example]:
                description="MuChoMusic: 1,187 multiple-choice music questions (4 options)",
                data_source="github.com/mulab-mir/muchomusic: muchomusic.json; audio from MusicCaps/SDD into audio/")
 def load_muchomusic(root: Path) -> list[Example]:
-    path = find_file(root, ("muchomusic.json", "*.json"), "muchomusic")
-    data = read_json(path)
-    if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON list")
+    path, data = _json_list(root, ("muchomusic.json", "*.json"), "muchomusic")
     audio_dir = root / "audio" if (root / "audio").is_dir() else root
     out = []
     for i, item in enumerate(data):
@@ -230,10 +233,7 @@ def load_muchomusic(root: Path) -> list[Example]:
                data_source="NVIDIA has not published LongAudioBench; "
                            "any JSON list of {audio, question, answer, category} works")
 def load_longaudiobench(root: Path) -> list[Example]:
-    path = find_file(root, ("longaudiobench.json", "*.json"), "longaudiobench")
-    data = read_json(path)
-    if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON list")
+    path, data = _json_list(root, ("longaudiobench.json", "*.json"), "longaudiobench")
     out = []
     for i, item in enumerate(data):
         where = f"{path}: item {i}"

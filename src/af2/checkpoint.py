@@ -198,7 +198,7 @@ def convert_official_state_dict(official: Mapping[str, torch.Tensor], model: AF2
             mismatched.append(f"{clap_source}:{key}: file {tuple(value.shape)} vs model {tuple(expected[ours].shape)}")
         else:
             out[ours] = value
-    tied = _tied_keys(model)
+    tied = tied_aliases(model)
     missing = [k for k in expected if k not in out and k not in tied]
     problems = []
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched),
@@ -210,22 +210,19 @@ def convert_official_state_dict(official: Mapping[str, torch.Tensor], model: AF2
     return out
 
 
-def _tied_keys(model: torch.nn.Module) -> dict[str, str]:
-    """State-dict keys that share storage with an earlier key (the tied lm_head) → that key."""
-    seen: dict[tuple, str] = {}
-    tied: dict[str, str] = {}
-    for key, tensor in model.state_dict(keep_vars=True).items():
-        if tensor.device.type == "meta" or not tensor.numel():
-            continue
-        ptr = (tensor.data_ptr(), tuple(tensor.shape))
-        if ptr in seen:
-            tied[key] = seen[ptr]
+def tied_aliases(model: torch.nn.Module) -> dict[str, str]:
+    """``{alias: primary}`` for parameters registered under several names (the tied LM head)."""
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            aliases[name] = first[id(p)]
         else:
-            seen[ptr] = key
-    lm = getattr(model, "lm", None)
-    if lm is not None and lm.config.tie_word_embeddings:
-        tied["lm.lm_head.weight"] = "lm.model.embed_tokens.weight"
-    return tied
+            first[id(p)] = name
+    lm_config = getattr(getattr(model, "lm", None), "config", None)
+    if lm_config is not None and lm_config.tie_word_embeddings:  # also before tying, e.g. on the meta device
+        aliases["lm.lm_head.weight"] = "lm.model.embed_tokens.weight"
+    return aliases
 
 
 def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
@@ -236,7 +233,7 @@ def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor
     LM head to the embedding and rebuilds buffers that no checkpoint stores (rotary frequencies).
     """
     state = dict(state)
-    tied = _tied_keys(model)
+    tied = tied_aliases(model)
     for key, primary in tied.items():
         if key not in state and primary in state:
             state[key] = state[primary]
@@ -274,7 +271,7 @@ def save_pretrained(model: AF2Model, out_dir: str | Path, tokenizer=None) -> Pat
     """Write ``config.json`` + ``model.safetensors`` (+ tokenizer) to ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tied = _tied_keys(model)
+    tied = tied_aliases(model)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in tied}
     tmp = out / "model.safetensors.tmp"
     save_file(state, str(tmp), metadata={"format": "pt", "af2": "1"})

@@ -27,21 +27,10 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 
 from af2.train.distributed import DistInfo, barrier, gather_objects, unwrap
 from af2.train.lora import join_lora_state, split_lora_state
+from af2.checkpoint import load_state_dict_strict, tied_aliases
 from af2.train.sampler import Position
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-
-def tied_aliases(model: nn.Module) -> dict[str, str]:
-    """``{alias: canonical}`` for parameters shared under several names (tied embeddings)."""
-    first: dict[int, str] = {}
-    aliases = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in first:
-            aliases[name] = first[id(p)]
-        else:
-            first[id(p)] = name
-    return aliases
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -62,14 +51,7 @@ def save_weights(state: dict[str, torch.Tensor], path: Path, aliases: dict[str, 
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load a file written by ``save_weights`` (or a checkpoint directory) into ``model``, strictly."""
     path = resolve_weights(path)
-    state = load_file(str(path))
-    for alias, canonical in tied_aliases(model).items():
-        if canonical in state:
-            state.setdefault(alias, state[canonical])
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: does not match the model: {exc}") from exc
+    load_state_dict_strict(model, load_file(str(path)), str(path))
 
 
 def resolve_weights(path: str | Path) -> Path:

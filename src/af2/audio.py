@@ -26,6 +26,7 @@ import soundfile as sf
 import soxr
 import torch
 
+from af2.errors import AudioError  # noqa: F401  (re-exported: raised here, defined in af2.errors)
 from af2.config import AudioConfig
 
 SAMPLE_RATE = 16_000  # hard-coded by the official code (compute_sliding_window, inference.py)
@@ -38,10 +39,6 @@ _FFMPEG_SUFFIXES = frozenset({".m4a", ".aac", ".mp4", ".m4b", ".3gp", ".webm", "
 
 Channel = Literal["first", "mean"]
 AudioSource = Union[str, Path, bytes, tuple[np.ndarray, int]]
-
-
-class AudioError(ValueError):
-    """Audio that cannot be used: the message names the source and what to do about it."""
 
 
 @dataclass(frozen=True)

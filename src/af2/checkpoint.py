@@ -25,13 +25,10 @@ from safetensors import SafetensorError
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from af2.errors import CheckpointError  # noqa: F401  (re-exported: raised here, defined in af2.errors)
 from af2.config import AF2Config, config_from_dict, config_to_dict
 from af2.model.af2 import AF2Model
 from af2.model.htsat import OFFICIAL_CLAP_PREFIX as CLAP_PREFIX, clap_state_dict_from_official
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded as it is; the message names the file and the keys."""
 
 
 # Official Flamingo key prefix → ours. Both CLAP namings exist: the HF inference code calls the

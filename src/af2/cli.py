@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from af2.errors import AF2Error, RequestError
+
 # One line per area; each module's register() adds its sub-commands.
 _COMMAND_MODULES = (
     "af2.commands",
@@ -20,8 +22,8 @@ _COMMAND_MODULES = (
 )
 
 
-class UserError(Exception):
-    """An error caused by the user's input: printed as one line, exit code 2."""
+# Kept as the name the command modules raise; it is the library's request error.
+UserError = RequestError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (UserError, FileNotFoundError, ValueError) as exc:
+    except (AF2Error, FileNotFoundError, ValueError) as exc:
         print(f"af2 {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

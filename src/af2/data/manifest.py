@@ -23,12 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from af2.errors import ManifestError  # noqa: F401  (re-exported: raised here, defined in af2.errors)
+
 _ENTRY_FIELDS = ("id", "name", "prompt", "output", "duration", "audio_start")
 _SPLIT_FIELDS = ("split", "split_path", "flamingo_task")
-
-
-class ManifestError(ValueError):
-    """A manifest that cannot be parsed; the message names the file, the entry and the field."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from af2.errors import SourceError
 from af2.data.audio_io import load_mono_16k, normalise_peak, trim_silence
 
 # name -> path prefixes that belong to it; nothing under these may enter the corpus.
@@ -30,11 +31,11 @@ RESERVED: dict[str, tuple[str, ...]] = {
 }
 
 
-class ReservedSourceError(ValueError):
+class ReservedSourceError(SourceError, ValueError):
     """A request to use audio that is reserved for evaluation."""
 
 
-class SourceUnavailableError(RuntimeError):
+class SourceUnavailableError(SourceError):
     """A source's packages are not installed."""
 
 

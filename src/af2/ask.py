@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 from af2.cli import UserError
+from af2.registry import DEFAULT_MODEL
 
 DEFAULT_MODEL_ENV = "AF2_MODEL"
 
@@ -35,9 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=os.environ.get(DEFAULT_MODEL_ENV, "nvidia/audio-flamingo-2-0.5B"),
+    p.add_argument("--model", default=os.environ.get(DEFAULT_MODEL_ENV, DEFAULT_MODEL),
                    help="af2 model folder, official AF2 checkpoint folder, or hub id "
-                        f"(default: ${DEFAULT_MODEL_ENV} or nvidia/audio-flamingo-2-0.5B)")
+                        f"(default: ${DEFAULT_MODEL_ENV} or {DEFAULT_MODEL}, shipped with af2)")
     p.add_argument("--base-lm", help="Qwen2.5 base (folder or hub id) for official checkpoints")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ... (default cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])

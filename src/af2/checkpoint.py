@@ -6,7 +6,11 @@ Released layout (spec section 8)::
     DIR/safe_ckpt/<chunk>.safetensors      the Flamingo state dict (alias keys included)
     DIR/clap_ckpt/epoch_*.pt               AF-CLAP two-tower checkpoint (torch pickle)
 
-Our format: ``config.json`` (the AF2Config) + ``model.safetensors`` + the tokenizer files.
+Our format: ``config.json`` (the AF2Config) + ``model.safetensors`` + the tokenizer files. A folder
+whose ``config.json`` names a ``base_lm`` holds only what is not the base LM's: the audio tower, the
+audio transformer, the cross-attention blocks and the embedding rows added for AF2's special tokens
+(``extra_rows.<key>``); the frozen LM is read from the base LM (``af2.base_lm``) when loading. Every
+training checkpoint is such a folder, so ``af2.load(run_dir)`` answers with it.
 
 Every load is strict: each missing, unexpected, mis-shaped or inconsistent key is reported with
 the file it came from. The official code loads non-strictly and silently drops keys.
@@ -14,10 +18,13 @@ the file it came from. The official code loads non-strictly and silently drops k
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import pickle
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -264,44 +271,133 @@ def _rebuild_unsaved_buffers(model: torch.nn.Module, source: str) -> None:
 # our format
 
 
-def save_pretrained(model: AF2Model, out_dir: str | Path, tokenizer=None) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` (+ tokenizer) to ``out_dir``."""
+EMBEDDING_KEY = "lm.model.embed_tokens.weight"
+EXTRA_ROWS = "extra_rows."
+
+
+@dataclass(frozen=True)
+class BaseRef:
+    """The base LM a model folder leaves out: its name (registry name, folder or hub id) and how many
+    embedding rows it has; rows from ``vocab_size`` on are AF2's and are saved with the model."""
+
+    name: str
+    vocab_size: int
+    full_embedding: bool = False  # the whole embedding was trained: save all of it
+
+
+def is_base_key(key: str) -> bool:
+    """Whether ``key`` of an AF2Model state dict is a tensor of the frozen base LM."""
+    return key.startswith("lm.") and ".xattn." not in key and ".lora_" not in key
+
+
+def model_state_to_save(state: Mapping[str, torch.Tensor], aliases: Mapping[str, str] | None = None,
+                        base: BaseRef | None = None) -> dict[str, torch.Tensor]:
+    """The tensors a model folder stores: all but tied aliases, and with ``base`` all but the base LM's."""
+    out = {}
+    for key, value in state.items():
+        if aliases and key in aliases:
+            continue
+        if base is not None and is_base_key(key):
+            if key == EMBEDDING_KEY:
+                if base.full_embedding:
+                    out[key] = value
+                else:
+                    out[EXTRA_ROWS + key] = value[base.vocab_size:]
+            continue
+        out[key] = value
+    return {k: v.detach().to("cpu").contiguous() for k, v in out.items()}
+
+
+def save_pretrained(model: AF2Model, out_dir: str | Path, tokenizer=None, base: BaseRef | None = None,
+                    state: Mapping[str, torch.Tensor] | None = None, cfg: AF2Config | None = None) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (+ tokenizer) to ``out_dir``; with ``base`` the
+    frozen base LM is left out and named in config.json instead. ``state`` (default: the model's)
+    lets a trainer pass the full state it gathered across ranks; ``cfg`` (default: the model's) is written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tied = tied_aliases(model)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in tied}
-    tmp = out / "model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt", "af2": "1"})
-    tmp.replace(out / "model.safetensors")
-    (out / "config.json").write_text(json.dumps({"af2_version": 1, **config_to_dict(model.cfg)}, indent=1))
+    tensors = model_state_to_save(model.state_dict() if state is None else state, tied_aliases(model), base)
+    tmp = out / f".model.safetensors.tmp-{os.getpid()}"
+    save_file(tensors, str(tmp), metadata={"format": "pt", "af2": "2" if base else "1"})
+    os.replace(tmp, out / "model.safetensors")
+    header = {"af2_version": 2, "base_lm": dataclasses.asdict(base)} if base else {"af2_version": 1}
+    (out / "config.json").write_text(json.dumps({**header, **config_to_dict(cfg or model.cfg)}, indent=1))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
     return out
 
 
-def read_config(model_dir: str | Path) -> AF2Config:
+def read_model_folder_config(model_dir: str | Path) -> tuple[AF2Config, BaseRef | None]:
+    """The AF2Config of a folder written by af2, and its base LM reference (None: all weights inside)."""
     path = Path(model_dir) / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{path}: not found; expected a folder written by af2 (save_pretrained or `af2 convert`)")
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: top level must be an object, got {type(data).__name__}")
     data.pop("af2_version", None)
-    return config_from_dict(AF2Config, data)
+    base = data.pop("base_lm", None)
+    try:
+        cfg = config_from_dict(AF2Config, data)
+        ref = BaseRef(**base) if base else None
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    return cfg, ref
 
 
-def load_pretrained_weights(model: AF2Model, model_dir: str | Path) -> None:
-    path = Path(model_dir) / "model.safetensors"
+def read_config(model_dir: str | Path) -> AF2Config:
+    return read_model_folder_config(model_dir)[0]
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: not found")
     try:
-        state = load_file(str(path))
+        return load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from exc
+
+
+def load_pretrained_weights(model: AF2Model, model_dir: str | Path, base: BaseRef | None = None) -> None:
+    """Load a folder's ``model.safetensors`` strictly; with ``base`` the model already holds the base LM
+    and the file must hold exactly the rest (plus the extra embedding rows)."""
+    path = Path(model_dir) / "model.safetensors"
+    load_model_state(model, read_safetensors(path), str(path), base)
+
+
+def load_model_state(model: AF2Model, state: dict[str, torch.Tensor], source: str, base: BaseRef | None = None) -> None:
+    """Strictly load ``state`` as ``model_state_to_save`` wrote it (the base LM's tensors already in ``model``)."""
+    state = expand_saved_state(model, state, source, base)
     expected = model.state_dict()
     bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
            for k, v in state.items() if k in expected and expected[k].shape != v.shape]
     if bad:
-        raise CheckpointError(f"{path}: wrong shapes: {bad[:8]}")
-    load_state_dict_strict(model, state, str(path))
+        raise CheckpointError(f"{source}: wrong shapes: {bad[:8]}")
+    load_state_dict_strict(model, state, source)
+
+
+def expand_saved_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str,
+                       base: BaseRef | None) -> dict[str, torch.Tensor]:
+    """The full state dict of ``model`` from a folder's saved tensors: with ``base``, the base LM's
+    tensors are taken from ``model`` (which holds the base LM) and the extra embedding rows appended."""
+    state = dict(state)
+    if base is None:
+        return state
+    expected = model.state_dict()
+    rows = state.pop(EXTRA_ROWS + EMBEDDING_KEY, None)
+    embedding = state.pop(EMBEDDING_KEY, None)
+    if embedding is None:
+        if rows is None:
+            raise CheckpointError(f"{source}: neither {EMBEDDING_KEY} nor its extra rows are stored")
+        embedding = torch.cat([expected[EMBEDDING_KEY][:base.vocab_size].to(rows.dtype), rows])
+    tied = tied_aliases(model)
+    for key, value in expected.items():
+        if is_base_key(key) and key != EMBEDDING_KEY and key not in tied:
+            state.setdefault(key, value)
+    state[EMBEDDING_KEY] = embedding
+    return state
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,19 +18,21 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import torch
 
 from af2.audio import AudioError, AudioSource, load_audio, make_windows, pad_windows
 from af2.config import AF2Config
-from af2.checkpoint import CheckpointError, load_official, load_pretrained_weights, load_tokenizer, read_config
+from af2.checkpoint import (CheckpointError, load_official, load_pretrained_weights, load_tokenizer,
+                            read_model_folder_config)
+from af2.registry import DEFAULT_MODEL, model_entry
 from af2.generate import GenerationConfig, left_pad, stream_tokens
 from af2.model.af2 import AF2Model
 from af2.tokens import SpecialTokens, add_special_tokens, clean_answer, inference_prompt, special_token_ids
 
 CAPTION_PROMPT = "Caption the input audio."
-DEFAULT_MODEL = "nvidia/audio-flamingo-2-0.5B"
 # The official release names the Qwen2.5 base of each AF2 size only in its README.
 _BASE_LM = {"0.5B": "Qwen/Qwen2.5-0.5B", "1.5B": "Qwen/Qwen2.5-1.5B", "3B": "Qwen/Qwen2.5-3B"}
 
@@ -232,11 +234,24 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def resolve_model_dir(path_or_id: str | Path) -> Path:
-    """A local folder, or a hub id resolved through the local HF cache (downloads only when online)."""
+    """A registry name (``af2-nano``), a local folder (a training run's folder means its newest
+    checkpoint), or a hub id resolved through the local HF cache (downloads only when online)."""
+    entry = model_entry(str(path_or_id))
+    if entry is not None and entry.package_dir:
+        shipped = Path(str(resources.files("af2") / entry.package_dir))
+        if not (shipped / "config.json").is_file():
+            raise CheckpointError(f"model {entry.name}: its weights are not in this installation ({shipped}); "
+                                  "reinstall af2 from a release or a full checkout")
+        return shipped
+    if entry is not None and entry.hub_id:
+        path_or_id = entry.hub_id
     path = Path(path_or_id).expanduser()
     if path.exists():
         if not path.is_dir():
             raise CheckpointError(f"{path}: not a folder; pass a model folder or a hub id")
+        latest = path / "checkpoints" / "latest"
+        if latest.is_file() and not (path / "config.json").is_file():
+            return path / "checkpoints" / latest.read_text().strip()
         return path
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", str(path_or_id)):
         raise CheckpointError(f"{path_or_id}: no such folder, and not a hub id (owner/name)")
@@ -269,13 +284,20 @@ def load(path_or_id: str | Path = DEFAULT_MODEL, *, device: str | torch.device =
                       "here; use dtype='float32'", stacklevel=2)
     if (folder / "safe_ckpt").is_dir():
         if base_lm is None and not (folder / "lm_config.json").is_file():
+            entry = model_entry(str(path_or_id))
             size = next((s for s in _BASE_LM if str(path_or_id).endswith(f"-{s}")), "3B")
-            base_lm = _BASE_LM[size]
+            base_lm = entry.base_lm if entry is not None else _BASE_LM[size]
         model, tokenizer, special = load_official(folder, base_lm=base_lm, cfg=config)
     elif (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
-        cfg = read_config(folder)
-        model = AF2Model(cfg)
-        load_pretrained_weights(model, folder)
+        cfg, base = read_model_folder_config(folder)
+        if base is not None:  # the frozen LM comes from the base LM named in config.json
+            from af2.base_lm import load_base_lm
+
+            cfg, lm, _ = load_base_lm(base.name, cfg, cfg.vocab_size)
+            model = AF2Model(cfg, lm=lm)
+        else:
+            model = AF2Model(cfg)
+        load_pretrained_weights(model, folder, base)
         tokenizer = load_tokenizer(folder)
         special = special_token_ids(tokenizer, cfg.tokens) if "<SEP>" in tokenizer.get_vocab() else \
             add_special_tokens(tokenizer, cfg.tokens)

@@ -27,7 +27,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 
 from af2.train.distributed import DistInfo, barrier, gather_objects, unwrap
 from af2.train.lora import join_lora_state, split_lora_state
-from af2.checkpoint import load_state_dict_strict, tied_aliases
+from af2.checkpoint import expand_saved_state, load_state_dict_strict, read_model_folder_config, tied_aliases
 from af2.train.sampler import Position
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -49,9 +49,13 @@ def save_weights(state: dict[str, torch.Tensor], path: Path, aliases: dict[str, 
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a file written by ``save_weights`` (or a checkpoint directory) into ``model``, strictly."""
+    """Load a file written by ``save_weights`` (or a checkpoint / model folder, or a run directory) into
+    ``model``, strictly; a model folder's left-out base LM tensors are taken from ``model``."""
     path = resolve_weights(path)
-    load_state_dict_strict(model, load_file(str(path)), str(path))
+    state = load_file(str(path))
+    if (path.parent / "config.json").is_file():
+        state = expand_saved_state(model, state, str(path), read_model_folder_config(path.parent)[1])
+    load_state_dict_strict(model, state, str(path))
 
 
 def resolve_weights(path: str | Path) -> Path:
@@ -96,8 +100,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any, position: Position, counters: dict[str, int], config_yaml: str,
-                    info: DistInfo, export: Callable[[dict[str, torch.Tensor], Path], None] | None = None) -> Path:
-    """Collective: every rank must call it. Returns the checkpoint directory."""
+                    info: DistInfo, export: Callable[[dict[str, torch.Tensor], Path], None] | None = None,
+                    save_model: Callable[[dict[str, torch.Tensor], Path], None] | None = None,
+                    keep_last: int = 0) -> Path:
+    """Collective: every rank must call it. Returns the checkpoint directory.
+
+    ``save_model`` (the task's) writes the weights as a model folder that ``af2.load`` accepts;
+    without it the full state goes to ``model.safetensors``. ``keep_last`` > 0 prunes older ones."""
     model_state, optim_state = get_state_dict(model, optimizer, options=_FULL)
     rngs = gather_objects(rng_state(), info)
     final = run_dir / "checkpoints" / f"step_{step:08d}"
@@ -107,7 +116,10 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         plain, adapters = split_lora_state(model_state)
-        save_weights(plain, tmp / "model.safetensors", tied_aliases(unwrap(model)))
+        if save_model is not None:
+            save_model(plain, tmp)
+        else:
+            save_weights(plain, tmp / "model.safetensors", tied_aliases(unwrap(model)))
         if adapters:
             save_weights(adapters, tmp / "lora.safetensors")
         torch.save({"step": step, "position": dataclasses.asdict(position), "optimizer": optim_state,
@@ -120,6 +132,9 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch
             shutil.rmtree(final)
         os.replace(tmp, final)
         atomic_write_bytes(final.parent / "latest", final.name.encode())
+        if keep_last > 0:
+            for old in sorted(final.parent.glob("step_*"))[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
     barrier(info)
     return final
 
@@ -130,6 +145,8 @@ def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     plain = load_file(str(ckpt / "model.safetensors"))
     adapters = load_file(str(ckpt / "lora.safetensors")) if (ckpt / "lora.safetensors").is_file() else {}
     bare = unwrap(model)
+    if (ckpt / "config.json").is_file():  # a model folder: the base LM's tensors are already in the model
+        plain = expand_saved_state(bare, plain, str(ckpt), read_model_folder_config(ckpt)[1])
     state = join_lora_state(bare, plain, adapters)
     for alias, canonical in tied_aliases(bare).items():
         state.setdefault(alias, state[canonical])

@@ -28,10 +28,19 @@ def _mlp(d_in: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, d_out), nn.ReLU(), nn.Linear(d_out, d_out))
 
 
+def text_encoder_dir(name: str) -> str:
+    """``all-minilm-l6-v2`` names the sentence encoder shipped in a PyPI package; anything else is a folder."""
+    if name.lower() == "all-minilm-l6-v2":
+        from af2.eval.similarity import encoder_dir
+
+        return str(encoder_dir())
+    return name
+
+
 def build_text_encoder(cfg: ClapConfig) -> nn.Module:
     """The encoder of ``cfg.text_encoder`` (a local folder), or a random one from ``text_encoder_config``."""
     if cfg.text_encoder:
-        model = AutoModel.from_pretrained(cfg.text_encoder)
+        model = AutoModel.from_pretrained(text_encoder_dir(cfg.text_encoder))
     elif cfg.text_encoder_config:
         conf = dict(cfg.text_encoder_config)
         model = AutoModel.from_config(AutoConfig.for_model(conf.pop("model_type"), **conf))

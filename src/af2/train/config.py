@@ -39,6 +39,10 @@ class OptimConfig:
     warmup_steps: int = 1875
     min_lr_ratio: float = 0.0  # cosine only: the floor as a fraction of lr
     clip_norm: float = 1.0  # one global-norm clip per optimizer step; 0 disables
+    # Learning-rate multipliers per trainable group (``xattn``, ``audio_transformer``, ``clap``, ...) and
+    # for ``gates`` (the tanh gates of the cross-attention): e.g. {gates: 10} lets a small model open its
+    # gates in hundreds of steps instead of thousands. Empty = one lr for everything, as the official code.
+    group_lr: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,18 @@ class ClapConfig:
 
 
 @dataclass(frozen=True)
+class ListenConfig:
+    """The listening check run every ``interval`` steps on held-out multiple-choice items: accuracy
+    with each item's own audio vs with another item's audio (shuffled), and the pairwise cosine of
+    the audio transformer's outputs across clips (a collapse warning above ``max_cosine``)."""
+
+    manifest: str = ""  # an af2 manifest (JSON/JSONL) of multiple-choice items; empty = no check
+    interval: int = 0  # optimizer steps between checks; 0 = only at the end of the run
+    items: int = 128
+    max_cosine: float = 0.95
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One training stage. ``batch_size`` is per device and per micro-step: the global batch is
     ``batch_size * grad_accum * world_size``."""
@@ -94,6 +110,13 @@ class TrainConfig:
     # The pretrained base LM (local HF folder or hub id, e.g. Qwen/Qwen2.5-0.5B): its config replaces
     # the model's `lm` and its weights become the frozen LM. Empty: a randomly initialised LM (tests).
     base_lm: str = ""
+    # Which rows of the (tied) embedding train when ``embeddings`` is trainable: "all" (official resize, the
+    # whole vocabulary) or "new" (only the rows of AF2's special tokens; the base LM's rows stay exact, and
+    # checkpoints then hold only the new rows).
+    embedding_rows: str = "all"
+    # How the new rows start: "random" (the official resize) or "mean" (the mean of the base rows, so
+    # <|endofchunk|> does not start at a cross-entropy of ~30).
+    new_rows_init: str = "random"
     init_checkpoint: str = ""  # model.safetensors (or a run/checkpoint directory) of the previous stage
     audio_tower_checkpoint: str = ""  # stage 0's audio_tower.safetensors, loaded into audio_encoder
     trainable: tuple[str, ...] = ("audio_transformer", "xattn", "embeddings")
@@ -114,6 +137,10 @@ class TrainConfig:
     log_interval: int = 1
     progress: bool = True
     resume: bool = False
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this much wall time; 0 = no budget
+    keep_last: int = 0  # keep the newest N checkpoints; 0 = keep all
+    threads: int = 0  # torch intra-op threads; 0 = leave torch's default (one per core)
+    listen: ListenConfig = field(default_factory=ListenConfig)
 
     def __post_init__(self) -> None:
         _check_choice("kind", self.kind, STAGE_KINDS)
@@ -121,6 +148,10 @@ class TrainConfig:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("strategy", self.strategy, STRATEGIES)
         _check_choice("data.broken_samples", self.data.broken_samples, BROKEN_POLICIES)
+        _check_choice("embedding_rows", self.embedding_rows, ("all", "new"))
+        _check_choice("new_rows_init", self.new_rows_init, ("random", "mean"))
+        for group in self.optim.group_lr:
+            _check_choice("optim.group_lr", group, TRAINABLE_GROUPS + ("gates",))
         for group in self.trainable:
             _check_choice("trainable", group, TRAINABLE_GROUPS)
         if ("lora" in self.trainable) != self.lora.enabled:

@@ -24,7 +24,7 @@ from af2.train.distributed import (DistInfo, init_distributed, mean_across_ranks
 from af2.train.metrics import MetricsLog, plot_loss
 from af2.train.sampler import BatchPlan, Position
 from af2.train.schedule import make_scheduler
-from af2.train.stages import train_mode
+from af2.train.stages import GROUP_PATTERNS, train_mode
 
 
 @dataclass
@@ -35,6 +35,11 @@ class Task:
     loss: Callable[[nn.Module, dict[str, Any]], torch.Tensor]  # mean loss of one micro-batch
     lengths: Sequence[tuple[int, ...]] | None = None  # per sample, for length-bucketed batching
     export: Callable[[dict[str, torch.Tensor], Path], None] | None = None  # extra files per checkpoint
+    # writes a checkpoint's weights as a model folder (config.json + weights + tokenizer) af2.load accepts
+    save_model: Callable[[dict[str, torch.Tensor], Path], None] | None = None
+    tokenizer: Any = None  # for the listening check
+    # evaluation run every cfg.listen.interval steps and at the end: step -> figures to log
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None
 
 
 @dataclass
@@ -49,6 +54,8 @@ class TrainResult:
 def train(cfg: TrainConfig, task: Task, info: DistInfo | None = None,
           callbacks: Sequence[Callable[[int, dict[str, Any]], None]] = ()) -> TrainResult:
     info = info or init_distributed(cfg.device)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed + info.rank)  # dropout etc. differ per rank; weights come from the task
@@ -71,6 +78,12 @@ def train(cfg: TrainConfig, task: Task, info: DistInfo | None = None,
             raise FileNotFoundError(f"resume: no checkpoint in {run_dir / 'checkpoints'}; run without --resume")
         record = load_checkpoint(ckpt, model, optimizer, scheduler, info)
         step, position, counters = record["step"], record["position"], record["counters"]
+        if step >= cfg.max_steps:
+            if info.is_main:
+                print(f"{cfg.stage}: already complete ({step}/{cfg.max_steps} steps, checkpoint {ckpt}); "
+                      "nothing to resume", flush=True)
+            return TrainResult(run_dir=run_dir, step=step, losses=[], checkpoint=ckpt,
+                               skipped=counters.get("skipped", 0))
     config_yaml = dump_train_config(cfg)
     if info.is_main:
         (run_dir / "config.yaml").write_text(config_yaml)
@@ -82,11 +95,13 @@ def train(cfg: TrainConfig, task: Task, info: DistInfo | None = None,
     losses: list[float] = []
     checkpoint = None
     train_mode(model)
-    while step < cfg.max_steps:
+    budget_end = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes > 0 else None
+    out_of_time = False
+    while step < cfg.max_steps and not out_of_time:
         started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         micro_losses = []
-        n_samples = 0
+        n_samples = n_tokens = 0
         for micro in range(cfg.grad_accum):
             batch, position, n = _next_batch(task, plan, position, info, cfg, counters)
             n_samples += n
@@ -95,6 +110,7 @@ def train(cfg: TrainConfig, task: Task, info: DistInfo | None = None,
                     loss = task.loss(model, batch)
                 (loss / cfg.grad_accum).backward()
             micro_losses.append(loss.detach().float())
+            n_tokens += int(batch["attention_mask"].sum()) if isinstance(batch, dict) and "attention_mask" in batch else 0
         grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_norm) if cfg.optim.clip_norm > 0
                      else _grad_norm(params))
         lr = scheduler.get_last_lr()[0]
@@ -107,33 +123,58 @@ def train(cfg: TrainConfig, task: Task, info: DistInfo | None = None,
         elapsed = time.perf_counter() - started
         record = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
                   "samples_per_s": n_global / elapsed, "epoch": position.epoch,
+                  "tokens_per_s": sum_across_ranks(n_tokens, info) / elapsed,
                   "skipped": sum_across_ranks(counters["skipped"], info) if info.enabled else counters["skipped"]}
         losses.append(loss_value)
-        if log is not None and (step % cfg.log_interval == 0 or step == cfg.max_steps):
+        out_of_time = budget_end is not None and time.monotonic() >= budget_end
+        final = step == cfg.max_steps or out_of_time
+        if task.evaluate is not None and ((cfg.listen.interval and step % cfg.listen.interval == 0) or final):
+            record.update(task.evaluate(model))
+        if log is not None and (step % cfg.log_interval == 0 or final):
             log.write(record)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", sps=f"{record['samples_per_s']:.1f}")
-        if step % cfg.save_interval == 0 or step == cfg.max_steps:
+        if step % cfg.save_interval == 0 or final:
             checkpoint = save_checkpoint(run_dir, step, model, optimizer, scheduler, position, counters,
-                                         config_yaml, info, export=task.export)
+                                         config_yaml, info, export=task.export, save_model=task.save_model,
+                                         keep_last=cfg.keep_last)
             if info.is_main:
                 plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png", cfg.stage)
         for callback in callbacks:
             callback(step, record)
     bar.close()
+    if out_of_time and info.is_main:
+        print(f"{cfg.stage}: stopped at step {step}/{cfg.max_steps}: the {cfg.max_minutes:g}-minute budget is "
+              "spent; run again with --resume to continue", flush=True)
     return TrainResult(run_dir=run_dir, step=step, losses=losses, checkpoint=checkpoint,
                        skipped=counters["skipped"])
 
 
 def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if cfg.optim.decay_1d or p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps)
+    """AdamW; 1-D parameters undecayed unless ``decay_1d``; the embedding undecayed when only its new rows
+    train (decay would shrink the frozen base rows); ``optim.group_lr`` scales the lr of named groups."""
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        name = name.removeprefix("module.")
+        decays = (cfg.optim.decay_1d or p.ndim >= 2) and not (cfg.embedding_rows == "new" and "embed_tokens" in name)
+        groups.setdefault((cfg.optim.lr * lr_multiplier(name, cfg.optim.group_lr),
+                           cfg.optim.weight_decay if decays else 0.0), []).append(p)
+    param_groups = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+    return torch.optim.AdamW(param_groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps)
+
+
+def lr_multiplier(name: str, group_lr: dict[str, float]) -> float:
+    """The ``optim.group_lr`` multiplier of parameter ``name`` (``gates`` wins over ``xattn``)."""
+    if not group_lr:
+        return 1.0
+    if name.endswith(("attn_gate", "ff_gate")) and "gates" in group_lr:
+        return group_lr["gates"]
+    for group, scale in group_lr.items():
+        if group != "gates" and GROUP_PATTERNS[group](name):
+            return scale
+    return 1.0
 
 
 def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:

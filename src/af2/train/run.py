@@ -9,22 +9,25 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from af2.config import AF2Config, af2_config, apply_overrides, tiny_config
+from af2.config import AF2Config, af2_config, apply_overrides, nano_config, tiny_config
+from af2.base_lm import load_base_lm, resolve_base_lm
+from af2.checkpoint import BaseRef, save_pretrained
 from af2.model.af2 import AF2Model
 from af2.tokens import add_special_tokens
 from af2.train.checkpoint import latest_checkpoint, load_weights
-from af2.train.clap import AFClap, ClapCollator, build_text_encoder, clap_loss, export_audio_tower
+from af2.train.clap import text_encoder_dir, AFClap, ClapCollator, build_text_encoder, clap_loss, export_audio_tower
 from af2.train.config import TrainConfig
 from af2.train.data import Collator, ManifestDataset, blended_items
-from af2.train.distributed import init_distributed, shutdown
+from af2.train.distributed import init_distributed, shutdown, unwrap
 from af2.train.engine import Task, TrainResult, train
+from af2.train.listen import listen_check, multiple_choice_items
 from af2.train.lora import add_lora
 from af2.train.stages import apply_stage
 
 
 def model_config(cfg: TrainConfig) -> AF2Config:
     """The AF2 architecture of the run, with the stage's window count."""
-    base = tiny_config() if cfg.model == "tiny" else af2_config(cfg.model)
+    base = {"tiny": tiny_config, "nano": nano_config}.get(cfg.model, lambda: af2_config(cfg.model))()
     base = apply_overrides(base, cfg.model_overrides) if cfg.model_overrides else base
     return replace(base, audio=replace(base.audio, max_windows=cfg.windows))
 
@@ -35,21 +38,12 @@ def load_tokenizer(path: str, what: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-def load_base_lm(path: str, arch: AF2Config, vocab_size: int):
-    """The pretrained causal LM at ``path`` (folder or hub id), resized to AF2's vocabulary as the
-    official factory does (rows of the base vocabulary kept, the 4 new rows freshly initialised)."""
-    from transformers import AutoModelForCausalLM
-
-    from af2.checkpoint import CheckpointError, read_lm_config
-
-    lm_cfg = {k: v for k, v in read_lm_config(path).items() if not k.startswith("_") and k not in
-              ("torch_dtype", "dtype", "transformers_version", "use_cache")}
-    try:
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"base_lm {path}: cannot load its weights ({str(exc).splitlines()[0]})") from exc
-    lm.resize_token_embeddings(vocab_size, mean_resizing=False)
-    return replace(arch, lm=lm_cfg, vocab_size=vocab_size), lm
+def train_only_new_rows(model: AF2Model, base_vocab: int) -> None:
+    """Zero the embedding gradient of the base vocabulary's rows, so only AF2's new rows learn."""
+    weight = model.lm.get_input_embeddings().weight
+    keep = torch.zeros(weight.shape[0], 1, dtype=weight.dtype)
+    keep[base_vocab:] = 1
+    weight.register_hook(lambda grad: grad * keep.to(grad.device, grad.dtype))
 
 
 def audio_tower_file(path: str | Path) -> Path:
@@ -65,12 +59,14 @@ def audio_tower_file(path: str | Path) -> Path:
 def build_alm_task(cfg: TrainConfig) -> Task:
     """Stages 1-3: an ``AF2Model`` initialised from the previous stage, its trainable set applied."""
     arch = model_config(cfg)
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.base_lm, "tokenizer")
+    tokenizer = load_tokenizer(resolve_base_lm(cfg.tokenizer or cfg.base_lm), "tokenizer")
     add_special_tokens(tokenizer, arch.tokens)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    lm = None
+    lm, base = None, None
     if cfg.base_lm:
-        arch, lm = load_base_lm(cfg.base_lm, arch, len(tokenizer))
+        arch, lm, base_vocab = load_base_lm(cfg.base_lm, arch, len(tokenizer), cfg.new_rows_init)
+        base = BaseRef(cfg.base_lm, base_vocab, full_embedding=cfg.embedding_rows == "all" and
+                       "embeddings" in cfg.trainable)
     model = AF2Model(arch, lm=lm)
     if cfg.init_checkpoint:
         load_weights(model, cfg.init_checkpoint)
@@ -83,13 +79,42 @@ def build_alm_task(cfg: TrainConfig) -> Task:
     if cfg.lora.enabled:
         add_lora(model, cfg.lora)
     apply_stage(model, cfg.trainable)
+    if cfg.embedding_rows == "new" and "embeddings" in cfg.trainable and base is not None:
+        train_only_new_rows(model, base.vocab_size)
     if len(tokenizer) != arch.vocab_size:
         raise ValueError(f"tokenizer {cfg.tokenizer} has {len(tokenizer)} tokens with AF2's specials but the "
                          f"model has {arch.vocab_size} embedding rows; fix model or tokenizer")
     dataset = ManifestDataset(blended_items(cfg.data), cfg.data.data_root, arch.audio)
     tokens = replace(arch.tokens, max_tokens=cfg.data.max_tokens)
+    # the saved folder answers up to 5 minutes, whatever the stage's training window count
+    inference_cfg = replace(arch, audio=replace(arch.audio, max_windows=max(arch.audio.max_windows, 30)))
+
+    def save_model(state: dict[str, torch.Tensor], folder: Path) -> None:
+        save_pretrained(model, folder, tokenizer, base, state=state, cfg=inference_cfg)
+
     return Task(model=model, dataset=dataset, collate=Collator(tokenizer, tokens, cfg.windows),
-                loss=lambda m, batch: m(**batch).loss, lengths=dataset.lengths())
+                loss=lambda m, batch: m(**batch).loss, lengths=dataset.lengths(), save_model=save_model,
+                tokenizer=tokenizer, evaluate=listen_evaluator(cfg, tokenizer))
+
+
+def listen_evaluator(cfg: TrainConfig, tokenizer):
+    """The shuffled-audio control and feature-diversity check of ``cfg.listen`` (None when unset)."""
+    if not cfg.listen.manifest:
+        return None
+    items = multiple_choice_items(cfg.listen.manifest, cfg.listen.items)
+
+    def evaluate(model) -> dict[str, float]:
+        report = listen_check(unwrap(model), tokenizer, items, cfg.data.data_root, cfg.windows)
+        if report.feature_cosine > cfg.listen.max_cosine:
+            print(f"warning: audio features are collapsing: mean pairwise cosine {report.feature_cosine:.3f} > "
+                  f"{cfg.listen.max_cosine} across {report.items} held-out clips", flush=True)
+        print(f"listen: accuracy {report.accuracy:.3f} own audio vs {report.shuffled_accuracy:.3f} shuffled "
+              f"(chance {report.chance:.3f}, {report.items} items), feature cosine {report.feature_cosine:.3f}",
+              flush=True)
+        return report.as_dict()
+
+    return evaluate
+
 
 
 def build_clap_task(cfg: TrainConfig) -> Task:
@@ -100,7 +125,7 @@ def build_clap_task(cfg: TrainConfig) -> Task:
     if cfg.init_checkpoint:
         load_weights(model, cfg.init_checkpoint)
     apply_stage(model, cfg.trainable)
-    tokenizer = load_tokenizer(cfg.clap.tokenizer or cfg.clap.text_encoder, "clap.tokenizer")
+    tokenizer = load_tokenizer(text_encoder_dir(cfg.clap.tokenizer or cfg.clap.text_encoder), "clap.tokenizer")
     dataset = ManifestDataset(blended_items(cfg.data), cfg.data.data_root, replace(arch.audio, max_windows=1))
     return Task(model=model, dataset=dataset, collate=ClapCollator(tokenizer, cfg.clap), loss=clap_loss,
                 lengths=dataset.lengths(), export=export_audio_tower)

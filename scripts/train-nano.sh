@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Train af2-nano through the curriculum on the offline corpus: stage 0 (AF-CLAP-nano) -> 1 -> 2 -> 3.
+# Every stage resumes where it stopped (checkpoints + --resume), so the script can be re-run after an
+# interruption or a time budget and continues. Each stage's recipe sets a wall-clock budget (max_minutes).
+#   bash scripts/train-nano.sh [CORPUS_DIR] [RUNS_DIR] [STAGES...]
+#   e.g. bash scripts/train-nano.sh /work/corpus runs 0 1      # only stages 0 and 1
+# Env: NICE (default 0) runs the trainer at that niceness; EXTRA holds more key=value overrides.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CORPUS=${1:-corpus}
+RUNS=${2:-runs}
+shift $(( $# > 2 ? 2 : $# )) || true
+STAGES=${*:-0 1 2 3}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+[ -d "$CORPUS/manifests" ] || { echo "train-nano: no corpus at $CORPUS; build it: af2 corpus build --out $CORPUS" >&2; exit 2; }
+common=(data.data_root="$CORPUS" data.dataset_file_root="$CORPUS/manifests")
+listen=(listen.manifest="$CORPUS/manifests/AF2Corpus-AudioSkills/val.json")
+for s in $STAGES; do
+  case $s in
+    0) extra=(output_dir="$RUNS/nano_stage0") ;;
+    1) extra=(output_dir="$RUNS/nano_stage1" audio_tower_checkpoint="$RUNS/nano_stage0" "${listen[@]}") ;;
+    2) extra=(output_dir="$RUNS/nano_stage2" init_checkpoint="$RUNS/nano_stage1" "${listen[@]}") ;;
+    3) extra=(output_dir="$RUNS/nano_stage3" init_checkpoint="$RUNS/nano_stage2"
+              listen.manifest="$CORPUS/manifests/AF2Corpus-LongAudio/val.json") ;;
+    *) echo "train-nano: unknown stage $s (0-3)" >&2; exit 2 ;;
+  esac
+  resume=()
+  [ -f "$RUNS/nano_stage$s/checkpoints/latest" ] && resume=(--resume)
+  echo "== stage $s $(date -u +%H:%M:%S)" >&2
+  nice -n "${NICE:-0}" .venv/bin/af2 train --config "nano_stage$s" "${resume[@]}" "${common[@]}" "${extra[@]}" ${EXTRA:-}
+done

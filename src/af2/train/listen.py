@@ -1,0 +1,106 @@
+"""Does the model listen? Two figures logged at every evaluation of a training run.
+
+1. **Shuffled-audio control**: multiple-choice accuracy on held-out items with each item's own audio
+   vs with another item's audio (a fixed derangement). A model that answers from text priors alone
+   scores the same on both; one that listens loses accuracy when the audio is swapped.
+2. **Feature diversity**: the mean pairwise cosine similarity, across clips, of the audio
+   transformer's mean-pooled outputs. Near 1.0 means the audio path has collapsed to one vector.
+
+The answer letter is read from one forward pass: the prompt is followed by ``(`` (every AF2
+multiple-choice answer starts ``(x) ...``) and the letters' next-token logits are compared, so the
+check costs one teacher-forced pass per item and variant instead of a generation.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+import torch
+
+from af2.audio import pad_windows
+from af2.data.manifest import ManifestItem, read_manifest
+from af2.model.af2 import AF2Model
+from af2.tokens import inference_prompt
+from af2.train.data import ManifestDataset
+from af2.train.stages import train_mode
+
+_ANSWER = re.compile(r"^\(([a-h])\)", re.IGNORECASE)
+LETTERS = "abcdefgh"
+
+
+@dataclass(frozen=True)
+class ListenReport:
+    items: int
+    accuracy: float  # own audio
+    shuffled_accuracy: float  # another item's audio
+    chance: float  # mean of 1 / options
+    feature_cosine: float  # mean pairwise cosine of pooled audio-transformer outputs across items
+
+    def as_dict(self) -> dict[str, float]:
+        return {"listen_items": self.items, "listen_acc": self.accuracy, "listen_acc_shuffled": self.shuffled_accuracy,
+                "listen_chance": self.chance, "feature_cosine": self.feature_cosine}
+
+
+def multiple_choice_items(manifest: str, limit: int) -> list[ManifestItem]:
+    """The first ``limit`` items of ``manifest`` whose answer is an option letter ``(x) ...``, in a fixed
+    order spread over the file (every k-th item), so each check sees the same items."""
+    items = [it for it in read_manifest(manifest).items if _ANSWER.match(it.output.strip())]
+    if not items:
+        raise ValueError(f"listen.manifest {manifest}: no multiple-choice items (answers starting '(A)')")
+    step = max(1, len(items) // limit)
+    return items[::step][:limit]
+
+
+def _n_options(prompt: str) -> int:
+    return max(2, len(re.findall(r"\([A-Ha-h]\)", prompt)))
+
+
+@torch.no_grad()
+def listen_check(model: AF2Model, tokenizer, items: list[ManifestItem], data_root: str, windows: int,
+                 batch_size: int = 8) -> ListenReport:
+    """Accuracy with own vs shuffled audio, and feature diversity, over ``items`` (model left in eval)."""
+    was_training = model.training
+    model.eval()
+    audio_cfg = replace(model.cfg.audio, max_windows=windows)
+    dataset = ManifestDataset(items, data_root, audio_cfg)
+    letter_ids = torch.tensor([tokenizer.convert_tokens_to_ids(c) for c in LETTERS])
+    device = next(model.parameters()).device
+    features, own, shuffled, chance = [], [], [], []
+    for start in range(0, len(items), batch_size):
+        batch = [dataset[i] for i in range(start, min(start + batch_size, len(items)))]
+        wins, mask = pad_windows([s.windows for s in batch], windows)
+        wins, mask = wins.to(device), mask.to(device)
+        audio = model.encode_audio(wins, mask)
+        real = audio.mask.unsqueeze(-1).to(audio.features.dtype)
+        features.append((audio.features * real).sum(1) / real.sum(1))
+        texts = [inference_prompt(s.prompt) + "(" for s in batch]
+        enc = tokenizer(texts, return_tensors="pt", padding="longest", add_special_tokens=False)
+        ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        last = attn.sum(1) - 1  # right padding: the position of "("
+        rows = torch.arange(len(batch), device=device)
+        gold = torch.tensor([LETTERS.index(_ANSWER.match(s.output.strip()).group(1).lower()) for s in batch])
+        n_opts = torch.tensor([_n_options(s.prompt) for s in batch])
+        allowed = torch.arange(len(LETTERS))[None, :] < n_opts[:, None]
+        # the same prompts with the audio rolled by one item (a derangement for batches of 2+)
+        perm = torch.roll(torch.arange(len(batch)), 1) if len(batch) > 1 else torch.arange(1)
+        for bucket, context in ((own, audio), (shuffled, audio.select(perm.to(device)))):
+            logits = model(input_ids=ids, attention_mask=attn, audio=context).logits[rows, last]
+            scores = logits[:, letter_ids.to(device)].float().cpu().masked_fill(~allowed, float("-inf"))
+            bucket.append(scores.argmax(1) == gold)
+        chance.append(1.0 / n_opts.float())
+    if was_training:
+        train_mode(model)
+    return ListenReport(items=len(items), accuracy=torch.cat(own).float().mean().item(),
+                        shuffled_accuracy=torch.cat(shuffled).float().mean().item(),
+                        chance=torch.cat(chance).mean().item(), feature_cosine=mean_pairwise_cosine(torch.cat(features)))
+
+
+def mean_pairwise_cosine(x: torch.Tensor) -> float:
+    """Mean cosine similarity over all distinct pairs of rows of ``x`` (n, D)."""
+    if x.shape[0] < 2:
+        return float("nan")
+    unit = torch.nn.functional.normalize(x.float(), dim=1)
+    sims = unit @ unit.T
+    n = x.shape[0]
+    return ((sims.sum() - sims.diagonal().sum()) / (n * (n - 1))).item()

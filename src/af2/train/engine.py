@@ -24,7 +24,7 @@ from af2.train.distributed import (DistInfo, init_distributed, mean_across_ranks
 from af2.train.metrics import MetricsLog, plot_loss
 from af2.train.sampler import BatchPlan, Position
 from af2.train.schedule import make_scheduler
-from af2.train.stages import train_mode
+from af2.train.stages import GROUP_PATTERNS, train_mode
 
 
 @dataclass
@@ -35,6 +35,8 @@ class Task:
     loss: Callable[[nn.Module, dict[str, Any]], torch.Tensor]  # mean loss of one micro-batch
     lengths: Sequence[tuple[int, ...]] | None = None  # per sample, for length-bucketed batching
     export: Callable[[dict[str, torch.Tensor], Path], None] | None = None  # extra files per checkpoint
+    # Edits the accumulated gradients before clipping (e.g. the embedding-row mask, af2.train.alm).
+    grad_mask: Callable[[nn.Module], None] | None = None
 
 
 @dataclass
@@ -59,7 +61,7 @@ def train(cfg: TrainConfig, task: Task, info: DistInfo | None = None,
         raise ValueError(f"stage {cfg.stage}: no trainable parameters; check `trainable`")
     model = wrap_model(model, info, cfg.strategy)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _make_optimizer(cfg, model)
+    optimizer = make_optimizer(cfg, model)
     scheduler = make_scheduler(optimizer, cfg.optim, cfg.max_steps)
     plan = BatchPlan(len(task.dataset), cfg.batch_size, info.world_size, cfg.seed,
                      lengths=task.lengths if cfg.data.bucket_by_length else None)
@@ -95,8 +97,7 @@ def train(cfg: TrainConfig, task: Task, info: DistInfo | None = None,
                     loss = task.loss(model, batch)
                 (loss / cfg.grad_accum).backward()
             micro_losses.append(loss.detach().float())
-        grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_norm) if cfg.optim.clip_norm > 0
-                     else _grad_norm(params))
+        grad_norm = finish_gradients(task, model, params, cfg.optim.clip_norm)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
@@ -125,14 +126,28 @@ def train(cfg: TrainConfig, task: Task, info: DistInfo | None = None,
                        skipped=counters["skipped"])
 
 
-def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def finish_gradients(task: Task, model: nn.Module, params: list[torch.Tensor], clip_norm: float) -> torch.Tensor:
+    """After the last backward of a step: the task's gradient mask, then one global-norm clip
+    (0 disables it). Returns the norm before clipping."""
+    if task.grad_mask is not None:
+        task.grad_mask(model)
+    return torch.nn.utils.clip_grad_norm_(params, clip_norm) if clip_norm > 0 else _grad_norm(params)
+
+
+def _decays(name: str, p: torch.Tensor, cfg: TrainConfig) -> bool:
+    name = name.removeprefix("module.")  # DDP
+    if cfg.optim.decay_params == "xattn":
+        return GROUP_PATTERNS["xattn"](name)
+    return cfg.optim.decay_1d or p.ndim >= 2
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters, weight decay on those ``optim.decay_params`` names."""
     decay, no_decay = [], []
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if cfg.optim.decay_1d or p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+            (decay if _decays(name, p, cfg) else no_decay).append(p)
+    groups = [{"params": ps, "weight_decay": wd} for ps, wd in ((decay, cfg.optim.weight_decay), (no_decay, 0.0)) if ps]
     return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps)
 
 

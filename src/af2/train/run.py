@@ -12,10 +12,11 @@ from transformers import AutoTokenizer
 from af2.config import AF2Config, af2_config, apply_overrides, tiny_config
 from af2.model.af2 import AF2Model
 from af2.tokens import add_special_tokens
+from af2.train.alm import alm_task, with_training_options
 from af2.train.checkpoint import latest_checkpoint, load_weights
 from af2.train.clap import AFClap, ClapCollator, build_text_encoder, clap_loss, export_audio_tower
 from af2.train.config import TrainConfig
-from af2.train.data import Collator, ManifestDataset, blended_items
+from af2.train.data import ManifestDataset, blended_items
 from af2.train.distributed import init_distributed, shutdown
 from af2.train.engine import Task, TrainResult, train
 from af2.train.lora import add_lora
@@ -64,7 +65,7 @@ def audio_tower_file(path: str | Path) -> Path:
 
 def build_alm_task(cfg: TrainConfig) -> Task:
     """Stages 1-3: an ``AF2Model`` initialised from the previous stage, its trainable set applied."""
-    arch = model_config(cfg)
+    arch = with_training_options(model_config(cfg), cfg)
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.base_lm, "tokenizer")
     add_special_tokens(tokenizer, arch.tokens)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
@@ -86,10 +87,7 @@ def build_alm_task(cfg: TrainConfig) -> Task:
     if len(tokenizer) != arch.vocab_size:
         raise ValueError(f"tokenizer {cfg.tokenizer} has {len(tokenizer)} tokens with AF2's specials but the "
                          f"model has {arch.vocab_size} embedding rows; fix model or tokenizer")
-    dataset = ManifestDataset(blended_items(cfg.data), cfg.data.data_root, arch.audio)
-    tokens = replace(arch.tokens, max_tokens=cfg.data.max_tokens)
-    return Task(model=model, dataset=dataset, collate=Collator(tokenizer, tokens, cfg.windows),
-                loss=lambda m, batch: m(**batch).loss, lengths=dataset.lengths())
+    return alm_task(cfg, model, tokenizer)
 
 
 def build_clap_task(cfg: TrainConfig) -> Task:

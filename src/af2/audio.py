@@ -113,7 +113,8 @@ def _start_frame(start_seconds: float, sample_rate: int, total: int | None, name
     return frame
 
 
-def _read_array(array: np.ndarray, sample_rate: int, max_seconds: float | None, name: str, start_seconds: float = 0.0):
+def _read_array(array: np.ndarray, sample_rate: int, max_seconds: float | None, name: str,
+                start_seconds: float = 0.0):
     data = np.asarray(array)
     if data.ndim == 1:
         data = data[:, None]

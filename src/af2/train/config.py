@@ -36,11 +36,12 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.1
-    # Which parameters weight_decay applies to. "xattn": every gated cross-attention parameter
-    # (gates and norms too) and nothing else, as the official non-FSDP optimizer (train.py); the
-    # embedding, whose untrained rows must stay put, is never decayed. "matrices": every trainable
-    # parameter with >= 2 dimensions (all of them with decay_1d), af2's earlier default.
-    decay_params: str = "xattn"
+    # Which parameters weight_decay applies to. "matrices": every trainable parameter with >= 2
+    # dimensions (all of them with decay_1d; the official FSDP runs of the shipped configs decay
+    # everything). "xattn": every gated cross-attention parameter (gates and norms too) and nothing
+    # else, as the official non-FSDP optimizer (train.py); use it with embedding_grad_rows=special,
+    # whose frozen vocabulary rows must not decay.
+    decay_params: str = "matrices"
     # "matrices" only. The official FSDP run decays everything (spec 10.4 #18); biases, norms and
     # gates usually should not be.
     decay_1d: bool = False
@@ -106,9 +107,10 @@ class TrainConfig:
     init_checkpoint: str = ""  # model.safetensors (or a run/checkpoint directory) of the previous stage
     audio_tower_checkpoint: str = ""  # stage 0's audio_tower.safetensors, loaded into audio_encoder
     trainable: tuple[str, ...] = ("audio_transformer", "xattn", "embeddings")
-    # "special": the (tied) embedding's gradient is zeroed except the <audio> and <|endofchunk|> rows,
-    # as the official trainer does; "all": the whole vocabulary trains.
-    embedding_grad_rows: str = "special"
+    # "all": the whole (tied) embedding trains, as in the official FSDP runs of the shipped configs;
+    # "special": its gradient is zeroed except the <audio> and <|endofchunk|> rows, as the official
+    # non-FSDP trainer does (the code's stated intent; spec 10.4 #18).
+    embedding_grad_rows: str = "all"
     # Cross-attention during training: "full" = every text token sees every real audio token (what
     # the released weights are evaluated with, spec 4.4); "official_fewshot" = the official training
     # code's extra mask (text sees only audio tokens [0, xattn_fewshot_tokens) after one <audio>).

@@ -86,6 +86,9 @@ def fixture_train_config(fixture: Path, c: dict[str, Any], cases: dict[str, Any]
     """The TrainConfig of the fixture's step: stage 1 freezing (CLAP trains only with ``finetune``),
     its data, batch and optimizer; dropout off as the fixture ran (S1b); the variant's x-attn mask."""
     d = c["data_config"]
+    if float(c["train"].get("loss_multiplier", 1.0)) != 1.0:
+        raise ValueError(f"{fixture}/config.json: train.loss_multiplier {c['train']['loss_multiplier']} is not "
+                         "supported; af2 trains with the plain mean loss (the official default 1.0)")
     data = DataConfig(dataset_file_root=str(fixture / d["dataset_file_root"]), data_root=str(fixture / d["data_root"]),
                       blend={k: float(v["weight"]) for k, v in d["dataset_blending_config"].items()},
                       global_weight=float(d["dataset_blending_global_weight"]), max_tokens=int(d["max_tokens"]))
@@ -210,7 +213,7 @@ def _check_step(model, task, cfg: TrainConfig, batch, v: str, cases, expected, a
                 tol=TOLERANCES["token_nll"]))
     add(compare(f"logits/{v}", logits, expected[f"logits/{v}"], where=batch["attention_mask"],
                 tol=TOLERANCES["logits"]))
-    loss.backward()
+    (loss / cfg.grad_accum).backward()  # as the engine (and the official loop) divide it
     grads = [params[ours(n)].grad for n in cases["grad_norms_order"]]
     norms = torch.stack([torch.zeros((), dtype=torch.float64) if g is None else g.double().norm() for g in grads])
     add(compare(f"grad_norms/{v}", norms, expected[f"grad_norms/{v}"], tol=TOLERANCES["grad_norms"]))

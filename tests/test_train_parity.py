@@ -20,7 +20,7 @@ from af2.train.config import OptimConfig, TrainConfig
 from af2.train.engine import make_optimizer
 
 IDS = SpecialTokens(audio=12, end_of_chunk=13, pad=14, sep=15, eos=10)
-A, EOC, PAD, SEP, EOS, X = 12, 13, 14, 15, 10, -100
+A, EOC, PAD, SEP, EOS, X = 12, 13, 14, 15, 10, IGNORE_INDEX
 
 
 def test_check_train_parity_passes_on_the_public_fixture(train_fixture_dir, capsys):

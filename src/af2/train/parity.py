@@ -28,7 +28,7 @@ from af2.config import AF2Config, AudioConfig, AudioTransformerConfig, HTSATConf
 from af2.errors import CheckpointError
 from af2.parity import Check, compare
 from af2.tokens import special_token_ids
-from af2.train.alm import EMBEDDING, alm_task, forward_loss, token_nll, with_training_options
+from af2.train.alm import alm_task, forward_loss, token_nll, with_training_options
 from af2.train.config import DataConfig, OptimConfig, TrainConfig
 from af2.train.engine import finish_gradients, make_optimizer
 from af2.train.schedule import make_scheduler
@@ -50,10 +50,14 @@ def _tuple(v: Any) -> Any:
 
 
 def fixture_model_config(fixture: Path, c: dict[str, Any]) -> AF2Config:
-    """The AF2Config a training fixture's config.json describes (mel settings: AF2's, f_max 8000)."""
-    clap, h = c["clap_config"], c["htsat"]
+    """The AF2Config a training fixture's config.json describes (mel: its ``mel`` section, else
+    AF2's defaults, which are the official training CLAP's: f_max 8000)."""
+    clap, h, m = c["clap_config"], c["htsat"], c.get("mel", {})
+    mel = {k: m[k] for k in ("n_fft", "win_length", "hop_length", "n_mels", "f_min", "f_max") if k in m}
+    if "amplitude_to_db" in m:
+        mel["amin"] = m["amplitude_to_db"]["amin"]
     audio = AudioConfig(sample_rate=c["sample_rate"], window_seconds=clap["window_length"],
-                        window_overlap_seconds=clap["window_overlap"], max_windows=clap["max_num_window"])
+                        window_overlap_seconds=clap["window_overlap"], max_windows=clap["max_num_window"], **mel)
     htsat_fields = set(HTSATConfig.__dataclass_fields__)
     htsat = HTSATConfig(**{k: _tuple(v) for k, v in h.items() if k in htsat_fields})
     if htsat.num_features != c["audio_transformer"]["d_model"]:

@@ -14,6 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("AF2_SHARED", REPO.parent / "shared"))
 FIXTURE = SHARED / "fixtures" / "af2-golden-a"
+TRAIN_FIXTURE = SHARED / "fixtures" / "af2-train-golden-a"
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +22,13 @@ def fixture_dir() -> Path:
     if not FIXTURE.is_dir():
         pytest.fail(f"golden fixture not found at {FIXTURE}; set AF2_SHARED to the shared/ folder")
     return FIXTURE
+
+
+@pytest.fixture(scope="session")
+def train_fixture_dir() -> Path:
+    if not TRAIN_FIXTURE.is_dir():
+        pytest.fail(f"training fixture not found at {TRAIN_FIXTURE}; set AF2_SHARED to the shared/ folder")
+    return TRAIN_FIXTURE
 
 
 @pytest.fixture(scope="session")

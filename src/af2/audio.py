@@ -102,7 +102,19 @@ def _int_to_float(data: np.ndarray) -> np.ndarray:
     raise AudioError(f"unsupported sample dtype {data.dtype}; pass float or integer PCM")
 
 
-def _read_array(array: np.ndarray, sample_rate: int, max_seconds: float | None, name: str):
+def _start_frame(start_seconds: float, sample_rate: int, total: int | None, name: str) -> int:
+    """The frame a read starts at (official: ``seek(int(start * sr))``); past the end is an error."""
+    if not start_seconds >= 0:
+        raise AudioError(f"{name}: start must be >= 0 s, got {start_seconds!r}; fix the manifest's audio_start")
+    frame = int(start_seconds * sample_rate)
+    if total is not None and frame >= total and frame > 0:
+        raise AudioError(f"{name}: audio_start {start_seconds} s is at or past the end of the audio "
+                         f"({total / sample_rate:.2f} s); fix the manifest's audio_start")
+    return frame
+
+
+def _read_array(array: np.ndarray, sample_rate: int, max_seconds: float | None, name: str,
+                start_seconds: float = 0.0):
     data = np.asarray(array)
     if data.ndim == 1:
         data = data[:, None]
@@ -113,17 +125,22 @@ def _read_array(array: np.ndarray, sample_rate: int, max_seconds: float | None, 
     if not (isinstance(sample_rate, (int, np.integer)) and sample_rate > 0):
         raise AudioError(f"{name}: sample rate must be a positive int, got {sample_rate!r}")
     total = data.shape[0]
+    start = _start_frame(start_seconds, int(sample_rate), total, name)
     limit = _max_frames(max_seconds, int(sample_rate))
-    data = _int_to_float(data[:limit] if limit is not None else data)
+    data = _int_to_float(data[start:start + limit] if limit is not None else data[start:])
     return data, int(sample_rate), total
 
 
-def _read_soundfile(fileobj, max_seconds: float | None, name: str):
+def _read_soundfile(fileobj, max_seconds: float | None, name: str, start_seconds: float = 0.0):
     with sf.SoundFile(fileobj) as f:  # an open failure lets the caller try FFmpeg instead
         sample_rate, total = f.samplerate, f.frames
+        start = _start_frame(start_seconds, sample_rate, total, name)
         limit = _max_frames(max_seconds, sample_rate)
-        wanted = total if limit is None else min(limit, total)
+        # Official: seek(start), then read min(limit, len) frames; near the end fewer come back.
+        wanted = min(total if limit is None else min(limit, total), total - start)
         try:
+            if start:
+                f.seek(start)
             data = f.read(frames=wanted, dtype="float64", always_2d=True)
         except sf.LibsndfileError as exc:
             raise AudioError(f"{name}: decoding failed part-way ({exc}); the file is truncated or corrupt, "
@@ -142,7 +159,7 @@ def _frame_to_array(frame: av.AudioFrame) -> np.ndarray:
     return _int_to_float(data)
 
 
-def _read_ffmpeg(fileobj, max_seconds: float | None, name: str):
+def _read_ffmpeg(fileobj, max_seconds: float | None, name: str, start_seconds: float = 0.0):
     with av.open(fileobj, mode="r") as container:
         if not container.streams.audio:
             raise RuntimeError("it holds no audio stream")
@@ -151,11 +168,12 @@ def _read_ffmpeg(fileobj, max_seconds: float | None, name: str):
         if not sample_rate:
             raise RuntimeError("its audio stream has no sample rate")
         limit = _max_frames(max_seconds, sample_rate)
+        start = _start_frame(start_seconds, sample_rate, None, name)
         chunks, count, stopped_early = [], 0, False
         for frame in container.decode(stream):
             chunks.append(_frame_to_array(frame))
             count += frame.samples
-            if limit is not None and count >= limit:  # do not decode a long file to the end
+            if limit is not None and count >= start + limit:  # do not decode a long file to the end
                 stopped_early = True
                 break
         if stream.duration is not None and stream.time_base is not None:
@@ -166,20 +184,20 @@ def _read_ffmpeg(fileobj, max_seconds: float | None, name: str):
             header_s = None
     if not chunks:
         return np.zeros((0, 1)), sample_rate, 0
-    data = np.concatenate(chunks)[:limit]
+    data = np.concatenate(chunks)[start:start + limit if limit is not None else None]
     if not stopped_early or header_s is None:
         total = count if not stopped_early else None
     else:
-        total = max(int(round(header_s * sample_rate)), data.shape[0])
+        total = max(int(round(header_s * sample_rate)), start + data.shape[0])
     return data, sample_rate, total
 
 
-def _decode(source: AudioSource, max_seconds: float | None, name: str):
+def _decode(source: AudioSource, max_seconds: float | None, name: str, start_seconds: float = 0.0):
     """(data (N, C) float64, sample rate, total frames of the original or None)."""
     if isinstance(source, tuple):
         if len(source) != 2:
             raise AudioError(f"{name}: an array source is a tuple (samples, sample_rate)")
-        return _read_array(source[0], source[1], max_seconds, name)
+        return _read_array(source[0], source[1], max_seconds, name, start_seconds)
     if isinstance(source, (bytes, bytearray, memoryview)):
         payload, suffix = bytes(source), ""
         if not payload:
@@ -200,7 +218,7 @@ def _decode(source: AudioSource, max_seconds: float | None, name: str):
     for reader in readers:
         fileobj = str(source) if payload is None else io.BytesIO(payload)  # fresh stream per decoder
         try:
-            return reader(fileobj, max_seconds, name)
+            return reader(fileobj, max_seconds, name, start_seconds)
         except AudioError:
             raise
         except (sf.LibsndfileError, av.FFmpegError, RuntimeError, EOFError, OSError, ValueError) as exc:
@@ -235,18 +253,19 @@ def normalize(x: np.ndarray) -> np.ndarray:
 
 
 def load_audio(source: AudioSource, *, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None,
-               channel: Channel = "first") -> DecodedAudio:
+               channel: Channel = "first", start_seconds: float = 0.0) -> DecodedAudio:
     """Decode ``source`` to normalised mono float64 at ``sample_rate`` (spec 1.1).
 
     source: a path, the bytes of an audio file, or ``(samples, sample_rate)`` with samples shaped
-    (frames,) or (frames, channels). Only the first ``max_seconds`` are read (None: all of it).
+    (frames,) or (frames, channels). Only the first ``max_seconds`` are read (None: all of it),
+    starting ``start_seconds`` into the audio; the peak normalisation sees exactly what was read.
     channel: "first" keeps channel 0 like the official loader does for every format but mp3;
     "mean" averages the channels like its mp3 (pydub) path.
     """
     name = _describe(source)
     if channel not in ("first", "mean"):
         raise AudioError(f"channel must be 'first' or 'mean', got {channel!r}")
-    data, source_rate, total = _decode(source, max_seconds, name)
+    data, source_rate, total = _decode(source, max_seconds, name, start_seconds)
     if data.shape[0] == 0:
         raise AudioError(f"{name}: contains no audio samples (0 s); nothing to listen to")
     if not np.isfinite(data).all():
@@ -260,7 +279,7 @@ def load_audio(source: AudioSource, *, sample_rate: int = SAMPLE_RATE, max_secon
 
     kept_s = data.shape[0] / source_rate
     duration_s = None if total is None else total / source_rate
-    truncated_s = None if duration_s is None else max(duration_s - kept_s, 0.0)
+    truncated_s = None if duration_s is None else max(duration_s - start_seconds - kept_s, 0.0)
     return DecodedAudio(samples=samples, sample_rate=sample_rate, source_sample_rate=source_rate,
                         channels=int(data.shape[1]), duration_s=duration_s, kept_s=kept_s,
                         truncated_s=truncated_s, source=name)

@@ -92,6 +92,9 @@ class AudioTransformerConfig:
     layernorm_eps: float = 1e-6
     mask_fill: float = -1e9
     scale_emb: bool = True
+    # Dropout on the attention probabilities, active only in training mode. The official module keeps
+    # ScaledDotProductAttention's default 0.1 (spec 3 says 0); training sets it (TrainConfig.audio_attn_dropout).
+    attn_dropout: float = 0.0
 
 
 @dataclass(frozen=True)

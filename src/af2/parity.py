@@ -49,9 +49,10 @@ class Check:
 
 
 def compare(name: str, actual: torch.Tensor, expected: torch.Tensor, group: str | None = None,
-            where: torch.Tensor | None = None) -> Check:
-    """Elementwise |a - e| <= atol + rtol·|e| over the positions selected by ``where``."""
-    atol, rtol = TOLERANCES.get(group or name.split("/")[0], EXACT)
+            where: torch.Tensor | None = None, tol: tuple[float, float] | None = None) -> Check:
+    """Elementwise |a - e| <= atol + rtol·|e| over the positions selected by ``where``; ``tol``
+    (atol, rtol) overrides the tolerance looked up by group."""
+    atol, rtol = tol if tol is not None else TOLERANCES.get(group or name.split("/")[0], EXACT)
     if tuple(actual.shape) != tuple(expected.shape):
         return Check(name, float("inf"), float("inf"), atol, rtol, False,
                      f"  shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")

@@ -116,3 +116,14 @@ def make_labels(input_ids: torch.Tensor, ids: SpecialTokens) -> torch.Tensor:
         drop = cut[:, None] & (pos > last_stop[:, None])
         labels[drop] = IGNORE_INDEX
     return labels
+
+
+def fewshot_audio_limit(input_ids: torch.Tensor, audio_id: int, tokens_per_audio: int) -> torch.Tensor:
+    """The official training code's "few-shot" cross-attention mask (spec 4.4) as a (B, T) limit:
+    text token t sees audio tokens [0, max(c, 1) * tokens_per_audio), c = number of <audio> tokens
+    at or before t. With one <audio> and the shipped ``max_window_per_audio`` of 1, text sees only
+    audio token 0; ``tokens_per_audio`` counts audio tokens, not windows, despite the official name."""
+    if tokens_per_audio < 1:
+        raise ValueError(f"tokens_per_audio must be >= 1, got {tokens_per_audio}")
+    count = (input_ids == audio_id).long().cumsum(dim=1)
+    return count.clamp_min(1) * tokens_per_audio

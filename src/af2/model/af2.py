@@ -7,6 +7,8 @@ Da audio width (2048 for HTSAT-large), D LM width.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
@@ -103,10 +105,13 @@ class AF2Model(nn.Module):
 
     def forward(self, windows: torch.Tensor | None = None, window_mask: torch.Tensor | None = None,
                 input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, *, audio: AudioContext | None = None, **lm_kwargs):
+                labels: torch.Tensor | None = None, *, audio: AudioContext | None = None,
+                audio_limit: torch.Tensor | None = None, **lm_kwargs):
         """Teacher-forced (or one decoding step's) forward → HF ``CausalLMOutputWithPast``.
 
-        Pass either ``windows`` + ``window_mask`` or a precomputed ``audio`` context. Extra
+        Pass either ``windows`` + ``window_mask`` or a precomputed ``audio`` context.
+        ``audio_limit`` (B, T), teacher-forced only: text token t sees audio tokens [0, limit)
+        (the official training code's few-shot mask, ``AudioContext.text_limit``). Extra
         keyword arguments (``cache``, ``use_cache``, ``position_ids``, ``logits_to_keep``) go to
         the LM unchanged.
         """
@@ -114,5 +119,7 @@ class AF2Model(nn.Module):
             if windows is None or window_mask is None:
                 raise ValueError("pass windows and window_mask, or a precomputed audio context")
             audio = self.encode_audio(windows, window_mask)
+        if audio_limit is not None:
+            audio = dataclasses.replace(audio, text_limit=audio_limit)
         return self.lm(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
                        audio_context=audio, **lm_kwargs)

@@ -40,9 +40,10 @@ class RotaryEmbedding(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, d_model: int, n_head: int, eps: float):
+    def __init__(self, d_model: int, n_head: int, eps: float, attn_dropout: float = 0.0):
         super().__init__()
         self.n_head = n_head
+        self.attn_dropout = attn_dropout
         self.d_k = d_model // n_head
         self.w_qs = nn.Linear(d_model, d_model, bias=False)
         self.w_ks = nn.Linear(d_model, d_model, bias=False)
@@ -55,7 +56,8 @@ class SelfAttention(nn.Module):
         B, N, D = x.shape
         q, k, v = (w(x).view(B, N, self.n_head, self.d_k).transpose(1, 2) for w in (self.w_qs, self.w_ks, self.w_vs))
         q, k = rope(q), rope(k)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :],
+                                             dropout_p=self.attn_dropout if self.training else 0.0)
         out = self.fc(out.transpose(1, 2).reshape(B, N, D))
         return self.layer_norm(out + x)
 
@@ -74,7 +76,7 @@ class FeedForward(nn.Module):
 class EncoderLayer(nn.Module):
     def __init__(self, d_model: int, cfg: AudioTransformerConfig):
         super().__init__()
-        self.slf_attn = SelfAttention(d_model, cfg.n_head, cfg.layernorm_eps)
+        self.slf_attn = SelfAttention(d_model, cfg.n_head, cfg.layernorm_eps, cfg.attn_dropout)
         self.pos_ffn = FeedForward(d_model, cfg.d_inner, cfg.layernorm_eps)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor, rope: RotaryEmbedding) -> torch.Tensor:

@@ -23,16 +23,32 @@ class AudioContext:
     features: (B, N, Da) audio transformer output; mask: (B, N) bool, True = real audio token;
     kv: optional per-layer (K, V), each (B, heads, N, dim_head), indexed by decoder layer (None
     for layers without a block).
+    text_limit: optional (B, T) long, teacher-forced passes only: text token t sees only audio
+    tokens [0, text_limit[b, t]), the official training code's "few-shot" mask (spec 4.4,
+    ``af2.tokens.fewshot_audio_limit``). None: every text token sees every real audio token.
     """
 
     features: torch.Tensor
     mask: torch.Tensor
     kv: tuple[tuple[torch.Tensor, torch.Tensor] | None, ...] | None = None
+    text_limit: torch.Tensor | None = None
 
     def select(self, index: torch.Tensor) -> AudioContext:
         """The context of batch rows ``index`` (used when a batch shrinks or repeats)."""
         kv = None if self.kv is None else tuple(None if p is None else (p[0][index], p[1][index]) for p in self.kv)
-        return AudioContext(self.features[index], self.mask[index], kv)
+        limit = None if self.text_limit is None else self.text_limit[index]
+        return AudioContext(self.features[index], self.mask[index], kv, limit)
+
+    def attention_mask(self, T: int) -> torch.Tensor:
+        """Boolean mask over audio keys, broadcastable to (B, heads, T, N)."""
+        if self.text_limit is None:
+            return self.mask[:, None, None, :]
+        if self.text_limit.shape[1] != T:
+            raise ValueError(f"text_limit covers {self.text_limit.shape[1]} text tokens but the layer sees {T}; "
+                             "the few-shot mask is for teacher-forced passes only, not cached decoding")
+        N = self.mask.shape[1]
+        sees = torch.arange(N, device=self.mask.device)[None, None, :] < self.text_limit[:, :, None]  # (B, T, N)
+        return (self.mask[:, None, :] & sees)[:, None]
 
 
 class MaskedCrossAttention(nn.Module):
@@ -53,11 +69,20 @@ class MaskedCrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, audio_mask: torch.Tensor,
                 kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """x: (B, T, D) text states → (B, T, D). Every text token sees every real audio token."""
+        """x: (B, T, D) text states → (B, T, D). audio_mask: boolean, (B, 1, 1, N) (every text
+        token sees every real audio token) or (B, 1, T, N) (a per-token mask: the few-shot one)."""
         B, T, _ = x.shape
         q = self.to_q(self.norm(x)).view(B, T, self.heads, self.dim_head).transpose(1, 2)
-        k, v = kv
-        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=audio_mask[:, None, None, :])
+        k, v = (t.to(q.dtype) for t in kv)
+        if audio_mask.shape[-2] == 1:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=audio_mask)
+        else:
+            # Explicit softmax, as the official code: a text token that sees a single audio token
+            # then gets exactly zero query gradient (a fused kernel leaves ~1e-7 residues, which
+            # Adam would blow up to lr-sized updates of to_q).
+            scores = (q * self.dim_head ** -0.5) @ k.transpose(-1, -2)  # (B, heads, T, N)
+            scores = scores.masked_fill(~audio_mask, torch.finfo(scores.dtype).min)
+            out = scores.softmax(dim=-1) @ v
         return self.to_out(out.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -105,5 +130,5 @@ class XAttnDecoderLayer(nn.Module):
                 kv = audio_context.kv[self.layer_idx]
             else:
                 kv = self.xattn.attn.keys_values(audio_context.features)
-            hidden_states = self.xattn(hidden_states, audio_context.mask, kv)
+            hidden_states = self.xattn(hidden_states, audio_context.attention_mask(hidden_states.shape[1]), kv)
         return self.decoder_layer(hidden_states, *args, **kwargs)

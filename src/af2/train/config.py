@@ -22,6 +22,9 @@ SCHEDULES = ("constant_with_warmup", "cosine")
 PRECISIONS = ("fp32", "bf16")
 STRATEGIES = ("ddp", "fsdp")
 BROKEN_POLICIES = ("fail", "skip")
+XATTN_MASKS = ("full", "official_fewshot")
+EMBEDDING_GRAD_ROWS = ("special", "new", "all")
+DECAY_PARAMS = ("xattn", "matrices")
 TRAINABLE_GROUPS = ("clap", "audio_transformer", "xattn", "embeddings", "lora", "text_tower", "projections")
 
 
@@ -33,7 +36,14 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.1
-    # The official FSDP run decays everything (spec 10.4 #18); biases, norms and gates usually should not be.
+    # Which parameters weight_decay applies to. "matrices": every trainable parameter with >= 2
+    # dimensions (all of them with decay_1d; the official FSDP runs of the shipped configs decay
+    # everything). "xattn": every gated cross-attention parameter (gates and norms too) and nothing
+    # else, as the official non-FSDP optimizer (train.py); use it with embedding_grad_rows=special,
+    # whose frozen vocabulary rows must not decay.
+    decay_params: str = "matrices"
+    # "matrices" only. The official FSDP run decays everything (spec 10.4 #18); biases, norms and
+    # gates usually should not be.
     decay_1d: bool = False
     schedule: str = "constant_with_warmup"
     warmup_steps: int = 1875
@@ -110,16 +120,26 @@ class TrainConfig:
     # The pretrained base LM (local HF folder or hub id, e.g. Qwen/Qwen2.5-0.5B): its config replaces
     # the model's `lm` and its weights become the frozen LM. Empty: a randomly initialised LM (tests).
     base_lm: str = ""
-    # Which rows of the (tied) embedding train when ``embeddings`` is trainable: "all" (official resize, the
-    # whole vocabulary) or "new" (only the rows of AF2's special tokens; the base LM's rows stay exact, and
-    # checkpoints then hold only the new rows).
-    embedding_rows: str = "all"
     # How the new rows start: "random" (the official resize) or "mean" (the mean of the base rows, so
     # <|endofchunk|> does not start at a cross-entropy of ~30).
     new_rows_init: str = "random"
     init_checkpoint: str = ""  # model.safetensors (or a run/checkpoint directory) of the previous stage
     audio_tower_checkpoint: str = ""  # stage 0's audio_tower.safetensors, loaded into audio_encoder
     trainable: tuple[str, ...] = ("audio_transformer", "xattn", "embeddings")
+    # "all": the whole (tied) embedding trains, as in the official FSDP runs of the shipped configs;
+    # "special": its gradient is zeroed except the <audio> and <|endofchunk|> rows, as the official
+    # non-FSDP trainer does (the code's stated intent; spec 10.4 #18); "new": every row added to the base
+    # tokenizer trains (AF2's 4 tokens), the base LM's rows stay exact and checkpoints hold only the new rows.
+    # With "special" or "new" the embedding is never weight-decayed (decay would shrink the frozen rows).
+    embedding_grad_rows: str = "all"
+    # Cross-attention during training: "full" = every text token sees every real audio token (what
+    # the released weights are evaluated with, spec 4.4); "official_fewshot" = the official training
+    # code's extra mask (text sees only audio tokens [0, xattn_fewshot_tokens) after one <audio>).
+    xattn_mask: str = "full"
+    xattn_fewshot_tokens: int = 1  # the official max_window_per_audio (it counts audio tokens)
+    # Attention dropout inside the audio transformer while it trains: the official module's
+    # ScaledDotProductAttention default, which the official config never turns off. Inference: none.
+    audio_attn_dropout: float = 0.1
     windows: int = 3  # 10-s windows per sample: 3 = 30 s, 12 = 2 min, 30 = 5 min
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -148,7 +168,11 @@ class TrainConfig:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("strategy", self.strategy, STRATEGIES)
         _check_choice("data.broken_samples", self.data.broken_samples, BROKEN_POLICIES)
-        _check_choice("embedding_rows", self.embedding_rows, ("all", "new"))
+        _check_choice("xattn_mask", self.xattn_mask, XATTN_MASKS)
+        _check_choice("embedding_grad_rows", self.embedding_grad_rows, EMBEDDING_GRAD_ROWS)
+        _check_choice("optim.decay_params", self.optim.decay_params, DECAY_PARAMS)
+        if not 0.0 <= self.audio_attn_dropout < 1.0:
+            raise ValueError(f"audio_attn_dropout must be in [0, 1), got {self.audio_attn_dropout}")
         _check_choice("new_rows_init", self.new_rows_init, ("random", "mean"))
         for group in self.optim.group_lr:
             _check_choice("optim.group_lr", group, TRAINABLE_GROUPS + ("gates",))
@@ -156,7 +180,7 @@ class TrainConfig:
             _check_choice("trainable", group, TRAINABLE_GROUPS)
         if ("lora" in self.trainable) != self.lora.enabled:
             raise ValueError("trainable lists 'lora' exactly when lora.enabled is true; set both or neither")
-        for name in ("batch_size", "grad_accum", "max_steps", "save_interval", "windows"):
+        for name in ("batch_size", "grad_accum", "max_steps", "save_interval", "windows", "xattn_fewshot_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 

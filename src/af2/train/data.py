@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from af2.audio import load_audio, make_windows, num_windows, pad_windows
+from af2.audio import load_audio, make_windows, max_read_seconds, num_windows, pad_windows
 from af2.config import AudioConfig, TokensConfig
 from af2.data.blend import blend_epoch
 from af2.data.manifest import ManifestItem, read_manifest
-from af2.tokens import encode_training_batch
+from af2.tokens import encode_training_batch, fewshot_audio_limit, special_token_ids
 from af2.train.config import DataConfig
 
 
@@ -53,7 +53,11 @@ def blended_items(data: DataConfig) -> list[ManifestItem]:
 
 class ManifestDataset:
     """``dataset[i]`` loads item ``i``'s audio (from ``audio_start``, at most ``max_windows`` windows)
-    and returns a ``Sample``; a broken file raises (the engine's broken-sample policy decides)."""
+    and returns a ``Sample``; a broken file raises (the engine's broken-sample policy decides).
+
+    As the official reader, it seeks to ``audio_start`` and then reads ``audio_start`` seconds more
+    than the windows hold (``(start + duration) * sr`` frames): that over-read tail is dropped by
+    the windowing but takes part in the peak normalisation (spec 1.1)."""
 
     def __init__(self, items: list[ManifestItem], data_root: str, audio: AudioConfig):
         self.items, self.data_root, self.audio = items, data_root, audio
@@ -63,13 +67,11 @@ class ManifestDataset:
 
     def __getitem__(self, i: int) -> Sample:
         item = self.items[i]
-        seconds = item.audio_start + self.audio.max_windows * self.audio.window_seconds
-        decoded = load_audio(item.audio_path(self.data_root), sample_rate=self.audio.sample_rate, max_seconds=seconds)
-        samples = decoded.samples[int(round(item.audio_start * self.audio.sample_rate)):]
-        if len(samples) == 0:
-            raise ValueError(f"{item.id}: audio_start {item.audio_start} s is past the end of the audio")
+        seconds = item.audio_start + max_read_seconds(self.audio)
+        decoded = load_audio(item.audio_path(self.data_root), sample_rate=self.audio.sample_rate, max_seconds=seconds,
+                             start_seconds=item.audio_start)
         captions = tuple(item.extra.get("captions", ())) or (item.output,)
-        return Sample(id=item.id, windows=make_windows(samples, self.audio), prompt=item.prompt,
+        return Sample(id=item.id, windows=make_windows(decoded.samples, self.audio), prompt=item.prompt,
                       output=item.output, captions=captions)
 
     def lengths(self) -> list[tuple[int, int]]:
@@ -81,16 +83,22 @@ class ManifestDataset:
 
 class Collator:
     """Samples → ``windows`` (B, W, S), ``window_mask`` (B, W), ``input_ids``, ``attention_mask`` and
-    ``labels`` (B, T), with the official training template and label masking (spec 5.3)."""
+    ``labels`` (B, T), with the official training template and label masking (spec 5.3). With
+    ``fewshot_tokens`` also ``audio_limit`` (B, T): the official few-shot cross-attention mask."""
 
-    def __init__(self, tokenizer, tokens: TokensConfig, max_windows: int):
+    def __init__(self, tokenizer, tokens: TokensConfig, max_windows: int, fewshot_tokens: int | None = None):
         self.tokenizer, self.tokens, self.max_windows = tokenizer, tokens, max_windows
+        self.fewshot_tokens = fewshot_tokens
 
     def __call__(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         windows, mask = pad_windows([s.windows for s in samples], self.max_windows)
         text = encode_training_batch(self.tokenizer, [s.prompt for s in samples], [s.output for s in samples],
                                      self.tokens)
-        return {"windows": windows, "window_mask": mask, **text}
+        batch = {"windows": windows, "window_mask": mask, **text}
+        if self.fewshot_tokens is not None:
+            audio_id = special_token_ids(self.tokenizer, self.tokens).audio
+            batch["audio_limit"] = fewshot_audio_limit(text["input_ids"], audio_id, self.fewshot_tokens)
+        return batch
 
 
 def stage_audio_config(audio: AudioConfig, windows: int) -> AudioConfig:

@@ -40,6 +40,8 @@ class Task:
     tokenizer: Any = None  # for the listening check
     # evaluation run every cfg.listen.interval steps and at the end: step -> figures to log
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None
+    # Edits the accumulated gradients before clipping (e.g. the embedding-row mask, af2.train.alm).
+    grad_mask: Callable[[nn.Module], None] | None = None
 
 
 @dataclass
@@ -66,7 +68,7 @@ def train(cfg: TrainConfig, task: Task, info: DistInfo | None = None,
         raise ValueError(f"stage {cfg.stage}: no trainable parameters; check `trainable`")
     model = wrap_model(model, info, cfg.strategy)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _make_optimizer(cfg, model)
+    optimizer = make_optimizer(cfg, model)
     scheduler = make_scheduler(optimizer, cfg.optim, cfg.max_steps)
     plan = BatchPlan(len(task.dataset), cfg.batch_size, info.world_size, cfg.seed,
                      lengths=task.lengths if cfg.data.bucket_by_length else None)
@@ -111,8 +113,7 @@ def train(cfg: TrainConfig, task: Task, info: DistInfo | None = None,
                 (loss / cfg.grad_accum).backward()
             micro_losses.append(loss.detach().float())
             n_tokens += int(batch["attention_mask"].sum()) if isinstance(batch, dict) and "attention_mask" in batch else 0
-        grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_norm) if cfg.optim.clip_norm > 0
-                     else _grad_norm(params))
+        grad_norm = finish_gradients(task, model, params, cfg.optim.clip_norm)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
@@ -150,17 +151,31 @@ def train(cfg: TrainConfig, task: Task, info: DistInfo | None = None,
                        skipped=counters["skipped"])
 
 
-def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW; 1-D parameters undecayed unless ``decay_1d``; the embedding undecayed when only its new rows
-    train (decay would shrink the frozen base rows); ``optim.group_lr`` scales the lr of named groups."""
+def finish_gradients(task: Task, model: nn.Module, params: list[torch.Tensor], clip_norm: float) -> torch.Tensor:
+    """After the last backward of a step: the task's gradient mask, then one global-norm clip
+    (0 disables it). Returns the norm before clipping."""
+    if task.grad_mask is not None:
+        task.grad_mask(model)
+    return torch.nn.utils.clip_grad_norm_(params, clip_norm) if clip_norm > 0 else _grad_norm(params)
+
+
+def _decays(name: str, p: torch.Tensor, cfg: TrainConfig) -> bool:
+    name = name.removeprefix("module.")  # DDP
+    if cfg.embedding_grad_rows != "all" and name == "lm.model.embed_tokens.weight":
+        return False  # decay would shrink the rows the gradient mask keeps frozen
+    if cfg.optim.decay_params == "xattn":
+        return GROUP_PATTERNS["xattn"](name)
+    return cfg.optim.decay_1d or p.ndim >= 2
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters, weight decay on those ``optim.decay_params`` names."""
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        name = name.removeprefix("module.")
-        decays = (cfg.optim.decay_1d or p.ndim >= 2) and not (cfg.embedding_rows == "new" and "embed_tokens" in name)
-        groups.setdefault((cfg.optim.lr * lr_multiplier(name, cfg.optim.group_lr),
-                           cfg.optim.weight_decay if decays else 0.0), []).append(p)
+        if p.requires_grad:
+            key = (cfg.optim.lr * lr_multiplier(name.removeprefix("module."), cfg.optim.group_lr),
+                   cfg.optim.weight_decay if _decays(name, p, cfg) else 0.0)
+            groups.setdefault(key, []).append(p)
     param_groups = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
     return torch.optim.AdamW(param_groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps)
 

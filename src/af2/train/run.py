@@ -14,10 +14,11 @@ from af2.base_lm import load_base_lm, resolve_base_lm
 from af2.checkpoint import BaseRef, save_pretrained
 from af2.model.af2 import AF2Model
 from af2.tokens import add_special_tokens
+from af2.train.alm import alm_task, with_training_options
 from af2.train.checkpoint import latest_checkpoint, load_weights
 from af2.train.clap import text_encoder_dir, AFClap, ClapCollator, build_text_encoder, clap_loss, export_audio_tower
 from af2.train.config import TrainConfig
-from af2.train.data import Collator, ManifestDataset, blended_items
+from af2.train.data import ManifestDataset, blended_items
 from af2.train.distributed import init_distributed, shutdown, unwrap
 from af2.train.engine import Task, TrainResult, train
 from af2.train.listen import listen_check, multiple_choice_items
@@ -38,14 +39,6 @@ def load_tokenizer(path: str, what: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-def train_only_new_rows(model: AF2Model, base_vocab: int) -> None:
-    """Zero the embedding gradient of the base vocabulary's rows, so only AF2's new rows learn."""
-    weight = model.lm.get_input_embeddings().weight
-    keep = torch.zeros(weight.shape[0], 1, dtype=weight.dtype)
-    keep[base_vocab:] = 1
-    weight.register_hook(lambda grad: grad * keep.to(grad.device, grad.dtype))
-
-
 def audio_tower_file(path: str | Path) -> Path:
     """stage 0's ``audio_tower.safetensors``, or the one in a stage-0 checkpoint or run directory."""
     path = Path(path)
@@ -58,14 +51,14 @@ def audio_tower_file(path: str | Path) -> Path:
 
 def build_alm_task(cfg: TrainConfig) -> Task:
     """Stages 1-3: an ``AF2Model`` initialised from the previous stage, its trainable set applied."""
-    arch = model_config(cfg)
+    arch = with_training_options(model_config(cfg), cfg)
     tokenizer = load_tokenizer(resolve_base_lm(cfg.tokenizer or cfg.base_lm), "tokenizer")
     add_special_tokens(tokenizer, arch.tokens)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     lm, base = None, None
     if cfg.base_lm:
         arch, lm, base_vocab = load_base_lm(cfg.base_lm, arch, len(tokenizer), cfg.new_rows_init)
-        base = BaseRef(cfg.base_lm, base_vocab, full_embedding=cfg.embedding_rows == "all" and
+        base = BaseRef(cfg.base_lm, base_vocab, full_embedding=cfg.embedding_grad_rows == "all" and
                        "embeddings" in cfg.trainable)
     model = AF2Model(arch, lm=lm)
     if cfg.init_checkpoint:
@@ -79,22 +72,17 @@ def build_alm_task(cfg: TrainConfig) -> Task:
     if cfg.lora.enabled:
         add_lora(model, cfg.lora)
     apply_stage(model, cfg.trainable)
-    if cfg.embedding_rows == "new" and "embeddings" in cfg.trainable and base is not None:
-        train_only_new_rows(model, base.vocab_size)
     if len(tokenizer) != arch.vocab_size:
         raise ValueError(f"tokenizer {cfg.tokenizer} has {len(tokenizer)} tokens with AF2's specials but the "
                          f"model has {arch.vocab_size} embedding rows; fix model or tokenizer")
-    dataset = ManifestDataset(blended_items(cfg.data), cfg.data.data_root, arch.audio)
-    tokens = replace(arch.tokens, max_tokens=cfg.data.max_tokens)
     # the saved folder answers up to 5 minutes, whatever the stage's training window count
     inference_cfg = replace(arch, audio=replace(arch.audio, max_windows=max(arch.audio.max_windows, 30)))
 
     def save_model(state: dict[str, torch.Tensor], folder: Path) -> None:
         save_pretrained(model, folder, tokenizer, base, state=state, cfg=inference_cfg)
 
-    return Task(model=model, dataset=dataset, collate=Collator(tokenizer, tokens, cfg.windows),
-                loss=lambda m, batch: m(**batch).loss, lengths=dataset.lengths(), save_model=save_model,
-                tokenizer=tokenizer, evaluate=listen_evaluator(cfg, tokenizer))
+    task = alm_task(cfg, model, tokenizer, base_vocab=base.vocab_size if base else None)
+    return replace(task, save_model=save_model, tokenizer=tokenizer, evaluate=listen_evaluator(cfg, tokenizer))
 
 
 def listen_evaluator(cfg: TrainConfig, tokenizer):

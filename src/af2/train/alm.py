@@ -1,0 +1,98 @@
+"""The training step of stages 1-3 (audio-language model), as the official trainer computes it:
+the loss over the answer tokens, the embedding-gradient row mask, and the ``Task`` that the
+engine runs. ``af2 check-train-parity`` (``af2.train.parity``) checks every piece against a
+golden fixture made by the official training code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from af2.config import AF2Config
+from af2.errors import ConfigError
+from af2.tokens import IGNORE_INDEX, special_token_ids
+from af2.train.config import TrainConfig
+from af2.train.data import Collator, ManifestDataset, blended_items
+from af2.train.distributed import unwrap
+from af2.train.engine import Task
+
+EMBEDDING = "lm.model.embed_tokens.weight"
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B, T, V) logits, (B, T) labels → (B, T-1) cross-entropy of logits[:, :-1] against
+    labels[:, 1:] (the causal shift), 0 where the label is ignored. Computed in fp32."""
+    B, T, V = logits.shape
+    nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, V), labels[:, 1:].reshape(-1),
+                          ignore_index=IGNORE_INDEX, reduction="none")
+    return nll.view(B, T - 1)
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over every target of the batch, as Hugging Face's causal-LM loss; a batch
+    whose rows have no target at all (e.g. answers cut by the token limit) gives 0, not NaN."""
+    n = (labels[:, 1:] != IGNORE_INDEX).sum()
+    return token_nll(logits, labels).sum() / n.clamp_min(1)
+
+
+def forward_loss(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One teacher-forced forward of a collated batch → (loss, logits (B, T, V))."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs).logits
+    return causal_lm_loss(logits, batch["labels"]), logits
+
+
+def alm_loss(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    return forward_loss(model, batch)[0]
+
+
+class EmbeddingGradMask:
+    """Zero the (tied) embedding's gradient except ``rows``, as the official non-FSDP trainer does
+    for <audio> and <|endofchunk|>: the rest of the vocabulary stays as the base LM has it."""
+
+    def __init__(self, rows: list[int]):
+        self.rows = rows
+
+    def __call__(self, model: nn.Module) -> None:
+        weight = unwrap(model).get_parameter(EMBEDDING)
+        grad = weight.grad
+        if grad is None:
+            return
+        keep = torch.zeros(grad.shape[0], 1, dtype=grad.dtype, device=grad.device)  # (V, 1)
+        keep[self.rows] = 1
+        local = grad
+        if hasattr(grad, "to_local"):  # an FSDP2 shard (DTensor): mask this rank's rows in place
+            from torch.distributed.tensor import distribute_tensor
+
+            keep = distribute_tensor(keep, grad.device_mesh, grad.placements, src_data_rank=None).to_local()
+            local = grad.to_local()
+        local.mul_(keep)
+
+
+def with_training_options(arch: AF2Config, cfg: TrainConfig) -> AF2Config:
+    """The model architecture with the run's training-only options (audio-transformer dropout)."""
+    return replace(arch, audio_transformer=replace(arch.audio_transformer, attn_dropout=cfg.audio_attn_dropout))
+
+
+def alm_task(cfg: TrainConfig, model: nn.Module, tokenizer, base_vocab: int | None = None) -> Task:
+    """The stage 1-3 task over ``cfg.data`` for a built ``model`` (stage applied) and its tokenizer;
+    ``base_vocab`` (the base LM's rows) is needed by ``embedding_grad_rows: new``."""
+    arch: AF2Config = model.cfg
+    dataset = ManifestDataset(blended_items(cfg.data), cfg.data.data_root, arch.audio)
+    tokens = replace(arch.tokens, max_tokens=cfg.data.max_tokens)
+    fewshot = cfg.xattn_fewshot_tokens if cfg.xattn_mask == "official_fewshot" else None
+    grad_mask = None
+    if cfg.embedding_grad_rows == "special" and model.get_parameter(EMBEDDING).requires_grad:
+        ids = special_token_ids(tokenizer, arch.tokens)
+        grad_mask = EmbeddingGradMask([ids.audio, ids.end_of_chunk])
+    elif cfg.embedding_grad_rows == "new" and model.get_parameter(EMBEDDING).requires_grad:
+        if base_vocab is None:
+            raise ConfigError("embedding_grad_rows: new needs a base_lm (its rows are the ones kept frozen)")
+        grad_mask = EmbeddingGradMask(list(range(base_vocab, arch.vocab_size)))
+    return Task(model=model, dataset=dataset, collate=Collator(tokenizer, tokens, cfg.windows, fewshot),
+                loss=alm_loss, lengths=dataset.lengths(), grad_mask=grad_mask)

@@ -40,6 +40,9 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "reed": ("saxophone", "clarinet"),
     "vocal": ("voice", "singing"),
     "synth lead": ("synthesizer", "synth"),
+    "string": ("strings", "violin", "viola", "cello", "fiddle"),
+    "brass": ("trumpet", "trombone", "tuba", "french horn"),
+    "flute": ("flutes",),
     # ESC-50 (a few common paraphrases)
     "dog": ("dog barking", "barking"),
     "rooster": ("cock a doodle doo", "crowing"),

@@ -180,17 +180,23 @@ def plots(results: dict[str, Any], folder: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(values) + 2), 3.5))
         _bars(ax, values, metric, name if values else f"{name}: no numeric {metric}")
         written.append(_save(fig, folder / f"{name}.png"))
+    panels = overview_panels(results)
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.0 + 3.0 * max(1, len(panels)), 3.8), squeeze=False)
+    for ax, (scale, values) in zip(axes[0], panels.items()):
+        _bars(ax, values, scale, f"primary metric, {scale}")
+    written.append(_save(fig, folder / "overview.png"))
+    return written
+
+
+def overview_panels(results: dict[str, Any]) -> dict[str, dict[str, tuple[float, list[float] | None]]]:
+    """Primary metric (and interval) of every task, grouped by scale: 0-100 scores apart from raw ones."""
     panels: dict[str, dict] = {}
     for name, r in results.items():
         value = r["metrics"].get(r["primary"])
         if isinstance(value, float):
             scale = "score (0-100)" if r["primary"] in PERCENT_METRICS else "score (raw scale)"
             panels.setdefault(scale, {})[f"{name} ({r['primary']})"] = (value, r["metrics"]["ci95"].get(r["primary"]))
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.0 + 3.0 * max(1, len(panels)), 3.8), squeeze=False)
-    for ax, (scale, values) in zip(axes[0], sorted(panels.items())):
-        _bars(ax, values, scale, f"primary metric, {scale}")
-    written.append(_save(fig, folder / "overview.png"))
-    return written
+    return dict(sorted(panels.items()))
 
 
 def _save(fig, path: Path) -> Path:

@@ -11,8 +11,9 @@ from af2.errors import RequestError
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="score a model on audio benchmarks with their official protocols",
                               description="Evaluate a model on benchmarks; see the README section 'Evaluation'.")
-    p.add_argument("runs", nargs="*", metavar="compare RUN_A RUN_B",
-                   help="compare two finished runs (their --out folders) with paired tests, then exit")
+    p.add_argument("runs", nargs="*", metavar="compare RUN_A RUN_B | from-corpus CORPUS OUT",
+                   help="compare: two finished runs (their --out folders) with paired tests; from-corpus: write "
+                        "benchmark folders (af2-manifest, MMAU- and MMAR-format tasks) from a corpus's val split")
     p.add_argument("--list-tasks", action="store_true", help="name every registered task and exit")
     p.add_argument("--model", help="AF2 model folder or hub id (for --adapter af2; default: af2.load()'s default "
                                    "model); the predictions JSONL for --adapter predictions")
@@ -37,6 +38,8 @@ def register(subparsers) -> None:
     p.add_argument("--judge-retries", type=int, default=3)
     p.add_argument("--judge-max-tokens", type=int, default=1024, help="room for the judge's reasoning before its score")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-paper-comparison", action="store_true",
+                   help="leave out the published AF2 numbers (for tasks that only share a benchmark's format)")
     p.set_defaults(func=main)
 
 
@@ -63,9 +66,17 @@ def _build_adapter(args):
 def compare(runs: list[str]) -> int:
     from af2.eval.compare import compare_runs, format_rows
 
-    if len(runs) != 3 or runs[0] != "compare":
-        raise RequestError(f"unexpected arguments {runs}; the only sub-command is `af2 eval compare RUN_A RUN_B`")
+    if len(runs) != 3 or runs[0] not in ("compare", "from-corpus"):
+        raise RequestError(f"unexpected arguments {runs}; the sub-commands are `af2 eval compare RUN_A RUN_B` "
+                           "and `af2 eval from-corpus CORPUS OUT`")
     a, b = Path(runs[1]), Path(runs[2])
+    if runs[0] == "from-corpus":
+        from af2.eval.corpus_tasks import build_from_corpus
+
+        counts = build_from_corpus(a, b)
+        print(f"benchmark folders in {b}: " + ", ".join(f"{t} ({n} items)" for t, n in counts.items()))
+        print(f"next: af2 eval --tasks {','.join(counts)} --data-root {b} --out RESULTS [--model DIR]")
+        return 0
     print(format_rows(compare_runs(a, b), a, b))
     return 0
 
@@ -106,7 +117,7 @@ def main(args: argparse.Namespace) -> int:
     config = RunConfig(tasks=tasks, data_root=args.data_root, out_dir=args.out, data_overrides=overrides,
                        batch_size=args.batch_size, limit=args.limit, rank=rank, world_size=world,
                        scoring=ScoringOptions(args.caption_tokenizer, not args.no_meteor, judge),
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, paper_comparison=not args.no_paper_comparison)
     summary = run(_build_adapter(args), config)
     if summary is not None:
         for name, r in summary["tasks"].items():

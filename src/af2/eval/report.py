@@ -240,7 +240,8 @@ def write_all(config, description: dict, loaded: dict[str, tuple[Task, Benchmark
         with (out / name / "examples.jsonl").open("w", encoding="utf-8") as f:
             for row in r["rows"]:
                 f.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
-    tasks = {n: {**{k: v for k, v in r.items() if k != "rows"}, "paper": paper.beside_ours(n, r)}
+    tasks = {n: {**{k: v for k, v in r.items() if k != "rows"},
+                 "paper": paper.beside_ours(n, r) if config.paper_comparison else []}
              for n, r in results.items()}
     card_doc = card(config, description, loaded, results)
     kept, kept_card = _earlier(out, card_doc, set(tasks))

@@ -44,6 +44,7 @@ class RunConfig:
     merge_timeout_s: float = 24 * 3600.0
     scoring: ScoringOptions = ScoringOptions()
     progress: bool = True
+    paper_comparison: bool = True  # False for look-alike tasks (e.g. built from the corpus) that are not the benchmark
 
 
 def rank_from_env() -> tuple[int, int]:

@@ -264,3 +264,31 @@ def test_golden_report_is_byte_identical(bench, tmp_path, monkeypatch):
     mmau = summary["tasks"]["mmau-test-mini"]["metrics"]
     assert mmau["accuracy"] == pytest.approx(200 / 3, abs=1e-6) and len(mmau["ci95"]["accuracy"]) == 2
     assert not math.isnan(summary["tasks"]["clotho-captioning"]["metrics"]["ci95"]["cider_d"][0])
+
+
+def test_from_corpus_builds_three_tasks_from_the_val_split(tmp_path, capsys):
+    from af2.data.manifest import ManifestItem, write_manifest
+
+    corpus = tmp_path / "corpus"
+    for task, name in (("AF2Corpus-AudioSkills", "clips/a.wav"), ("AF2Corpus-LongAudio", "long/b.wav")):
+        _wav(corpus / "audio" / name, 1)
+        items = [ManifestItem(id=f"{task}/mc", name=name, prompt="What is heard? (A) rain. (B) a dog.",
+                              output="(B) a dog", duration=0.25, split_path="audio", flamingo_task=task,
+                              extra={"options": ["rain", "a dog"], "answer_index": 1, "skill": "counting"}),
+                 ManifestItem(id=f"{task}/open", name=name, prompt="Describe it.", output="a dog barks",
+                              duration=0.25, split_path="audio", flamingo_task=task)]
+        write_manifest(corpus / "manifests" / task / "val.json", items, split="val", split_path="audio",
+                       flamingo_task=task)
+        write_manifest(corpus / "manifests" / task / "train.json", items[1:], split="train", split_path="audio",
+                       flamingo_task=task)  # training items never become benchmark items
+    assert main(["eval", "from-corpus", str(corpus), str(tmp_path / "data")]) == 0
+    assert "af2-manifest (4 items), mmau-test-mini (1 items), mmar (1 items)" in capsys.readouterr().out
+    (mc,) = get_task("mmau-test-mini").load(tmp_path / "data/mmau")
+    assert (mc.question, mc.choices, mc.reference) == ("What is heard?", ("rain", "a dog"), "a dog")
+    assert len(get_task("af2-manifest").load(tmp_path / "data/manifests")) == 4
+    assert main(["eval", "--adapter", "first-choice", "--tasks", "af2-manifest,mmau-test-mini,mmar", "--data-root",
+                 str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--no-paper-comparison",
+                 "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "out/summary.json").read_text())
+    assert summary["tasks"]["mmar"]["metrics"]["accuracy"] == 0.0  # the first option, "rain", is wrong
+    assert all(t["paper"] == [] for t in summary["tasks"].values())

@@ -49,7 +49,8 @@ def open_gates():
 class ChatServer:
     """A chat-completions server on 127.0.0.1 for the judge and QA-generator clients. ``reply(body)``
     returns (HTTP status, content string, seconds to wait); content None sends a non-chat body.
-    Every request body is kept in ``requests``."""
+    Every request body is kept in ``requests`` (with its ``_path`` and ``_auth`` header);
+    ``max_inflight`` is the most requests served at once."""
 
     def __init__(self, reply):
         import json
@@ -58,6 +59,7 @@ class ChatServer:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.requests, lock, outer = [], threading.Lock(), self
+        self.inflight = self.max_inflight = 0
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
@@ -67,8 +69,17 @@ class ChatServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with lock:
                     outer.requests.append({**body, "_path": self.path, "_auth": self.headers.get("Authorization")})
+                    outer.inflight += 1
+                    outer.max_inflight = max(outer.max_inflight, outer.inflight)
                     status, content, delay = reply(body)
-                time.sleep(delay)
+                try:
+                    time.sleep(delay)
+                    self._send(status, content)
+                finally:
+                    with lock:
+                        outer.inflight -= 1
+
+            def _send(self, status, content):
                 if status != 200:
                     self.send_error(status)
                     return

@@ -120,7 +120,8 @@ class ChatClient:
     def complete(self, messages: list[dict[str, str]], accept: Callable[[str], Any] | None = None,
                  **options: Any) -> str:
         """The reply's content. ``accept(content)`` may raise ValueError to have the reply retried
-        (and not cached); ``options`` (temperature, max_tokens, ...) go into the request body."""
+        (and not cached; the error's ``reason`` attribute, if any, names the counter, else
+        "rejected_reply"); ``options`` (temperature, max_tokens, ...) go into the request body."""
         body = self.body(messages, **options)
         cache = self._cache_path(body)
         if cache is not None and cache.is_file():
@@ -136,8 +137,8 @@ class ChatClient:
                 if accept is not None:
                     try:
                         accept(content)
-                    except ValueError as exc:
-                        raise _Retry("rejected_reply", str(exc), content) from exc
+                    except ValueError as exc:  # an exception with a ``reason`` names its own counter
+                        raise _Retry(getattr(exc, "reason", "rejected_reply"), str(exc), content) from exc
             except _Retry as exc:
                 last = exc
                 self._count("rejected", exc.reason)

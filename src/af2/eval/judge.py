@@ -92,7 +92,7 @@ class Judge:
             reply = self.client.complete([{"role": "user", "content": prompt}], accept=parse_score,
                                          temperature=0.0, max_tokens=self.config.max_tokens)
         except ChatError as exc:
-            if exc.reason != "rejected_reply":
+            if exc.reason != "rejected_reply":  # the endpoint failed, not the judge's reply
                 raise
             return Verdict(None, exc.content or "")
         return Verdict(parse_score(reply), reply)

@@ -319,6 +319,24 @@ def test_end_to_end_with_a_tiny_af2_model(bench, tiny_af2_dir, tmp_path):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
 
 
+def test_eval_without_model_uses_the_default_of_af2_load(bench, tiny_af2_dir, tmp_path, monkeypatch):
+    from af2 import inference
+
+    real_load, calls = inference.load, []
+
+    def default_is_the_tiny_model(*args, **kwargs):  # stands in for load()'s default model
+        calls.append(args)
+        return real_load(tiny_af2_dir, **kwargs)
+
+    monkeypatch.setattr(inference, "load", default_is_the_tiny_model)
+    monkeypatch.setattr(inference, "DEFAULT_MODEL", str(tiny_af2_dir))
+    assert main(["eval", "--tasks", "gtzan", "--data-root", str(bench), "--out", str(tmp_path / "d"), "--no-progress",
+                 "--max-new-tokens", "2", "--limit", "1"]) == 0
+    assert calls == [()]  # no model argument: af2.load() picks its default
+    card = json.loads((tmp_path / "d/card.json").read_text())
+    assert card["model"]["model"] == str(tiny_af2_dir) and len(card["model"]["model_sha256"]) == 64
+
+
 def test_rank_from_env(monkeypatch):
     from af2.eval.runner import rank_from_env
 

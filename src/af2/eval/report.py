@@ -195,7 +195,7 @@ def overview_panels(results: dict[str, Any]) -> dict[str, dict[str, tuple[float,
         value = r["metrics"].get(r["primary"])
         if isinstance(value, float):
             scale = "score (0-100)" if r["primary"] in PERCENT_METRICS else "score (raw scale)"
-            panels.setdefault(scale, {})[f"{name} ({r['primary']})"] = (value, r["metrics"]["ci95"].get(r["primary"]))
+            panels.setdefault(scale, {})[f"{name} ({r['primary']})"] = (value, r["metrics"].get("ci95", {}).get(r["primary"]))
     return dict(sorted(panels.items()))
 
 

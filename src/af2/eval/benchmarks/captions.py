@@ -17,10 +17,11 @@ def _caption_example(ident: str, audio: str, captions: list[str], category: str 
 @register_task("audiocaps-captioning", version="1", folder="audiocaps", prompt="{question}", scorer="captioning",
                description="AudioCaps test captioning (5 references per clip): CIDEr-D, BLEU, ROUGE-L, METEOR",
                data_source="github.com/cdjkim/audiocaps: dataset/test.csv; audio from YouTube (yt-dlp) into audio/",
-               revision="cdjkim/audiocaps dataset/test.csv (audiocap_id, youtube_id, start_time, caption; one row "
-                        "per caption)")
+               revision="cdjkim/audiocaps dataset/test.csv (AudioCaps 1.0, what AF2 reports on) or "
+                        "dataset2.0/test.csv (AudioCaps 2.0, read only when 1.0 is absent): audiocap_id, youtube_id, "
+                        "start_time, caption; one row per caption; the card names the file read")
 def load_audiocaps(root: Path) -> list[Example]:
-    path = find_file(root, ("test.csv", "dataset/test.csv", "*.csv"), "audiocaps-captioning")
+    path = find_file(root, ("test.csv", "dataset/test.csv", "dataset2.0/test.csv", "*.csv"), "audiocaps-captioning")
     rows = read_csv(path, ("youtube_id", "start_time", "caption"))
     groups: dict[str, list[dict]] = {}
     for row in rows:

@@ -105,7 +105,8 @@ def main(args: argparse.Namespace) -> int:
         overrides[name] = Path(path)
     missing = [t for t in tasks if t not in overrides]
     if missing and args.data_root is None:
-        raise RequestError(f"no data folder for {', '.join(missing)}: pass --data-root DIR or --data TASK=PATH for each")
+        raise RequestError(f"no data folder for {', '.join(missing)}: "
+                           "pass --data-root DIR or --data TASK=PATH for each")
     if bool(args.judge_url) != bool(args.judge_model):
         raise RequestError("--judge-url and --judge-model go together")
     judge = None

@@ -40,7 +40,8 @@ def compare_task(run_a: Path, run_b: Path, task: str, metric: str) -> dict[str, 
     ids = sorted(i for i in a.keys() & b.keys() if a[i].get(spec.key) is not None and b[i].get(spec.key) is not None)
     xa, xb = [float(a[i][spec.key]) for i in ids], [float(b[i][spec.key]) for i in ids]
     mean = lambda xs: spec.scale * sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
-    row = {"task": task, "metric": metric, "n": len(ids), "a": mean(xa), "b": mean(xb), "difference": mean(xb) - mean(xa)}
+    row = {"task": task, "metric": metric, "n": len(ids), "a": mean(xa), "b": mean(xb),
+           "difference": mean(xb) - mean(xa)}
     if spec.proportion:
         test = stats.mcnemar([x > 0.5 for x in xa], [x > 0.5 for x in xb])
         row.update(test="McNemar exact", p_value=test["p_value"],

@@ -195,7 +195,8 @@ def overview_panels(results: dict[str, Any]) -> dict[str, dict[str, tuple[float,
         value = r["metrics"].get(r["primary"])
         if isinstance(value, float):
             scale = "score (0-100)" if r["primary"] in PERCENT_METRICS else "score (raw scale)"
-            panels.setdefault(scale, {})[f"{name} ({r['primary']})"] = (value, r["metrics"].get("ci95", {}).get(r["primary"]))
+            ci = r["metrics"].get("ci95", {}).get(r["primary"])
+            panels.setdefault(scale, {})[f"{name} ({r['primary']})"] = (value, ci)
     return dict(sorted(panels.items()))
 
 
@@ -245,7 +246,8 @@ def write_all(config, description: dict, loaded: dict[str, tuple[Task, Benchmark
              for n, r in results.items()}
     card_doc = card(config, description, loaded, results)
     kept, kept_card = _earlier(out, card_doc, set(tasks))
-    tasks, card_doc["tasks"] = dict(sorted({**kept, **tasks}.items())), dict(sorted({**kept_card, **card_doc["tasks"]}.items()))
+    tasks = dict(sorted({**kept, **tasks}.items()))
+    card_doc["tasks"] = dict(sorted({**kept_card, **card_doc["tasks"]}.items()))
     summary = _rounded({"tasks": tasks})
     card_doc = _rounded(card_doc)
     _dump(out / "summary.json", summary)

@@ -112,7 +112,8 @@ def _mmau(examples, predictions, options) -> Scored:
 
 
 def _letter(examples, predictions, options) -> Scored:
-    return _accuracy([choice.letter_or_text_match(str(e.reference), p, e.choices) for e, p in zip(examples, predictions)])
+    return _accuracy([choice.letter_or_text_match(str(e.reference), p, e.choices)
+                      for e, p in zip(examples, predictions)])
 
 
 def _label(examples, predictions, options) -> Scored:

@@ -184,3 +184,12 @@ def test_open_judged_without_judge_says_so():
     scored = get_scorer("open-judged").score([_example(0, "a bell", "c")], ["a bell"], ScoringOptions())
     assert scored.metrics["judge"].startswith("not computed")
     assert scored.metrics["similarity"] == pytest.approx(100.0, abs=1e-3)
+
+
+def test_the_readme_publishes_the_judge_prompt_verbatim():
+    from pathlib import Path
+
+    from af2.eval.judge import judge_prompt
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert f"```text\n{judge_prompt()}```" in readme

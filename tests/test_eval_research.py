@@ -203,11 +203,13 @@ ESC50 = ("dog rooster pig cow frog cat hen insects sheep crow rain sea_waves cra
 LABEL_SETS = {"esc50": [c.replace("_", " ") for c in ESC50],
               "gtzan": "blues classical country disco hiphop jazz metal pop reggae rock".split(),
               "nsynth": ["bass", "brass", "flute", "guitar", "keyboard", "mallet", "organ", "reed", "string",
-                         "synth lead", "vocal"]}
+                         "synth lead", "vocal"],
+              "audio-entailment": ["entailment", "neutral", "contradiction"]}
 
 
 def test_label_matching_on_hand_labelled_free_text_answers():
-    """tests/data/eval_free_text_labels.jsonl: free-text answers with a verdict judged by hand."""
+    """tests/data/eval_free_text_labels.jsonl: free-text answers with a verdict judged by hand. Both rules
+    miss a negation ("It is not true." for contradiction); the set keeps such cases on purpose."""
     from af2.eval.similarity import nearest_labels
 
     rows = [json.loads(line) for line in (DATA / "eval_free_text_labels.jsonl").read_text().splitlines()]
@@ -220,7 +222,7 @@ def test_label_matching_on_hand_labelled_free_text_answers():
     by_embedding = [nearest[(r["label"], r["answer"])] == r["label"] for r in rows]
     by_words = [labels.label_match(r["label"], r["answer"], LABEL_SETS[r["benchmark"]]) for r in rows]
     agree = lambda verdicts: sum(v == r["correct"] for v, r in zip(verdicts, rows)) / len(rows)  # noqa: E731
-    assert agree(by_embedding) >= 0.95 > agree(by_words) + 0.2  # measured: 73/75 vs 53/75
+    assert agree(by_embedding) >= 0.95 > agree(by_words) + 0.2  # measured: 78/81 vs 58/81
     named = {(r["label"], r["answer"]): (e, w) for r, e, w in zip(rows, by_embedding, by_words)}
     # The issue's three: right by embedding; whole words miss the first two ("strings" is now a listed synonym).
     assert named[("chirping birds", "Birds chirping in the trees.")] == (True, False)

@@ -52,3 +52,78 @@ def randomize_gates(model, generator: torch.Generator) -> None:
 @pytest.fixture(scope="session")
 def open_gates():
     return randomize_gates
+
+
+class ChatServer:
+    """A chat-completions server on 127.0.0.1 for the judge and QA-generator clients. ``reply(body)``
+    returns (HTTP status, content string, seconds to wait); content None sends a non-chat body.
+    Every request body is kept in ``requests`` (with its ``_path`` and ``_auth`` header);
+    ``max_inflight`` is the most requests served at once."""
+
+    def __init__(self, reply):
+        import json
+        import threading
+        import time
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests, lock, outer = [], threading.Lock(), self
+        self.inflight = self.max_inflight = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with lock:
+                    outer.requests.append({**body, "_path": self.path, "_auth": self.headers.get("Authorization")})
+                    outer.inflight += 1
+                    outer.max_inflight = max(outer.max_inflight, outer.inflight)
+                    status, content, delay = reply(body)
+                try:
+                    time.sleep(delay)
+                    self._send(status, content)
+                finally:
+                    with lock:
+                        outer.inflight -= 1
+
+            def _send(self, status, content):
+                if status != 200:
+                    self.send_error(status)
+                    return
+                payload = b"<html>oops" if content is None else json.dumps(
+                    {"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client timed out first, as a test intends
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def chat_server():
+    """Start ``ChatServer(reply)`` servers; all are closed after the test."""
+    servers = []
+
+    def start(reply):
+        servers.append(ChatServer(reply))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()

@@ -1,6 +1,7 @@
 """`af2 eval` end to end on tiny benchmark files in every supported format, with tiny generated
 audio: reports, determinism, resume after an interruption, sharding, and loud failures."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -8,11 +9,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from af2.cli import UserError, main
+from af2.cli import main
+from af2.errors import RequestError as UserError
 from af2.eval.adapters import FirstChoiceAdapter, PredictionsAdapter, Request
 from af2.eval.runner import RunConfig, run
 from af2.eval.scoring import ScoringOptions
-from af2.eval.tasks import all_tasks, get_task
+from af2.eval.benchmarks import all_tasks, get_task
 
 SR = 16000
 
@@ -29,6 +31,11 @@ def _json(path: Path, doc) -> None:
     path.write_text(json.dumps(doc), encoding="utf-8")
 
 
+def _jsonl(path: Path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
 def _csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     quote = lambda v: '"' + str(v).replace('"', '""') + '"'  # noqa: E731
@@ -39,7 +46,7 @@ def build_benchmarks(root: Path) -> None:
     """Two to six items per benchmark, in each benchmark's own file layout."""
     mmau = [{"id": f"m{i}", "audio_id": f"./test-mini-audios/m{i}.wav", "question": "Who speaks?",
              "choices": ["Man", "Woman", "Child", "Robot"], "answer": ans, "task": task, "difficulty": "easy",
-             "category": "Reasoning", "sub-category": "Source"}
+             "category": "Reasoning" if i else ["Reasoning"], "sub-category": "Source"}
             for i, (ans, task) in enumerate([("Man", "sound"), ("Woman", "speech"), ("Man", "music")])]
     for i in range(3):
         _wav(root / "mmau/test-mini-audios" / f"m{i}.wav", i)
@@ -49,7 +56,7 @@ def build_benchmarks(root: Path) -> None:
              "sub-category": "Music Theory"} for i, ans in enumerate(["Violin", "Piano"])]
     for i in range(2):
         _wav(root / "mmar/audio" / f"r{i}.wav", i)
-    _json(root / "mmar/MMAR-meta.json", mmar)
+    _jsonl(root / "mmar/MMAR-meta.jsonl", mmar)  # the layout MMAR ships today
     _wav(root / "clotho-aqa/audio_files/a.wav", 1)
     _csv(root / "clotho-aqa/clotho_aqa_test.csv", ["file_name", "QuestionText", "answer", "confidence"],
          [["a.wav", "Is it raining?", "yes", "yes"], ["a.wav", "Is it raining?", "yes", "yes"],
@@ -77,11 +84,18 @@ def build_benchmarks(root: Path) -> None:
     _wav(root / "nsynth/audio/bass_synthetic_033-022-050.wav", 7)
     _wav(root / "nsynth/audio/keyboard_acoustic_004-060-025.wav", 8)
     _wav(root / "audio-entailment/audio/e.wav", 9)
-    _csv(root / "audio-entailment/clotho_entailment.csv", ["Audio file", "Caption", "Entailment", "Neutral", "Contradiction"],
-         [["e.wav", "rain on a roof", "water is falling", "it is night", "the weather is dry"]])
+    _wav(root / "audio-entailment/audio/Y7fmOlUlwoNg.wav", 9)
+    header = ["Prompt", "Dataset", "Audio file", "Caption", "Entailment", "Neutral", "Contradiction", "Full response"]
+    _csv(root / "audio-entailment/data/CLE/clotho_entailment_evaluation.csv", header,
+         [["", "Clotho", "e.wav", "rain on a roof", "water is falling", "it is night", "the weather is dry", ""]])
+    _csv(root / "audio-entailment/data/CLE/clotho_entailment_development.csv", header,  # not a test split: skipped
+         [["", "Clotho", "missing.wav", "x", "y", "z", "w", ""]])
+    _csv(root / "audio-entailment/data/ACE/audiocaps_entailment_test.csv", header,  # upstream: no extension
+         [["", "Audiocaps", "Y7fmOlUlwoNg", "rattling", "a mechanical noise", "a loose part", "a quiet library", ""]])
     _wav(root / "compa-r/audio/x.wav", 10)
-    _json(root / "compa-r/CompA-R-test.json", [{"audio_id": "x.wav", "instruction": "Why is the crowd cheering?",
-                                               "output": "a goal was scored"}])
+    _json(root / "compa-r/CompA-R-test.json", [{"audio_id": "./compa_r_test_audios/x.wav", "instruction_output": [
+        {"instruction": "Why is the crowd cheering?", "output": "a goal was scored"},
+        {"instruction": "Where is this?", "output": "a stadium"}]}])
     _wav(root / "muchomusic/audio/s.wav", 11)
     _json(root / "muchomusic/muchomusic.json", [{"id": "mc1", "audio_path": "s.wav", "question": "What is the mood?",
                                                 "answers": ["happy", "sad", "angry", "calm"], "correct_answer_index": 0,
@@ -132,6 +146,10 @@ def test_end_to_end_every_format_and_deterministic(bench, tmp_path, capsys):
     assert t["esc50"]["metrics"]["accuracy"] == 50.0  # always "dog"
     assert t["nsynth"]["metrics"]["accuracy"] == 50.0  # always "bass"
     assert t["audio-entailment"]["metrics"]["accuracy"] == pytest.approx(100 / 3)  # always "entailment"
+    assert t["audio-entailment"]["n"] == 6 and set(t["audio-entailment"]["by_category"]) == {"audiocaps", "clotho"}
+    assert t["mmau-test-mini"]["by_facet"]["category"] == {"Reasoning": t["mmau-test-mini"]["by_facet"]["category"]
+                                                           ["Reasoning"]}  # ['Reasoning'] read as Reasoning
+    assert t["compa-r"]["n"] == 2  # two questions on one clip
     assert t["clotho-aqa"]["metrics"]["accuracy"] == 0.0 and t["clotho-aqa"]["n"] == 2
     assert t["af2-manifest"]["metrics"]["accuracy"] == 100.0  # fallback sentence equals the reference
     assert t["longaudiobench"]["metrics"]["judge"].startswith("not computed")
@@ -139,11 +157,25 @@ def test_end_to_end_every_format_and_deterministic(bench, tmp_path, capsys):
     assert t["audiocaps-captioning"]["metrics"]["cider_d"] > t["clotho-captioning"]["metrics"]["cider_d"] >= 0
     assert t["audiocaps-captioning"]["metrics"]["spice"].startswith("unavailable")
     report = (tmp_path / "a/report.md").read_text()
-    assert "| speech | 1 | 0.00 |" in report and "Reproducibility card" in report
+    # Wilson interval of 0 of 1: centre = half-width = (z^2 / 2) / (1 + z^2) = 0.3967 -> [0, 79.35] %.
+    assert "| speech | 1 | 0.00 [0.00, 79.35] |" in report and "Reproducibility card" in report
+    assert "### By task" in report and "### By category" in report and "['Reasoning']" not in report
+    for section in report.split("\n## ")[1:]:  # every table in a task's section has a heading of its own
+        headings = [line for line in section.splitlines() if line.startswith("### ")]
+        tables = sum(1 for line in section.splitlines() if line.startswith("|---"))
+        assert len(headings) == len(set(headings)) and (tables <= len(headings) or "Published" in section)
+    assert "## Published AF2 results beside ours" in report and "| mmau-test-mini | MMAU Sound | AF2-3B |" in report
+    assert t["mmau-test-mini"]["paper"][0]["paper"] == 65.1 and t["mmau-test-mini"]["paper"][0]["ours"] == 100.0
     card = json.loads((tmp_path / "a/card.json").read_text())
     assert card["tasks"]["mmau-test-mini"]["prompt_template"] == "{question} {options}"
     assert "TEST ADAPTER" in card["model"]["adapter"] and card["git_commit"]
     assert card["scoring"]["caption_tokenizer"] == "simple"
+    mmar_card = card["tasks"]["mmar"]
+    assert list(mmar_card["benchmark_files_sha256"]) == ["MMAR-meta.jsonl"] and "jsonl" in mmar_card["benchmark_revision"]
+    assert mmar_card["benchmark_files_sha256"]["MMAR-meta.jsonl"] == hashlib.sha256(
+        (bench / "mmar/MMAR-meta.jsonl").read_bytes()).hexdigest()
+    assert set(card["tasks"]["audio-entailment"]["benchmark_files_sha256"]) == {
+        "data/ACE/audiocaps_entailment_test.csv", "data/CLE/clotho_entailment_evaluation.csv"}
     rows = [json.loads(l) for l in (tmp_path / "a/mmau-test-mini/examples.jsonl").read_text().splitlines()]
     assert rows[0]["prompt"] == "Who speaks? (A) Man. (B) Woman. (C) Child. (D) Robot." and rows[0]["prediction"] == "Man"
     pngs = sorted(p.name for p in (tmp_path / "a/plots").glob("*.png"))
@@ -285,6 +317,24 @@ def test_end_to_end_with_a_tiny_af2_model(bench, tiny_af2_dir, tmp_path):
         assert first[task] == second[task], task
         rel = f"{task}/examples.jsonl"
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+
+def test_eval_without_model_uses_the_default_of_af2_load(bench, tiny_af2_dir, tmp_path, monkeypatch):
+    from af2 import inference
+
+    real_load, calls = inference.load, []
+
+    def default_is_the_tiny_model(*args, **kwargs):  # stands in for load()'s default model
+        calls.append(args)
+        return real_load(tiny_af2_dir, **kwargs)
+
+    monkeypatch.setattr(inference, "load", default_is_the_tiny_model)
+    monkeypatch.setattr(inference, "DEFAULT_MODEL", str(tiny_af2_dir))
+    assert main(["eval", "--tasks", "gtzan", "--data-root", str(bench), "--out", str(tmp_path / "d"), "--no-progress",
+                 "--max-new-tokens", "2", "--limit", "1"]) == 0
+    assert calls == [()]  # no model argument: af2.load() picks its default
+    card = json.loads((tmp_path / "d/card.json").read_text())
+    assert card["model"]["model"] == str(tiny_af2_dir) and len(card["model"]["model_sha256"]) == 64
 
 
 def test_rank_from_env(monkeypatch):

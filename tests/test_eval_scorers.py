@@ -1,16 +1,13 @@
 """Scorers against hand-computed values."""
 
-import http.server
-import json
 import math
-import threading
 
 import pytest
 
 from af2.eval import captioning, labels
 from af2.eval.judge import Judge, JudgeConfig, parse_score
 from af2.eval.scoring import ScoringOptions, get_scorer, score_by_category
-from af2.eval.tasks import Example
+from af2.eval.registry import Example
 
 GTZAN = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
 
@@ -104,7 +101,11 @@ def test_accuracy_by_category():
     overall = scorer.score(examples, preds, options)
     assert overall.metrics["accuracy"] == pytest.approx(200 / 3)
     table = score_by_category(scorer, examples, preds, options, overall)
-    assert table == {"a": {"accuracy": 50.0, "n": 2.0}, "b": {"accuracy": 100.0, "n": 1.0}}
+    assert {c: (m["accuracy"], m["n"]) for c, m in table.items()} == {"a": (50.0, 2.0), "b": (100.0, 1.0)}
+    # Wilson, z = 1.96: 1 of 2 -> 0.5 +- 1.96 sqrt(.125 + z^2/16) / (1 + z^2/2) = [9.45, 90.55] %;
+    # 1 of 1 -> centre (1 + z^2/2) / (1 + z^2) = .6033, half 1.96 (z/2) / (1 + z^2) = .3967 -> [20.65, 100] %.
+    assert table["a"]["ci95"]["accuracy"] == pytest.approx([9.4531, 90.5469], abs=1e-3)
+    assert table["b"]["ci95"]["accuracy"] == pytest.approx([20.6549, 100.0], abs=1e-3)
 
 
 def test_corpus_metric_by_category_rescores_subsets():
@@ -117,69 +118,78 @@ def test_corpus_metric_by_category_rescores_subsets():
     assert table["x"]["cider_d"] == 0.0 and table["x"]["n"] == 1.0
 
 
-class _JudgeHandler(http.server.BaseHTTPRequestHandler):
-    replies: list = []
-    requests: list = []
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests.append(body)
-        status, text = type(self).replies.pop(0)
-        payload = json.dumps({"choices": [{"message": {"content": text}}]}).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
+def _scripted(replies):
+    """Replies in order: (status, content) pairs."""
+    queue = list(replies)
+    return lambda body: (*queue.pop(0), 0.0)
 
 
-@pytest.fixture
-def judge_server():
-    server = http.server.HTTPServer(("127.0.0.1", 0), _JudgeHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    _JudgeHandler.replies, _JudgeHandler.requests = [], []
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", _JudgeHandler
-    server.shutdown()
-    server.server_close()
+@pytest.mark.parametrize("reply,score", [
+    ("Score: 7", 7.0), ("score=10\n", 10.0), ("**Score:** 8", 8.0), ("I would give it a score of 6.", 6.0),
+    ("8.5", 8.5), ("Score: 8/10", 8.0), ("It names the bell but not the count: 7 out of 10", 7.0),
+    ("The reference says two bells. A score of 10 needs both.\nScore: 5", 5.0),  # the last statement wins
+])
+def test_parse_score_reads_what_judges_write(reply, score):
+    assert parse_score(reply) == score
 
 
-def test_parse_score():
-    assert parse_score("Score: 7") == 7
-    assert parse_score("score=10\n") == 10
-    for bad in ("Score: 0", "Score: 11", "seven", ""):
-        with pytest.raises(ValueError):
-            parse_score(bad)
+@pytest.mark.parametrize("reply", ["Score: 0", "Score: 11", "seven", "", "The answer is fine."])
+def test_parse_score_refuses_no_or_out_of_range_score(reply):
+    with pytest.raises(ValueError):
+        parse_score(reply)
 
 
-def test_judge_retries_caches_and_scales(judge_server, tmp_path):
-    url, handler = judge_server
-    handler.replies = [(500, "oops"), (200, "Score: 7"), (200, "I think it is fine"), (200, "Score: 4")]
-    judge = Judge(JudgeConfig(url=url, model="judge-x", cache_dir=tmp_path, max_retries=2, backoff_s=0.0))
+def test_judge_retries_caches_and_reports_both_scales(chat_server, tmp_path):
+    server = chat_server(_scripted([(500, ""), (200, "Score: 7"), (200, "I think it is fine"), (200, "**Score:** 4")]))
+    judge = Judge(JudgeConfig(url=server.url, model="judge-x", cache_dir=tmp_path, max_retries=2, backoff_s=0.0))
     examples = [_example(0, "a bell rings twice", "c1"), _example(1, "a car passes", "c2")]
-    options = ScoringOptions(judge=judge)
-    scored = get_scorer("open-judged").score(examples, ["a bell rings", "a truck"], options)
+    scored = get_scorer("open-judged").score(examples, ["a bell rings", "a truck"], ScoringOptions(judge=judge))
     assert [r["judge"] for r in scored.per_example] == [7.0, 4.0]
     assert scored.metrics["judge"] == pytest.approx(10 * (7 + 4) / 2)  # mean x 10
+    assert scored.metrics["judge_1_10"] == pytest.approx((7 + 4) / 2)
+    assert scored.metrics["judge_failures"] == 0.0
+    details = scored.details["judge"]
+    assert details["raw_score_histogram"] == {"4": 1, "7": 1} and details["model"] == "judge-x"
+    assert details["prompt_sha256"] == judge.prompt_hash and "scores 10" in details["note"]
     assert judge.calls == 4  # 500 retried, unparseable reply retried
-    assert handler.requests[0]["temperature"] == 0.0 and handler.requests[0]["model"] == "judge-x"
-    assert "a bell rings twice" in handler.requests[0]["messages"][0]["content"]
-    again = Judge(JudgeConfig(url=url, model="judge-x", cache_dir=tmp_path, max_retries=0))
-    assert again.score("q", "a bell rings twice", "a bell rings") == 7 and again.calls == 0  # cached
+    first = server.requests[0]
+    assert first["temperature"] == 0.0 and first["model"] == "judge-x" and first["max_tokens"] == 1024
+    assert "a bell rings twice" in first["messages"][0]["content"] and first["_path"] == "/v1/chat/completions"
+    again = Judge(JudgeConfig(url=server.url, model="judge-x", cache_dir=tmp_path, max_retries=0))
+    assert again.verdict("q", "a bell rings twice", "a bell rings").score == 7 and again.calls == 0  # cached
 
 
-def test_judge_gives_up_loudly(judge_server, tmp_path):
-    url, handler = judge_server
-    handler.replies = [(200, "no idea")] * 3
-    judge = Judge(JudgeConfig(url=url, model="m", cache_dir=tmp_path, max_retries=2, backoff_s=0.0))
-    with pytest.raises(ValueError, match="no usable verdict after 3 tries"):
-        judge.score("q", "ref", "pred")
+def test_unparseable_judge_replies_are_counted_failures_not_fatal(chat_server, tmp_path):
+    server = chat_server(lambda body: (200, "no idea" if "car" in body["messages"][0]["content"] else "Score: 9", 0.0))
+    judge = Judge(JudgeConfig(url=server.url, model="m", cache_dir=tmp_path, max_retries=2, backoff_s=0.0))
+    examples = [_example(0, "a bell rings", "c"), _example(1, "a car passes", "c")]
+    scored = get_scorer("open-judged").score(examples, ["a bell", "a truck"], ScoringOptions(judge=judge))
+    assert [r["judge"] for r in scored.per_example] == [9.0, None]
+    assert scored.metrics["judge_failures"] == 1.0 and scored.metrics["judge"] == 90.0  # failures left out
+    assert scored.details["judge"]["raw_score_histogram"] == {"9": 1, "unparseable": 1}
+    assert judge.calls == 1 + 3  # the unreadable reply was asked 3 times, then counted
+
+
+def test_judge_endpoint_that_refuses_fails_loudly(chat_server, tmp_path):
+    from af2.chat_client import ChatError
+
+    server = chat_server(lambda body: (404, "", 0.0))
+    judge = Judge(JudgeConfig(url=server.url, model="m", cache_dir=tmp_path, max_retries=2, backoff_s=0.0))
+    with pytest.raises(ChatError, match="HTTP 404"):
+        judge.verdict("q", "ref", "pred")
+    assert judge.calls == 1  # a 4xx is not retried
 
 
 def test_open_judged_without_judge_says_so():
     scored = get_scorer("open-judged").score([_example(0, "a bell", "c")], ["a bell"], ScoringOptions())
     assert scored.metrics["judge"].startswith("not computed")
     assert scored.metrics["similarity"] == pytest.approx(100.0, abs=1e-3)
+
+
+def test_the_readme_publishes_the_judge_prompt_verbatim():
+    from pathlib import Path
+
+    from af2.eval.judge import judge_prompt
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert f"```text\n{judge_prompt()}```" in readme

@@ -50,26 +50,29 @@ def hash_model(path: str | Path) -> str:
 
 
 class AF2Adapter:
-    """An AF2 checkpoint through ``af2.inference.load`` and its batched ``ask_batch``.
+    """An AF2 model through ``af2.inference.load`` and its batched ``ask_batch``; ``model=None``
+    loads ``af2.load()``'s default model.
 
     Decoding defaults to the benchmark setting of the official code: greedy (temperature 0,
     one beam), at most 256 new tokens.
     """
 
-    def __init__(self, model: str, device: str = "cpu", dtype: str = "float32", max_new_tokens: int = 256):
-        from af2.inference import load
+    def __init__(self, model: str | None, device: str = "cpu", dtype: str = "float32", max_new_tokens: int = 256):
+        from af2 import inference
 
-        self.model_path = model
+        self.model_id = model if model is not None else str(inference.DEFAULT_MODEL)
         self.device, self.dtype = device, dtype
         self.generation = {"max_new_tokens": max_new_tokens, "do_sample": False}
-        self.pipeline = load(model, device=device, dtype=dtype)
+        self.pipeline = (inference.load(device=device, dtype=dtype) if model is None
+                         else inference.load(model, device=device, dtype=dtype))
+        self.model_dir = inference.resolve_model_dir(self.model_id)
 
     def answer(self, requests: Sequence[Request]) -> list[str]:
         answers = self.pipeline.ask_batch([r.audio for r in requests], [r.prompt for r in requests], **self.generation)
         return [a.text for a in answers]
 
     def describe(self) -> dict[str, Any]:
-        return {"adapter": "af2", "model": str(self.model_path), "model_sha256": hash_model(self.model_path),
+        return {"adapter": "af2", "model": self.model_id, "model_sha256": hash_model(self.model_dir),
                 "device": self.device, "dtype": self.dtype, "decoding": dict(self.generation)}
 
 

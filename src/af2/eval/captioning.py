@@ -8,6 +8,9 @@ caption toolkit that the DCASE and AudioCaps/Clotho papers use), run offline.
   official pipeline); ``simple`` is a pure-Python stand-in (lower-case, punctuation removed,
   whitespace split) that differs from PTB on contractions ("don't" stays one token). ``auto``
   picks ``ptb`` when Java is present. The report names the tokenizer used.
+- An empty caption is scored as the empty string: no n-gram matches, so it adds 0 to CIDEr-D and
+  ROUGE-L and counts only in BLEU's reference length (no ``<empty>`` placeholder word, which would
+  count as a wrong unigram).
 - SPICE, SPIDEr and FENSE are reported as unavailable with the reason, never as a number: SPICE
   downloads Stanford CoreNLP 3.6.0 on first use, SPIDEr needs SPICE, FENSE needs a Sentence-BERT
   model and an error-detector checkpoint that are not installed.
@@ -50,14 +53,19 @@ def simple_tokenize(text: str) -> str:
 
 
 def _tokenize(gts: dict[int, list[str]], res: dict[int, list[str]], tokenizer: str):
+    # Empty captions bypass the tokenizer: the PTB jar reads one caption per line, and an empty
+    # line must not shift the others.
+    filled = {k: v for k, v in res.items() if any(s.strip() for s in v)}
     if tokenizer == "simple":
         tok = lambda d: {k: [simple_tokenize(s) for s in v] for k, v in d.items()}  # noqa: E731
-        return tok(gts), tok(res)
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+        gts, filled = tok(gts), tok(filled)
+    else:
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    ptb = PTBTokenizer()
-    wrap = lambda d: {k: [{"caption": s} for s in v] for k, v in d.items()}  # noqa: E731
-    return ptb.tokenize(wrap(gts)), ptb.tokenize(wrap(res))
+        ptb = PTBTokenizer()
+        wrap = lambda d: {k: [{"caption": s} for s in v] for k, v in d.items()}  # noqa: E731
+        gts, filled = ptb.tokenize(wrap(gts)), (ptb.tokenize(wrap(filled)) if filled else {})
+    return gts, {k: filled.get(k, [""]) for k in res}
 
 
 def caption_metrics(
@@ -78,9 +86,9 @@ def caption_metrics(
             raise ValueError(f"example {i} has no reference captions")
     tokenizer = resolve_tokenizer(tokenizer)
     gts = {i: list(refs) for i, refs in enumerate(references)}
-    res = {i: [p if p.strip() else "<empty>"] for i, p in enumerate(predictions)}
+    # An empty caption stays empty (no placeholder token), as pycocoevalcap and aac-metrics score it.
+    res = {i: [p] for i, p in enumerate(predictions)}
     gts, res = _tokenize(gts, res, tokenizer)
-    res = {k: [v[0] if v[0].strip() else "<empty>"] for k, v in res.items()}
 
     bleu, bleu_each = Bleu(4).compute_score(gts, res, verbose=0)
     rouge, rouge_each = Rouge().compute_score(gts, res)

@@ -45,14 +45,27 @@ def mmau_string_match(answer: str, prediction: str, choices: Sequence[str]) -> b
     return answer_tokens <= prediction_tokens and prediction_tokens.isdisjoint(wrong_tokens)
 
 
-def letter_or_text_match(answer: str, prediction: str, choices: Sequence[str]) -> bool:
-    """For benchmarks whose prompt lists lettered options (MuChoMusic, Audio Entailment, ...).
+def _names_an_option(prediction: str, choices: Sequence[str]) -> bool:
+    """Whether the prediction starts with some option's own text (as whole words): "D" when "D" is
+    an option (a chord, a note), "B:maj7/1 chord" when "B:maj7/1" is one."""
+    text = prediction.strip().lower()
+    for c in choices:
+        c = c.strip().lower()
+        if c and text.startswith(c) and not re.match(r"\w", text[len(c):len(c) + 1]):
+            return True
+    return False
 
-    A prediction that starts with an option letter ("B", "(b)", "b. violin") is judged by that
-    letter; otherwise the official MMAU string rule decides. This is this project's rule, not an
-    official one; it is named in every report that uses it.
+
+def letter_or_text_match(answer: str, prediction: str, choices: Sequence[str]) -> bool:
+    """For benchmarks whose prompt lists lettered options (MuChoMusic, ...).
+
+    An answer that starts with an option's own text is judged as text (so "D" or "B:maj7/1" is
+    never read as a letter when it is itself an option). Otherwise a prediction that starts with
+    an option letter ("B", "(b)", "b. violin") is judged by that letter; otherwise the official
+    MMAU string rule decides. This is this project's rule, not an official one; it is named in
+    every report that uses it.
     """
-    found = _LETTER.match(prediction)
+    found = None if _names_an_option(prediction, choices) else _LETTER.match(prediction)
     if found:
         index = ord((found.group(1) or found.group(2)).lower()) - ord("a")
         if index < len(choices):

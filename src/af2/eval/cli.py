@@ -5,20 +5,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from af2.cli import UserError
+from af2.errors import RequestError
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="score a model on audio benchmarks with their official protocols",
                               description="Evaluate a model on benchmarks; see the README section 'Evaluation'.")
+    p.add_argument("runs", nargs="*", metavar="compare RUN_A RUN_B | from-corpus CORPUS OUT",
+                   help="compare: two finished runs (their --out folders) with paired tests; from-corpus: write "
+                        "benchmark folders (af2-manifest, MMAU- and MMAR-format tasks) from a corpus's val split")
     p.add_argument("--list-tasks", action="store_true", help="name every registered task and exit")
-    p.add_argument("--model", help="AF2 checkpoint folder (for --adapter af2)")
+    p.add_argument("--model", help="AF2 model folder or hub id (for --adapter af2; default: af2.load()'s default "
+                                   "model); the predictions JSONL for --adapter predictions")
     p.add_argument("--adapter", default="af2", choices=("af2", "predictions", "first-choice"),
                    help="af2: an AF2 checkpoint; predictions: score a JSONL of {task,id,prediction} given as --model; "
                         "first-choice: a TEST adapter that ignores the audio (for checking the harness)")
     p.add_argument("--tasks", help="comma-separated task names (see --list-tasks)")
     p.add_argument("--data-root", type=Path, help="folder holding one sub-folder per benchmark")
-    p.add_argument("--data", action="append", default=[], metavar="TASK=PATH", help="data folder of one task")
+    p.add_argument("--data", action="append", default=[], metavar="TASK=PATH",
+                   help="data folder of one task (repeatable; tasks given this way need no --data-root)")
     p.add_argument("--out", type=Path, help="output folder; rerunning with the same one resumes")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--limit", type=int, default=None, help="first N examples of each task (smoke runs)")
@@ -31,12 +36,15 @@ def register(subparsers) -> None:
     p.add_argument("--judge-model", help="model name sent to the judge endpoint")
     p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the judge API key")
     p.add_argument("--judge-retries", type=int, default=3)
+    p.add_argument("--judge-max-tokens", type=int, default=1024, help="room for the judge's reasoning before its score")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-paper-comparison", action="store_true",
+                   help="leave out the published AF2 numbers (for tasks that only share a benchmark's format)")
     p.set_defaults(func=main)
 
 
 def list_tasks() -> int:
-    from af2.eval.tasks import all_tasks
+    from af2.eval.benchmarks import all_tasks
 
     for name, task in all_tasks().items():
         print(f"{name:22s} {task.scorer_name:18s} {task.description}")
@@ -48,26 +56,44 @@ def _build_adapter(args):
 
     if args.adapter == "first-choice":
         return adapters.FirstChoiceAdapter()
-    if not args.model:
-        raise UserError("--model is required (an AF2 checkpoint folder, or the predictions JSONL with --adapter predictions)")
-    if not Path(args.model).exists():
-        raise UserError(f"--model {args.model} does not exist")
     if args.adapter == "predictions":
+        if not args.model or not Path(args.model).is_file():
+            raise RequestError(f"--adapter predictions needs --model PATH of a predictions JSONL (got {args.model})")
         return adapters.PredictionsAdapter(args.model)
     return adapters.AF2Adapter(args.model, device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens)
 
 
+def compare(runs: list[str]) -> int:
+    from af2.eval.compare import compare_runs, format_rows
+
+    if len(runs) != 3 or runs[0] not in ("compare", "from-corpus"):
+        raise RequestError(f"unexpected arguments {runs}; the sub-commands are `af2 eval compare RUN_A RUN_B` "
+                           "and `af2 eval from-corpus CORPUS OUT`")
+    a, b = Path(runs[1]), Path(runs[2])
+    if runs[0] == "from-corpus":
+        from af2.eval.corpus_tasks import build_from_corpus
+
+        counts = build_from_corpus(a, b)
+        print(f"benchmark folders in {b}: " + ", ".join(f"{t} ({n} items)" for t, n in counts.items()))
+        print(f"next: af2 eval --tasks {','.join(counts)} --data-root {b} --out RESULTS [--model DIR]")
+        return 0
+    print(format_rows(compare_runs(a, b), a, b))
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.runs:
+        return compare(args.runs)
     if args.list_tasks:
         return list_tasks()
     from af2.eval.judge import Judge, JudgeConfig
     from af2.eval.runner import RunConfig, rank_from_env, run
     from af2.eval.scoring import ScoringOptions
-    from af2.eval.tasks import get_task
+    from af2.eval.benchmarks import get_task
 
-    for flag in ("tasks", "data_root", "out"):
+    for flag in ("tasks", "out"):
         if getattr(args, flag) is None:
-            raise UserError(f"--{flag.replace('_', '-')} is required (or --list-tasks)")
+            raise RequestError(f"--{flag} is required (or --list-tasks, or compare RUN_A RUN_B)")
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     for t in tasks:
         get_task(t)
@@ -75,19 +101,24 @@ def main(args: argparse.Namespace) -> int:
     for item in args.data:
         name, sep, path = item.partition("=")
         if not sep or name not in tasks:
-            raise UserError(f"--data {item!r}: expected TASK=PATH with TASK one of {', '.join(tasks)}")
+            raise RequestError(f"--data {item!r}: expected TASK=PATH with TASK one of {', '.join(tasks)}")
         overrides[name] = Path(path)
+    missing = [t for t in tasks if t not in overrides]
+    if missing and args.data_root is None:
+        raise RequestError(f"no data folder for {', '.join(missing)}: "
+                           "pass --data-root DIR or --data TASK=PATH for each")
     if bool(args.judge_url) != bool(args.judge_model):
-        raise UserError("--judge-url and --judge-model go together")
+        raise RequestError("--judge-url and --judge-model go together")
     judge = None
     if args.judge_url:
         judge = Judge(JudgeConfig(url=args.judge_url, model=args.judge_model, cache_dir=args.out / "judge-cache",
-                                  api_key_env=args.judge_key_env, max_retries=args.judge_retries))
+                                  api_key_env=args.judge_key_env, max_retries=args.judge_retries,
+                                  max_tokens=args.judge_max_tokens))
     rank, world = rank_from_env()
     config = RunConfig(tasks=tasks, data_root=args.data_root, out_dir=args.out, data_overrides=overrides,
                        batch_size=args.batch_size, limit=args.limit, rank=rank, world_size=world,
                        scoring=ScoringOptions(args.caption_tokenizer, not args.no_meteor, judge),
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, paper_comparison=not args.no_paper_comparison)
     summary = run(_build_adapter(args), config)
     if summary is not None:
         for name, r in summary["tasks"].items():

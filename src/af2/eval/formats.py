@@ -1,15 +1,39 @@
-"""Small readers shared by the benchmark loaders: JSON/CSV files and audio paths, failing loudly."""
+"""Small readers shared by the benchmark loaders: JSON/JSONL/CSV files and audio paths, failing
+loudly. Every metadata file read while ``recording()`` is active is noted, so the reproducibility
+card can give its sha256."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from af2.cli import UserError
+from af2.errors import RequestError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
+_READ: contextvars.ContextVar[list[Path] | None] = contextvars.ContextVar("af2_eval_files_read", default=None)
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[Path]]:
+    """Collect the paths of the benchmark files read inside the ``with`` block."""
+    files: list[Path] = []
+    token = _READ.set(files)
+    try:
+        yield files
+    finally:
+        _READ.reset(token)
+
+
+def note_read(path: Path) -> None:
+    """Record a benchmark file read by other means (e.g. af2.data.manifest)."""
+    files = _READ.get()
+    if files is not None:
+        files.append(path)
 
 
 def find_file(root: Path, names: tuple[str, ...], task: str) -> Path:
@@ -18,24 +42,49 @@ def find_file(root: Path, names: tuple[str, ...], task: str) -> Path:
         hits = sorted(root.glob(name))
         if hits:
             return hits[0]
-    raise UserError(f"task {task}: none of {list(names)} found under {root}")
+    raise RequestError(f"task {task}: none of {list(names)} found under {root}")
 
 
 def read_json(path: Path) -> Any:
+    note_read(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+        raise RequestError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+
+
+def read_jsonl(path: Path) -> list[Any]:
+    """One JSON value per non-empty line."""
+    note_read(path)
+    out = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise RequestError(f"{path}: line {lineno} is not JSON: {exc.msg}") from exc
+    return out
+
+
+def read_records(path: Path) -> list[Any]:
+    """A JSON list of items (``.json``) or one item per line (``.jsonl``)."""
+    if path.suffix == ".jsonl":
+        return read_jsonl(path)
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise RequestError(f"{path}: expected a JSON list of items")
+    return data
 
 
 def read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
     """Rows of a CSV with a header; column names are matched case-insensitively, spaces stripped."""
+    note_read(path)
     with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         header = {(h or "").strip().lower(): h for h in reader.fieldnames or ()}
         missing = [c for c in required if c.lower() not in header]
         if missing:
-            raise UserError(f"{path}: missing column(s) {missing}; the header is {reader.fieldnames}")
+            raise RequestError(f"{path}: missing column(s) {missing}; the header is {reader.fieldnames}")
         return [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
 
 
@@ -44,13 +93,21 @@ def field(record: dict, keys: tuple[str, ...], where: str) -> Any:
     for key in keys:
         if key in record and record[key] not in (None, ""):
             return record[key]
-    raise UserError(f"{where}: missing field {' or '.join(repr(k) for k in keys)}")
+    raise RequestError(f"{where}: missing field {' or '.join(repr(k) for k in keys)}")
+
+
+def label_text(value: Any) -> str:
+    """A facet or category value as table text: a one-element list is its element, a longer list
+    its elements joined with ' + ' (never the Python repr "['Reasoning']")."""
+    if isinstance(value, (list, tuple)):
+        return " + ".join(str(v) for v in value)
+    return str(value)
 
 
 def audio_path(root: Path, relative: str, where: str) -> str:
     path = (root / relative).resolve()
     if not path.is_file():
-        raise UserError(f"{where}: audio file {path} does not exist")
+        raise RequestError(f"{where}: audio file {path} does not exist")
     return str(path)
 
 
@@ -62,4 +119,4 @@ def audio_by_stem(folder: Path, stems: tuple[str, ...], where: str) -> str:
         for suffix in AUDIO_SUFFIXES:
             if (folder / f"{stem}{suffix}").is_file():
                 return str((folder / f"{stem}{suffix}").resolve())
-    raise UserError(f"{where}: no audio file in {folder} named {list(stems)} (with any of {list(AUDIO_SUFFIXES)})")
+    raise RequestError(f"{where}: no audio file in {folder} named {list(stems)} (with any of {list(AUDIO_SUFFIXES)})")

@@ -1,28 +1,32 @@
-"""LLM-as-judge for open answers (the LongAudioBench protocol): an OpenAI-compatible
-``/v1/chat/completions`` endpoint grades each answer 1-10 against the reference; the task score is
-the mean × 10.
+"""LLM-as-judge for open answers (LongAudioBench, CompA-R): an OpenAI-compatible chat endpoint
+grades each answer 1-10 against the reference.
 
-The prompt is ``judge_prompt.txt`` beside this file (published, versioned by its sha256 in every
-report). The judge runs at temperature 0. Every verdict is cached on disk under a key made of the
-endpoint's model name, the prompt hash, the question, the reference and the answer, so a rerun
-costs no calls. Network errors, HTTP 429/5xx and unparseable replies are retried a bounded number
-of times with exponential back-off; then the run fails loudly (a missing verdict is never scored).
+The prompt is ``judge_prompt.txt`` beside this file (published in the README, versioned by its
+sha256 in every report). The judge runs at temperature 0 and may reason before its verdict; the
+score is the last score statement in the reply (``Score: 8``, ``**Score:** 8``, ``a score of 6``,
+``Score: 8/10``, a bare ``8.5``). Requests go through the shared ``af2.chat_client`` (retries on
+429/5xx and timeouts, on-disk cache). A reply with no readable score is asked again a bounded
+number of times; if it stays unreadable it is a counted failure, reported and left out of the
+mean, never a guess. An endpoint that refuses requests fails the run loudly.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import re
-import time
-import urllib.error
-import urllib.request
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
-_SCORE = re.compile(r"score\s*[:=]\s*(\d+)", re.IGNORECASE)
+from af2.chat_client import ChatClient, ChatConfig, ChatError
+
+_NUMBER = r"(\d+(?:\.\d+)?)"
+# "Score: 8", "**Score:** 8", "score = 7", "a score of 6", "Score: 8/10", "final score is 9".
+_SCORE_STATEMENT = re.compile(rf"\bscore\b[\s*_:=]*(?:(?:of|is|would be|:)[\s*_:=]*)?{_NUMBER}(?!\d)", re.IGNORECASE)
+_OUT_OF_TEN = re.compile(rf"(?<![\d.]){_NUMBER}\s*(?:/|out of)\s*10\b", re.IGNORECASE)
+_BARE = re.compile(rf"^[\s*_]*{_NUMBER}[\s*_.]*$")
 
 
 def judge_prompt() -> str:
@@ -33,23 +37,34 @@ def prompt_sha256() -> str:
     return hashlib.sha256(judge_prompt().encode("utf-8")).hexdigest()
 
 
-def parse_score(reply: str) -> int:
-    """The 1-10 integer in a ``Score: N`` reply; ValueError when there is none."""
-    found = _SCORE.search(reply)
-    if not found or not 1 <= int(found.group(1)) <= 10:
-        raise ValueError(f"judge reply has no 'Score: N' with N in 1..10: {reply[:200]!r}")
-    return int(found.group(1))
+def parse_score(reply: str) -> float:
+    """The 1-10 score a judge reply ends with; ValueError when there is none (see module docstring)."""
+    for pattern in (_SCORE_STATEMENT, _OUT_OF_TEN, _BARE):
+        found = list(pattern.finditer(reply))
+        if found:
+            value = float(found[-1].group(1))
+            if not 1.0 <= value <= 10.0:
+                raise ValueError(f"judge score {value:g} is outside 1..10: {reply[-200:]!r}")
+            return value
+    raise ValueError(f"judge reply has no score: {reply[-200:]!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class JudgeConfig:
-    url: str  # base URL, e.g. http://127.0.0.1:8000/v1 (".../chat/completions" is appended)
+    url: str  # base URL, e.g. http://127.0.0.1:8000/v1
     model: str
     cache_dir: Path
     api_key_env: str = "OPENAI_API_KEY"  # name of the variable that holds the key, never the key
     max_retries: int = 3
-    timeout_s: float = 60.0
+    timeout_s: float = 120.0
     backoff_s: float = 1.0
+    max_tokens: int = 1024  # room for reasoning before the verdict
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    score: float | None  # None: no readable score after every try
+    reply: str
 
 
 class Judge:
@@ -57,53 +72,27 @@ class Judge:
         self.config = config
         self.template = judge_prompt()
         self.prompt_hash = hashlib.sha256(self.template.encode("utf-8")).hexdigest()
-        self.calls = 0  # HTTP requests made (cache hits make none)
+        self.client = ChatClient(ChatConfig(
+            base_url=config.url, model=config.model, api_key=os.environ.get(config.api_key_env, ""),
+            timeout_s=config.timeout_s, max_attempts=config.max_retries + 1, backoff_s=config.backoff_s,
+            cache_dir=config.cache_dir))
 
-    def _cache_path(self, question: str, reference: str, prediction: str) -> Path:
-        key = json.dumps([self.config.model, self.prompt_hash, question, reference, prediction])
-        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
-        return self.config.cache_dir / digest[:2] / f"{digest}.json"
+    @property
+    def calls(self) -> int:
+        """HTTP requests made (cache hits make none)."""
+        return self.client.stats.requests
 
-    def _post(self, prompt: str) -> str:
-        body = {"model": self.config.model, "temperature": 0.0, "max_tokens": 16,
-                "messages": [{"role": "user", "content": prompt}]}
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.config.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        url = self.config.url.rstrip("/") + "/chat/completions"
-        request = urllib.request.Request(url, data=json.dumps(body).encode("utf-8"), headers=headers)
-        self.calls += 1
-        with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
-            payload = json.loads(response.read().decode("utf-8"))
-        try:
-            return payload["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError) as exc:
-            raise ValueError(f"judge endpoint {url} returned no choices[0].message.content: {payload}") from exc
+    def describe(self) -> dict[str, Any]:
+        return {"url": self.config.url, "model": self.config.model, "prompt_sha256": self.prompt_hash,
+                "temperature": 0.0, "max_tokens": self.config.max_tokens}
 
-    def score(self, question: str, reference: str, prediction: str) -> int:
-        path = self._cache_path(question, reference, prediction)
-        if path.exists():
-            return int(json.loads(path.read_text(encoding="utf-8"))["score"])
+    def verdict(self, question: str, reference: str, prediction: str) -> Verdict:
         prompt = self.template.format(question=question, reference=reference, prediction=prediction or "(no answer)")
-        last_error: Exception | None = None
-        for attempt in range(self.config.max_retries + 1):
-            try:
-                reply = self._post(prompt)
-                score = parse_score(reply)
-                break
-            except urllib.error.HTTPError as exc:
-                if exc.code != 429 and exc.code < 500:
-                    raise ValueError(f"judge endpoint {self.config.url} refused the request: HTTP {exc.code}") from exc
-                last_error = exc
-            except (urllib.error.URLError, TimeoutError, ValueError) as exc:
-                last_error = exc
-            if attempt < self.config.max_retries:
-                time.sleep(self.config.backoff_s * 2**attempt)
-        else:
-            raise ValueError(
-                f"judge at {self.config.url} gave no usable verdict after {self.config.max_retries + 1} tries: {last_error}"
-            )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"score": score, "reply": reply, "model": self.config.model}), encoding="utf-8")
-        return score
+        try:
+            reply = self.client.complete([{"role": "user", "content": prompt}], accept=parse_score,
+                                         temperature=0.0, max_tokens=self.config.max_tokens)
+        except ChatError as exc:
+            if exc.reason != "rejected_reply":  # the endpoint failed, not the judge's reply
+                raise
+            return Verdict(None, exc.content or "")
+        return Verdict(parse_score(reply), reply)

@@ -40,6 +40,9 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "reed": ("saxophone", "clarinet"),
     "vocal": ("voice", "singing"),
     "synth lead": ("synthesizer", "synth"),
+    "string": ("strings", "violin", "viola", "cello", "fiddle"),
+    "brass": ("trumpet", "trombone", "tuba", "french horn"),
+    "flute": ("flutes",),
     # ESC-50 (a few common paraphrases)
     "dog": ("dog barking", "barking"),
     "rooster": ("cock a doodle doo", "crowing"),
@@ -48,9 +51,10 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "sneezing": ("sneeze",),
     "coughing": ("cough",),
     # Audio Entailment
-    "entailment": ("entailed", "entails", "yes"),
-    "contradiction": ("contradicts", "contradicted", "no"),
-    "neutral": ("maybe", "cannot be determined", "undetermined"),
+    # Audio Entailment (its prompt says "true (entailment), possibly true (neutral) or false (contradiction)")
+    "entailment": ("entailed", "entails", "yes", "true", "the statement is true"),
+    "contradiction": ("contradicts", "contradicted", "no", "false", "the statement is false"),
+    "neutral": ("maybe", "cannot be determined", "undetermined", "possibly true", "the statement is possibly true"),
 }
 
 

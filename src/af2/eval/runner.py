@@ -24,16 +24,17 @@ from typing import Any
 
 from tqdm import tqdm
 
-from af2.cli import UserError
+from af2.errors import RequestError
 from af2.eval.adapters import Adapter, Request
-from af2.eval.scoring import ScoringOptions, get_scorer, score_by_category
-from af2.eval.tasks import Example, Task, get_task
+from af2.eval.benchmarks import get_task
+from af2.eval.registry import Benchmark, Example, Task
+from af2.eval.scoring import ScoringOptions, get_scorer, intervals, score_by_category
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     tasks: tuple[str, ...]
-    data_root: Path
+    data_root: Path | None  # None: every task needs its own entry in data_overrides
     out_dir: Path
     data_overrides: dict[str, Path] = dataclasses.field(default_factory=dict)
     batch_size: int = 8
@@ -43,13 +44,14 @@ class RunConfig:
     merge_timeout_s: float = 24 * 3600.0
     scoring: ScoringOptions = ScoringOptions()
     progress: bool = True
+    paper_comparison: bool = True  # False for look-alike tasks (e.g. built from the corpus) that are not the benchmark
 
 
 def rank_from_env() -> tuple[int, int]:
     """(RANK, WORLD_SIZE) as torchrun sets them; (0, 1) when unset."""
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if not 0 <= rank < world:
-        raise UserError(f"RANK={rank} is not in [0, WORLD_SIZE={world})")
+        raise RequestError(f"RANK={rank} is not in [0, WORLD_SIZE={world})")
     return rank, world
 
 
@@ -72,11 +74,11 @@ def _read_shard(path: Path, model_sha: str) -> dict[str, dict]:
             row = json.loads(line)
         except json.JSONDecodeError:
             if i != len(lines) - 1:
-                raise UserError(f"{path}: line {i + 1} is not JSON; delete the file to answer its examples again")
+                raise RequestError(f"{path}: line {i + 1} is not JSON; delete the file to answer its examples again")
             path.write_text("".join(lines[:-1]), encoding="utf-8")
             break
         if row.get("model_sha256") != model_sha:
-            raise UserError(f"{path}: written by another model ({row.get('model_sha256')}); use a new --out")
+            raise RequestError(f"{path}: written by another model ({row.get('model_sha256')}); use a new --out")
         rows[row["id"]] = row
     return rows
 
@@ -94,7 +96,7 @@ def answer_shard(adapter: Adapter, task: Task, examples: Sequence[Example], conf
         prompt = task.prompt(e)
         if e.id in done:
             if done[e.id]["prompt"] != prompt:
-                raise UserError(f"{path}: example {e.id} was answered with another prompt; use a new --out")
+                raise RequestError(f"{path}: example {e.id} was answered with another prompt; use a new --out")
         else:
             todo.append((e, prompt))
     bar = tqdm(total=len(shard), initial=len(shard) - len(todo), desc=f"{task.name} [rank {config.rank}]",
@@ -122,7 +124,7 @@ def merge_shards(task: Task, examples: Sequence[Example], config: RunConfig, mod
     while not all(m.exists() for m in markers):
         if time.monotonic() > deadline:
             missing = [m.name for m in markers if not m.exists()]
-            raise UserError(f"task {task.name}: ranks did not finish within {config.merge_timeout_s:.0f} s: {missing}")
+            raise RequestError(f"task {task.name}: ranks did not finish within {config.merge_timeout_s:.0f} s: {missing}")
         time.sleep(1.0)
     merged: dict[str, str] = {}
     for r in range(config.world_size):
@@ -130,13 +132,13 @@ def merge_shards(task: Task, examples: Sequence[Example], config: RunConfig, mod
         merged.update({k: v["prediction"] for k, v in shard.items()})
     missing = [e.id for e in examples if e.id not in merged]
     if missing:
-        raise UserError(f"task {task.name}: no answer for {len(missing)} example(s), e.g. {missing[:3]}; rerun to resume")
+        raise RequestError(f"task {task.name}: no answer for {len(missing)} example(s), e.g. {missing[:3]}; rerun to resume")
     return [merged[e.id] for e in examples]
 
 
 def score_task(task: Task, examples: Sequence[Example], predictions: Sequence[str],
                options: ScoringOptions) -> dict[str, Any]:
-    """Metrics overall, per category and per facet, plus the per-example rows."""
+    """Metrics with 95 % intervals overall, per category and per facet, plus the per-example rows."""
     scorer = get_scorer(task.scorer_name)
     overall = scorer.score(examples, predictions, options)
     by_facet: dict[str, Any] = {}
@@ -149,10 +151,19 @@ def score_task(task: Task, examples: Sequence[Example], predictions: Sequence[st
             for e, p, s in zip(examples, predictions, overall.per_example)]
     return {
         "n": len(examples), "scorer": scorer.name, "scorer_version": scorer.version, "primary": scorer.primary,
-        "rule": scorer.rule, "metrics": overall.metrics,
+        "rule": scorer.rule, "category_name": task.category_name,
+        "metrics": {**overall.metrics, "ci95": intervals(overall.per_example, options)},
         "by_category": score_by_category(scorer, examples, predictions, options, overall),
-        "by_facet": by_facet, "rows": rows,
+        "by_facet": by_facet, "details": overall.details, "rows": rows,
     }
+
+
+def data_folder(task: Task, config: RunConfig) -> Path:
+    if task.name in config.data_overrides:
+        return config.data_overrides[task.name]
+    if config.data_root is None:
+        raise RequestError(f"task {task.name}: no data folder; pass --data {task.name}=PATH or --data-root DIR")
+    return config.data_root / task.folder
 
 
 def run(adapter: Adapter, config: RunConfig) -> dict[str, Any] | None:
@@ -161,19 +172,19 @@ def run(adapter: Adapter, config: RunConfig) -> dict[str, Any] | None:
 
     description = adapter.describe()
     model_sha = str(description.get("model_sha256", "unknown"))
-    loaded: dict[str, tuple[Task, list[Example]]] = {}
+    loaded: dict[str, tuple[Task, Benchmark]] = {}
     for name in config.tasks:
         task = get_task(name)
-        examples = task.load(config.data_overrides.get(name, config.data_root / task.folder))
+        benchmark = task.read(data_folder(task, config))
         if config.limit is not None:
-            examples = examples[: config.limit]
-        loaded[name] = (task, examples)
-    for task, examples in loaded.values():
-        answer_shard(adapter, task, examples, config, model_sha)
+            benchmark = dataclasses.replace(benchmark, examples=benchmark.examples[: config.limit])
+        loaded[name] = (task, benchmark)
+    for task, benchmark in loaded.values():
+        answer_shard(adapter, task, benchmark.examples, config, model_sha)
     if config.rank != 0:
         return None
     results = {}
-    for name, (task, examples) in loaded.items():
-        predictions = merge_shards(task, examples, config, model_sha)
-        results[name] = score_task(task, examples, predictions, config.scoring)
-    return report.write_all(config, description, {n: t for n, (t, _) in loaded.items()}, results)
+    for name, (task, benchmark) in loaded.items():
+        predictions = merge_shards(task, benchmark.examples, config, model_sha)
+        results[name] = score_task(task, benchmark.examples, predictions, config.scoring)
+    return report.write_all(config, description, loaded, results)

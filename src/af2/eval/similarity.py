@@ -73,3 +73,21 @@ def similarity_scores(predictions: Sequence[str], references: Sequence[str | Seq
         scores.append(0.0 if not predictions[i].strip() else float(sims.max()))
         offset += len(refs)
     return scores
+
+
+def nearest_labels(predictions: Sequence[str], label_forms: dict[str, Sequence[str]]) -> list[str | None]:
+    """For each prediction, the label whose text embedding is most similar to it (AF-CLAP-style
+    matching of free-text answers). A label may have several surface forms (its name and
+    synonyms); its similarity is the best of them. An empty prediction matches no label."""
+    labels = sorted(label_forms)
+    forms = [(label, form) for label in labels for form in label_forms[label]]
+    if not forms:
+        raise ValueError("nearest_labels needs at least one label")
+    pred_emb = embed([p.strip() for p in predictions])  # (P, D)
+    form_emb = embed([f for _, f in forms])  # (F, D)
+    sims = pred_emb @ form_emb.T  # (P, F)
+    owner = torch.tensor([labels.index(label) for label, _ in forms])  # (F,)
+    per_label = torch.full((len(predictions), len(labels)), -2.0)  # (P, L): best form per label
+    per_label = per_label.scatter_reduce(1, owner.expand(len(predictions), -1), sims, reduce="amax")
+    best = per_label.argmax(dim=1).tolist() if predictions else []
+    return [labels[b] if p.strip() else None for p, b in zip(predictions, best)]

@@ -1,28 +1,26 @@
 """QA generation with an LLM behind the OpenAI-compatible chat-completions API (vLLM, llama.cpp, ...).
 
-Standard library only (urllib). Per item: one request (cached on disk by sha256 of model + prompt
-id + prompt + input), retried with bounded exponential back-off on timeouts, connection errors,
-HTTP 429/5xx, malformed JSON and replies that fail the JSON schema. An item whose attempts are
-all used up is returned as a rejection with its reason, never dropped; every bad reply is
-counted by reason in ``LLMStats.rejected``.
+Requests go through the shared ``af2.chat_client`` (the evaluation judge uses the same one). Per
+item: one request (cached on disk by sha256 of the request body: model, prompt, input,
+temperature), retried with bounded exponential back-off on timeouts, connection errors, HTTP
+429/5xx, malformed JSON and replies that fail the JSON schema. An item whose attempts are all
+used up, or that the endpoint refuses, is returned as a rejection with its reason, never dropped;
+every bad reply is counted by reason in ``LLMStats.rejected``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from af2.chat_client import ChatClient, ChatConfig, ChatError
 from af2.data.qa import SKILLS, QAPair
 
 PROMPT_ID = "audioskills-v1"
@@ -116,7 +114,9 @@ class LLMResult:
     error: str | None = None  # reason of the last failure when every attempt failed
 
 
-class _Reject(Exception):
+class _Reject(ValueError):
+    """A reply to ask again; ``reason`` names its counter in ``LLMStats.rejected``."""
+
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
@@ -124,41 +124,30 @@ class _Reject(Exception):
 
 class LLMGenerator:
     def __init__(self, cfg: LLMConfig, sleep=time.sleep):
-        self.cfg, self.stats, self._sleep = cfg, LLMStats(), sleep
+        self.cfg = cfg
+        self.client = ChatClient(ChatConfig(base_url=cfg.base_url, model=cfg.model, api_key=cfg.api_key,
+                                            timeout_s=cfg.timeout_s, max_attempts=cfg.max_attempts,
+                                            backoff_s=cfg.backoff_s, backoff_max_s=cfg.backoff_max_s,
+                                            cache_dir=cfg.cache_dir), sleep=sleep)
         self._lock = threading.Lock()
+        self._accepted = self._failed = 0
+
+    @property
+    def stats(self) -> LLMStats:
+        c = self.client.stats
+        return LLMStats(requests=c.requests, cache_hits=c.cache_hits, retries=c.retries,
+                        accepted_items=self._accepted, failed_items=self._failed, rejected=Counter(c.rejected))
 
     def _messages(self, meta: dict[str, Any]) -> list[dict[str, str]]:
         public = {k: v for k, v in meta.items() if k not in ("audio",)}
         return [{"role": "system", "content": SYSTEM_PROMPT},
                 {"role": "user", "content": json.dumps(public, ensure_ascii=False, sort_keys=True)}]
 
-    def cache_key(self, meta: dict[str, Any]) -> str:
-        blob = json.dumps({"model": self.cfg.model, "prompt_id": PROMPT_ID, "messages": self._messages(meta),
-                           "temperature": self.cfg.temperature}, sort_keys=True, ensure_ascii=False)
-        return hashlib.sha256(blob.encode()).hexdigest()
+    def _body_options(self) -> dict[str, Any]:
+        return {"temperature": self.cfg.temperature, "response_format": {"type": "json_object"}}
 
-    def _post(self, meta: dict[str, Any]) -> str:
-        body = json.dumps({"model": self.cfg.model, "messages": self._messages(meta),
-                           "temperature": self.cfg.temperature, "response_format": {"type": "json_object"}}).encode()
-        req = urllib.request.Request(self.cfg.base_url.rstrip("/") + "/chat/completions", data=body, method="POST",
-                                     headers={"Content-Type": "application/json",
-                                              **({"Authorization": f"Bearer {self.cfg.api_key}"} if self.cfg.api_key else {})})
-        with self._lock:
-            self.stats.requests += 1
-        try:
-            with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            raise _Reject(f"http_{exc.code}") from exc
-        except (TimeoutError, socket.timeout) as exc:
-            raise _Reject("timeout") from exc
-        except urllib.error.URLError as exc:
-            reason = "timeout" if isinstance(exc.reason, (TimeoutError, socket.timeout)) else "connection_error"
-            raise _Reject(reason, str(exc.reason)) from exc
-        try:
-            return json.loads(raw)["choices"][0]["message"]["content"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError) as exc:
-            raise _Reject("malformed_response", "not a chat-completions reply") from exc
+    def cache_key(self, meta: dict[str, Any]) -> str:
+        return self.client.cache_key(self.client.body(self._messages(meta), **self._body_options()))
 
     def _parse(self, content: str, meta: dict[str, Any]) -> tuple[QAPair, ...]:
         try:
@@ -182,39 +171,16 @@ class LLMGenerator:
         return tuple(pairs)
 
     def generate_one(self, meta: dict[str, Any]) -> LLMResult:
-        key = self.cache_key(meta)
-        cache = self.cfg.cache_dir / key[:2] / f"{key}.json" if self.cfg.cache_dir else None
-        if cache is not None and cache.is_file():
+        try:
+            content = self.client.complete(self._messages(meta), accept=lambda c: self._parse(c, meta),
+                                           **self._body_options())
+        except ChatError as exc:
             with self._lock:
-                self.stats.cache_hits += 1
-            return self._accept(meta, self._parse(json.loads(cache.read_text(encoding="utf-8"))["content"], meta))
-        last = "unknown"
-        for attempt in range(self.cfg.max_attempts):
-            if attempt:
-                with self._lock:
-                    self.stats.retries += 1
-                self._sleep(min(self.cfg.backoff_max_s, self.cfg.backoff_s * 2 ** (attempt - 1)))
-            try:
-                content = self._post(meta)
-                pairs = self._parse(content, meta)
-            except _Reject as exc:
-                last = str(exc)
-                with self._lock:
-                    self.stats.rejected[exc.reason] += 1
-                continue
-            if cache is not None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache.with_suffix(".tmp")
-                tmp.write_text(json.dumps({"content": content}, ensure_ascii=False), encoding="utf-8")
-                tmp.replace(cache)
-            return self._accept(meta, pairs)
+                self._failed += 1
+            return LLMResult(item_id=meta["id"], pairs=(), error=f"{exc.reason}: {exc}")
+        pairs = self._parse(content, meta)
         with self._lock:
-            self.stats.failed_items += 1
-        return LLMResult(item_id=meta["id"], pairs=(), error=last)
-
-    def _accept(self, meta: dict[str, Any], pairs: tuple[QAPair, ...]) -> LLMResult:
-        with self._lock:
-            self.stats.accepted_items += 1
+            self._accepted += 1
         return LLMResult(item_id=meta["id"], pairs=pairs)
 
     def generate(self, metas: Sequence[dict[str, Any]]) -> list[LLMResult]:

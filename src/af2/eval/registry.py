@@ -2,17 +2,21 @@
 
 A task is a loader (benchmark files on disk -> examples), a prompt template (example -> the text
 the model is asked) and a scorer (examples + predictions -> metrics). Tasks produce requests; the
-runner batches them through an adapter; the task's scorer scores the answers.
+runner batches them through an adapter; the task's scorer scores the answers. The built-in tasks
+live in ``af2.eval.benchmarks`` (one module per benchmark family), which imports this module and
+never the other way round; look tasks up with ``af2.eval.benchmarks.get_task``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from af2.cli import UserError
+from af2.errors import RequestError
+from af2.eval import formats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +33,22 @@ class Example:
 
 
 @dataclasses.dataclass(frozen=True)
+class Benchmark:
+    """A task's examples as loaded, and the sha256 of every metadata file read (path relative to the data folder)."""
+
+    examples: list[Example]
+    files: dict[str, str]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
 class Task:
     """A benchmark: where its files live, how to read them, what to ask, how to score."""
 
@@ -40,21 +60,33 @@ class Task:
     scorer_name: str
     description: str
     data_source: str  # where users get the data
+    revision: str  # the upstream layout the loader was checked against
+    category_name: str = "category"  # what Example.category holds, for table headings
 
-    def load(self, root: Path) -> list[Example]:
+    def read(self, root: Path) -> Benchmark:
+        """The examples sorted by id, and the sha256 of each benchmark file the loader read."""
         if not root.exists():
-            raise UserError(
+            raise RequestError(
                 f"task {self.name}: data folder {root} does not exist; put the benchmark there "
                 f"(see the README section 'Evaluation': {self.data_source}) or pass --data {self.name}=PATH"
             )
-        examples = self.loader(root)
+        with formats.recording() as read:
+            examples = self.loader(root)
         if not examples:
-            raise UserError(f"task {self.name}: no examples found under {root}")
+            raise RequestError(f"task {self.name}: no examples found under {root}")
         ids = [e.id for e in examples]
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
-            raise UserError(f"task {self.name}: duplicate example ids under {root}: {dup}")
-        return sorted(examples, key=lambda e: e.id)
+            raise RequestError(f"task {self.name}: duplicate example ids under {root}: {dup}")
+        base = root.resolve()
+        files = {}
+        for path in sorted({p.resolve() for p in read}):
+            name = str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
+            files[name] = _sha256(path)
+        return Benchmark(sorted(examples, key=lambda e: e.id), files)
+
+    def load(self, root: Path) -> list[Example]:
+        return self.read(root).examples
 
     def prompt(self, example: Example) -> str:
         letters = "ABCDEFGHIJ"
@@ -78,27 +110,16 @@ def register_task(
     scorer: str,
     description: str,
     data_source: str,
+    revision: str,
+    category_name: str = "category",
 ) -> Callable[[Callable[[Path], list[Example]]], Callable[[Path], list[Example]]]:
     """Decorator for a loader function: ``@register_task("mmau-test-mini", ...)``."""
 
     def wrap(loader: Callable[[Path], list[Example]]) -> Callable[[Path], list[Example]]:
         if name in TASKS:
             raise ValueError(f"task {name!r} is registered twice")
-        TASKS[name] = Task(name, version, folder, loader, prompt, scorer, description, data_source)
+        TASKS[name] = Task(name, version, folder, loader, prompt, scorer, description, data_source, revision,
+                           category_name)
         return loader
 
     return wrap
-
-
-def get_task(name: str) -> Task:
-    import af2.eval.catalog  # noqa: F401  (registers the built-in tasks)
-
-    if name not in TASKS:
-        raise UserError(f"unknown task {name!r}; `af2 eval --list-tasks` names them: {', '.join(sorted(TASKS))}")
-    return TASKS[name]
-
-
-def all_tasks() -> dict[str, Task]:
-    import af2.eval.catalog  # noqa: F401
-
-    return dict(sorted(TASKS.items()))

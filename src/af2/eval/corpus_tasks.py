@@ -1,0 +1,69 @@
+"""Benchmarks built from the held-out (val) split of this project's corpus (``af2 corpus build``),
+so a trained model can be evaluated with data that installs here:
+
+    <out>/manifests/<Task>/val.json   the val manifests as they are        -> task af2-manifest
+    <out>/mmau/mmau-test-mini.json    short-clip multiple-choice val items  -> task mmau-test-mini
+    <out>/mmar/MMAR-meta.jsonl        long-audio multiple-choice val items  -> task mmar
+    <out>/manifests/audio             a link to the corpus audio (the manifests' split_path is "audio")
+
+The multiple-choice files use the MMAU / MMAR layouts, so the official string-match rule scores
+them. They are not MMAU or MMAR: the report's paper comparison does not apply to them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from af2.data.manifest import read_manifest
+from af2.errors import RequestError
+
+_LISTED_OPTIONS = re.compile(r"\s*\(A\) .*$", re.DOTALL)
+
+
+def _mc_item(item, audio: Path, base: Path) -> dict[str, Any] | None:
+    options, index = item.extra.get("options"), item.extra.get("answer_index")
+    if not options or index is None:
+        return None
+    return {"id": item.id, "audio_id": os.path.relpath(audio, base), "audio_path": os.path.relpath(audio, base),
+            "question": _LISTED_OPTIONS.sub("", item.prompt), "choices": list(options), "answer": options[int(index)],
+            "task": str(item.extra.get("skill", "all")), "modality": item.flamingo_task or "all",
+            "category": str(item.extra.get("skill", "all"))}
+
+
+def build_from_corpus(corpus: Path, out: Path, split: str = "val") -> dict[str, int]:
+    """Write the three benchmark folders above into ``out``; returns the item count of each."""
+    manifests = sorted((corpus / "manifests").glob(f"*/{split}.json"))
+    if not manifests:
+        raise RequestError(f"{corpus}/manifests/*/{split}.json: no held-out manifests; build the corpus with "
+                           "`af2 corpus build --out DIR` first")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "mmau").mkdir(exist_ok=True)
+    (out / "mmar").mkdir(exist_ok=True)
+    short, long, total = [], [], 0
+    for path in manifests:
+        target = out / "manifests" / path.parent.name / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        manifest = read_manifest(path)
+        for item in manifest.items:
+            total += 1
+            audio = (corpus / item.split_path / item.name).resolve()
+            is_long = "long" in (item.flamingo_task or "").lower()
+            row = _mc_item(item, audio, out / ("mmar" if is_long else "mmau"))
+            if row is not None:
+                (long if is_long else short).append(row)
+    link = out / "manifests" / "audio"
+    if not link.exists():
+        link.symlink_to((corpus / "audio").resolve(), target_is_directory=True)
+    if not short or not long:
+        raise RequestError(f"{corpus}: the {split} split has {len(short)} short and {len(long)} long multiple-choice "
+                           "items; both are needed (build a larger corpus)")
+    (out / "mmau" / "mmau-test-mini.json").write_text(json.dumps(short, indent=1, ensure_ascii=False), encoding="utf-8")
+    (out / "mmar" / "MMAR-meta.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in long),
+                                                  encoding="utf-8")
+    return {"af2-manifest": total, "mmau-test-mini": len(short), "mmar": len(long)}

@@ -115,19 +115,21 @@ class _Gone(Exception):
 async def _events(job: Job, queue: asyncio.Queue, request: Request) -> AsyncIterator:
     """The job's events until it finishes; a client disconnect cancels its row."""
     watcher = asyncio.ensure_future(_disconnected(request))
+    getter = None
     try:
         while True:
             getter = asyncio.ensure_future(queue.get())
             done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
             if getter not in done:
-                getter.cancel()
                 raise _Gone
             event = getter.result()
             yield event
             if isinstance(event, (Finished, Failed)):
                 return
     finally:
-        watcher.cancel()
+        for task in (watcher, getter):
+            if task is not None:
+                task.cancel()
         job.cancel()
 
 

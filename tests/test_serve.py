@@ -21,7 +21,8 @@ import af2
 from af2.checkpoint import save_pretrained
 from af2.parity import fixture_config
 from af2.serve.app import ServeConfig
-from serve_helpers import audio_part, running_server, user, wait_healthy
+from af2.serve.local import running_server, wait_healthy
+from serve_helpers import audio_part, user
 
 MODEL = "tiny-af2"
 QUESTIONS = ["w379 w366 w250 w360 w455 w15", "w20 w196 w68", "w189 w486 w363 w128"]

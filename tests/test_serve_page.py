@@ -11,7 +11,7 @@ import pytest
 import af2
 from af2.parity import fixture_config
 from af2.serve.app import ServeConfig
-from serve_helpers import running_server
+from af2.serve.local import running_server
 
 webdriver = pytest.importorskip("selenium.webdriver")
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")

@@ -149,6 +149,7 @@ def _status(exc_info) -> tuple[int, dict]:
     ({"messages": "system"}, "messages"),
     ({"messages": "no audio"}, "messages[0].content"),
     ({"messages": "bad base64"}, "messages[0].content[1].input_audio.data"),
+    ({"messages": "bad format"}, "messages[0].content[1].input_audio.format"),
     ({"messages": "bad audio"}, "messages[0].content[1].input_audio.data"),
     ({"messages": "image"}, "messages[0].content[1].type"),
     ({"messages": "remote"}, "messages[0].content[1].audio_url.url"),
@@ -164,6 +165,7 @@ def test_unsupported_requests_get_400_naming_the_parameter(url, clips, change, p
         "no audio": [{"role": "user", "content": "what is this?"}],
         "bad base64": user("q", {"type": "input_audio", "input_audio": {"data": "!!notbase64", "format": "wav"}}),
         "bad audio": user("q", audio_part(b"RIFF\x00\x00garbage" * 10)),
+        "bad format": user("q", audio_part(clips["short.wav"], "exe")),
         "image": user("q", {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}),
         "remote": user("q", {"type": "audio_url", "audio_url": {"url": "http://127.0.0.1:9/a.wav"}}),
         "file url": user("q", {"type": "audio_url", "audio_url": {"url": "file:///etc/passwd"}}),
@@ -236,6 +238,32 @@ def test_full_queue_429_with_retry_after_and_disconnect_frees_the_row(api, clips
                                                  max_tokens=2)
         assert r.choices[0].finish_reason == "length"
         assert metric(base, "af2_rejected_total") == 1 and metric(base, 'af2_requests_total{status="429"}') == 1
+
+
+def test_non_streamed_disconnect_cancels_and_a_flood_ends_in_200_or_429(api, clips):
+    with running_server(ServeConfig(MODEL, max_batch=4, max_queue=4), lambda: api) as base:
+        body = {"model": MODEL, "messages": user(QUESTIONS[0], audio_part(clips["short.wav"])), "max_tokens": 1000}
+        with pytest.raises(httpx2.TimeoutException):
+            httpx2.post(f"{base}/v1/chat/completions", json=body, timeout=0.5)
+        deadline = time.monotonic() + 10
+        while metric(base, "af2_running_requests") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert metric(base, "af2_running_requests") == 0 and metric(base, "af2_generated_tokens_total") < 1000
+        assert metric(base, 'af2_requests_total{status="499"}') == 1
+
+        statuses: list[int] = []
+        short = {**body, "max_tokens": 4}
+
+        def post() -> None:
+            statuses.append(httpx2.post(f"{base}/v1/chat/completions", json=short, timeout=60).status_code)
+
+        threads = [threading.Thread(target=post) for _ in range(64)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert len(statuses) == 64 and set(statuses) <= {200, 429}  # none lost, none 5xx
+        assert statuses.count(200) >= 8 and statuses.count(429) >= 1
 
 
 def test_api_key_401_and_not_ready_503(api, clips):

@@ -26,7 +26,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from af2.inference import AF2
+from af2.inference import AF2, AudioFacts
+from af2.model.af2 import TOKENS_PER_WINDOW
 from af2.serve import protocol
 from af2.serve.engine import Delta, Engine, Failed, Finished, Job, QueueFull
 from af2.serve.inputs import fetch, prepare, prompt_ids
@@ -55,16 +56,6 @@ class ServeConfig:
         return int(self.max_body_mb * 1024 * 1024)
 
 
-class _State:
-    """The loaded model and engine, filled in by the loader thread."""
-
-    def __init__(self):
-        self.api: AF2 | None = None
-        self.engine: Engine | None = None
-        self.error: str | None = None
-        self.metrics = Metrics()
-
-
 class _RequestLog:
     """One log line and one metrics update per request, however it ends."""
 
@@ -85,6 +76,10 @@ class _RequestLog:
 
 def _error_response(err: ApiError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+    return _error_response(exc)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -137,105 +132,124 @@ def _sse(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def create_app(cfg: ServeConfig, loader: Callable[[], AF2]) -> FastAPI:
-    """The app; ``loader`` runs in a background thread at start-up so /health answers at once."""
-    state = _State()
+@dataclass
+class _Reply:
+    """One accepted request on its way back: what the response needs besides the engine's events."""
 
-    def load() -> None:
+    rid: str
+    created: int
+    req: protocol.ChatRequest
+    job: Job
+    queue: asyncio.Queue
+    facts: AudioFacts
+    prompt_tokens: int
+    record: _RequestLog
+
+    def usage(self, end: Finished) -> dict:
+        return protocol.usage(self.prompt_tokens, end.completion_tokens, self.facts.windows * TOKENS_PER_WINDOW)
+
+    def extension(self, end: Finished) -> dict:
+        return protocol.audio_extension(self.facts, {"queued_s": end.queued_s, "first_token_s": end.first_token_s,
+                                                     "total_s": time.perf_counter() - self.record.t0})
+
+    def finished(self, end: Finished) -> None:
+        self.record.tokens, self.record.first_s = end.completion_tokens, end.first_token_s
+
+
+class _Service:
+    """The routes' shared state: configuration, the model and engine once loaded, metrics."""
+
+    def __init__(self, cfg: ServeConfig, loader: Callable[[], AF2]):
+        self.cfg, self.loader = cfg, loader
+        self.api: AF2 | None = None
+        self.engine: Engine | None = None
+        self.error: str | None = None
+        self.metrics = Metrics()
+
+    def load(self) -> None:
         try:
-            api = loader()
-            engine = Engine(api, max_batch=cfg.max_batch, max_queue=cfg.max_queue, metrics=state.metrics)
+            api = self.loader()
+            engine = Engine(api, max_batch=self.cfg.max_batch, max_queue=self.cfg.max_queue, metrics=self.metrics)
             engine.start()
-            state.api, state.engine = api, engine
-            log.info("model %s loaded; ready", cfg.model_name)
+            self.api, self.engine = api, engine
+            log.info("model %s loaded; ready", self.cfg.model_name)
         except Exception as exc:  # noqa: BLE001 - reported by /health and every request
-            state.error = f"{type(exc).__name__}: {exc}"
-            log.error("cannot load model %s: %s", cfg.model_name, state.error)
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.error("cannot load model %s: %s", self.cfg.model_name, self.error)
 
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI):
-        threading.Thread(target=load, name="af2-load", daemon=True).start()
-        yield
-        if state.engine is not None:
-            await run_in_threadpool(state.engine.stop)
-
-    app = FastAPI(title="af2", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-
-    @app.exception_handler(ApiError)
-    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return _error_response(exc)
-
-    def authorize(request: Request) -> None:
-        if cfg.api_key is None:
+    def authorize(self, request: Request) -> None:
+        if self.cfg.api_key is None:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), cfg.api_key.encode()):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.cfg.api_key.encode()):
             raise ApiError(401, "missing or incorrect API key; send 'Authorization: Bearer KEY'", None,
                            "invalid_api_key")
 
-    def ready() -> tuple[AF2, Engine]:
-        if state.engine is None:
-            message = f"the model failed to load: {state.error}" if state.error else "the model is still loading"
+    def ready(self) -> tuple[AF2, Engine]:
+        if self.engine is None:
+            message = f"the model failed to load: {self.error}" if self.error else "the model is still loading"
             raise ApiError(503, message, None, "model_not_ready", "server_error", {"Retry-After": "5"})
-        return state.api, state.engine
+        return self.api, self.engine
 
-    @app.get("/", response_class=HTMLResponse)
-    async def page() -> HTMLResponse:
+    # -- routes ---------------------------------------------------------------------------------
+
+    async def page(self) -> HTMLResponse:
         return HTMLResponse((resources.files("af2.serve") / "static" / "index.html").read_text(encoding="utf-8"))
 
-    @app.get("/health")
-    async def health() -> JSONResponse:
-        if state.engine is not None:
-            return JSONResponse({"status": "ok", "model": cfg.model_name, "auth": cfg.api_key is not None})
-        status = "error" if state.error else "loading"
-        return JSONResponse({"status": status, "message": state.error}, status_code=503)
+    async def health(self) -> JSONResponse:
+        if self.engine is not None:
+            return JSONResponse({"status": "ok", "model": self.cfg.model_name, "auth": self.cfg.api_key is not None})
+        return JSONResponse({"status": "error" if self.error else "loading", "message": self.error}, status_code=503)
 
-    @app.get("/metrics")
-    async def metrics(request: Request) -> PlainTextResponse:
-        authorize(request)
-        engine = state.engine
-        body = state.metrics.render(queue_depth=engine.queue_depth if engine else 0,
-                                    running=len(engine.rows) if engine else 0, ready=engine is not None)
+    async def metrics_text(self, request: Request) -> PlainTextResponse:
+        self.authorize(request)
+        engine = self.engine
+        body = self.metrics.render(queue_depth=engine.queue_depth if engine else 0,
+                                   running=len(engine.rows) if engine else 0, ready=engine is not None)
         return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
 
-    @app.get("/v1/models")
-    async def models(request: Request) -> JSONResponse:
-        authorize(request)
-        return JSONResponse({"object": "list", "data": [{"id": cfg.model_name, "object": "model", "created": 0,
-                                                         "owned_by": "af2"}]})
+    async def models(self, request: Request) -> JSONResponse:
+        self.authorize(request)
+        return JSONResponse({"object": "list", "data": [{"id": self.cfg.model_name, "object": "model",
+                                                         "created": 0, "owned_by": "af2"}]})
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> Response:
-        rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        record = _RequestLog(rid, state.metrics)
+    async def chat(self, request: Request) -> Response:
+        record = _RequestLog(f"chatcmpl-{uuid.uuid4().hex[:24]}", self.metrics)
         try:
-            authorize(request)
-            api, engine = ready()
+            self.authorize(request)
+            api, engine = self.ready()
             try:
-                body = json.loads(await _read_body(request, cfg.max_body_bytes))
+                body = json.loads(await _read_body(request, self.cfg.max_body_bytes))
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ApiError(400, f"the body is not valid JSON: {exc}", None, "invalid_json") from None
-            req = protocol.parse_chat(body, max_tokens_limit=cfg.max_tokens)
-            if req.model != cfg.model_name:
-                raise ApiError(404, f"model {req.model!r} is not served here; use {cfg.model_name!r}", "model",
+            req = protocol.parse_chat(body, max_tokens_limit=self.cfg.max_tokens)
+            if req.model != self.cfg.model_name:
+                raise ApiError(404, f"model {req.model!r} is not served here; use {self.cfg.model_name!r}", "model",
                                "model_not_found")
-            return await _answer(request, rid, req, api, engine, record)
+            reply = await self._submit(req, api, engine, record)
         except ApiError as err:
             record.done(err.status)
             return _error_response(err)
+        headers = protocol.truncation_headers(reply.facts)
+        if req.stream:
+            return StreamingResponse(self._stream(reply, request), media_type="text/event-stream",
+                                     headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return await self._collect(reply, request, headers)
 
-    async def _answer(request: Request, rid: str, req: protocol.ChatRequest, api: AF2, engine: Engine,
-                      record: _RequestLog) -> Response:
+    # -- a request's life -----------------------------------------------------------------------
+
+    async def _submit(self, req: protocol.ChatRequest, api: AF2, engine: Engine, record: _RequestLog) -> _Reply:
+        """Claim a queue place, decode the clip off the event loop, hand the job to the engine."""
         try:
             engine.reserve()
         except QueueFull as exc:
-            latency = state.metrics.latency
+            latency = self.metrics.latency
             wait = max(1, min(30, math.ceil(latency.total / max(sum(latency.counts), 1))))
             raise ApiError(429, f"the server is busy: {exc}; retry in {wait} s", None, "rate_limit_exceeded",
                            "rate_limit_error", {"Retry-After": str(wait)}) from None
         try:
-            data = await run_in_threadpool(fetch, req.audio, allow_remote=cfg.allow_remote_audio,
-                                           max_bytes=cfg.max_body_bytes)
+            data = await run_in_threadpool(fetch, req.audio, allow_remote=self.cfg.allow_remote_audio,
+                                           max_bytes=self.cfg.max_body_bytes)
             windows, facts = await run_in_threadpool(prepare, api, data, req.audio.param,
                                                      strict_length=req.strict_length)
             prompt = prompt_ids(api, req.question)
@@ -251,62 +265,74 @@ def create_app(cfg: ServeConfig, loader: Callable[[], AF2]) -> FastAPI:
             except RuntimeError:  # the event loop is gone (server shutting down)
                 pass
 
-        job = Job(rid, prompt, windows, facts, req.options, req.max_tokens or cfg.default_max_tokens, req.stop, emit)
+        job = Job(record.rid, prompt, windows, facts, req.options, req.max_tokens or self.cfg.default_max_tokens,
+                  req.stop, emit)
         engine.submit(job)
-        created = int(time.time())
-        headers = protocol.truncation_headers(facts)
-        n_prompt, audio_tokens = len(prompt), facts.windows * 64
+        return _Reply(record.rid, int(time.time()), req, job, queue, facts, len(prompt), record)
 
-        def extension(end: Finished) -> dict:
-            return protocol.audio_extension(facts, {"queued_s": end.queued_s, "first_token_s": end.first_token_s,
-                                                    "total_s": time.perf_counter() - record.t0})
-
-        if req.stream:
-            return StreamingResponse(_stream(rid, created, req, job, queue, request, record, n_prompt, audio_tokens,
-                                             extension), media_type="text/event-stream",
-                                     headers={**headers, "Cache-Control": "no-cache"})
+    async def _collect(self, reply: _Reply, request: Request, headers: dict[str, str]) -> Response:
         text, end = [], None
         try:
-            async for event in _events(job, queue, request):
+            async for event in _events(reply.job, reply.queue, request):
                 if isinstance(event, Delta):
                     text.append(event.text)
                 elif isinstance(event, Failed):
-                    raise ApiError(500, event.message, None, "internal_error", "server_error")
+                    err = ApiError(500, event.message, None, "internal_error", "server_error")
+                    reply.record.done(500)
+                    return _error_response(err)
                 else:
                     end = event
         except _Gone:
-            record.done(499)  # nginx's "client closed request"
+            reply.record.done(499)  # nginx's "client closed request"
             return Response(status_code=499)
-        record.tokens, record.first_s = end.completion_tokens, end.first_token_s
-        body = protocol.completion(rid, created, cfg.model_name, "".join(text), end.reason,
-                                   protocol.usage(n_prompt, end.completion_tokens, audio_tokens), extension(end))
-        record.done(200)
+        reply.finished(end)
+        body = protocol.completion(reply.rid, reply.created, self.cfg.model_name, "".join(text), end.reason,
+                                   reply.usage(end), reply.extension(end))
+        reply.record.done(200)
         return JSONResponse(body, headers=headers)
 
-    async def _stream(rid, created, req, job, queue, request, record, n_prompt, audio_tokens, extension):
-        status = 499
-        usage_field = {"usage": None} if req.include_usage else {}
+    async def _stream(self, reply: _Reply, request: Request) -> AsyncIterator[str]:
+        status, name = 499, self.cfg.model_name
+        extra = {"usage": None} if reply.req.include_usage else {}
         try:
-            yield _sse(protocol.chunk(rid, created, cfg.model_name, {"role": "assistant", "content": ""},
-                                      **usage_field))
-            async for event in _events(job, queue, request):
+            yield _sse(protocol.chunk(reply.rid, reply.created, name, {"role": "assistant", "content": ""}, **extra))
+            async for event in _events(reply.job, reply.queue, request):
                 if isinstance(event, Delta):
-                    yield _sse(protocol.chunk(rid, created, cfg.model_name, {"content": event.text}, **usage_field))
+                    yield _sse(protocol.chunk(reply.rid, reply.created, name, {"content": event.text}, **extra))
                 elif isinstance(event, Failed):
                     status = 500
                     yield _sse(ApiError(500, event.message, None, "internal_error", "server_error").body())
                 else:
-                    record.tokens, record.first_s, status = event.completion_tokens, event.first_token_s, 200
-                    yield _sse(protocol.chunk(rid, created, cfg.model_name, {}, event.reason, af2=extension(event),
-                                              **usage_field))
-                    if req.include_usage:
-                        use = protocol.usage(n_prompt, event.completion_tokens, audio_tokens)
-                        yield _sse({"id": rid, "object": "chat.completion.chunk", "created": created,
-                                    "model": cfg.model_name, "choices": [], "usage": use})
+                    reply.finished(event)
+                    status = 200
+                    yield _sse(protocol.chunk(reply.rid, reply.created, name, {}, event.reason,
+                                              af2=reply.extension(event), **extra))
+                    if reply.req.include_usage:
+                        yield _sse({"id": reply.rid, "object": "chat.completion.chunk", "created": reply.created,
+                                    "model": name, "choices": [], "usage": reply.usage(event)})
             yield "data: [DONE]\n\n"
         except _Gone:
             pass
         finally:
-            record.done(status)
+            reply.record.done(status)
 
+
+def create_app(cfg: ServeConfig, loader: Callable[[], AF2]) -> FastAPI:
+    """The app; ``loader`` runs in a background thread at start-up, so /health answers at once."""
+    service = _Service(cfg, loader)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        threading.Thread(target=service.load, name="af2-load", daemon=True).start()
+        yield
+        if service.engine is not None:
+            await run_in_threadpool(service.engine.stop)
+
+    app = FastAPI(title="af2", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_api_route("/", service.page, methods=["GET"], response_class=HTMLResponse)
+    app.add_api_route("/health", service.health, methods=["GET"])
+    app.add_api_route("/metrics", service.metrics_text, methods=["GET"])
+    app.add_api_route("/v1/models", service.models, methods=["GET"])
+    app.add_api_route("/v1/chat/completions", service.chat, methods=["POST"])
     return app

@@ -59,7 +59,7 @@ class Job:
 
     id: str
     prompt: list[int]
-    windows: torch.Tensor  # (W, S) the clip's windows
+    windows: torch.Tensor | None  # (W, S) the clip's windows; dropped once encoded
     facts: AudioFacts
     options: RowOptions
     max_tokens: int
@@ -173,6 +173,8 @@ class Engine:
             job.joined = now
         dtype = next(api.model.parameters()).dtype
         windows, mask = pad_windows([j.windows for j in jobs], api.audio_cfg.max_windows)
+        for job in jobs:
+            job.windows = None  # a waiting request holds its raw windows; a running one only its K/V
         with torch.inference_mode():
             audio = api.model.encode_audio(windows.to(api.device), mask.to(api.device, dtype), cache_kv=True,
                                            chunk=api.encoder_chunk)

@@ -240,6 +240,7 @@ def test_full_queue_429_with_retry_after_and_disconnect_frees_the_row(api, clips
         assert metric(base, "af2_rejected_total") == 1 and metric(base, 'af2_requests_total{status="429"}') == 1
 
 
+@pytest.mark.slow
 def test_non_streamed_disconnect_cancels_and_a_flood_ends_in_200_or_429(api, clips):
     with running_server(ServeConfig(MODEL, max_batch=4, max_queue=4), lambda: api) as base:
         body = {"model": MODEL, "messages": user(QUESTIONS[0], audio_part(clips["short.wav"])), "max_tokens": 1000}
@@ -310,6 +311,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_af2_serve_command_answers_plain_http(official_model, tmp_path, clips):
     model, tokenizer, _ = official_model
     folder = save_pretrained(model, tmp_path / "tiny-af2", tokenizer)

@@ -196,6 +196,29 @@ def test_data_url_audio_and_truncation_header(url, api, clips, fixture_dir, tmp_
     assert err.value.body["param"].endswith("audio_url.url") and "30.0 s" in err.value.body["message"]
 
 
+def test_remote_audio_only_when_allowed(api, clips, tmp_path):
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    (tmp_path / "clip.wav").write_bytes(clips["short.wav"])
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    files = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    remote = user(QUESTIONS[0], {"type": "audio_url", "audio_url": {
+        "url": f"http://127.0.0.1:{files.server_address[1]}/clip.wav"}})
+    try:
+        with running_server(ServeConfig(MODEL, allow_remote_audio=True), lambda: api) as base:
+            r = client(base).chat.completions.create(model=MODEL, messages=remote, max_tokens=3)
+            assert r.usage.completion_tokens == 3 and r.model_extra["af2"]["audio"]["kept_s"] == pytest.approx(4.0)
+            missing = user("q", {"type": "audio_url", "audio_url": {"url": remote[0]["content"][1]["audio_url"][
+                "url"].replace("clip.wav", "none.wav")}})
+            with pytest.raises(openai.BadRequestError) as err:
+                client(base).chat.completions.create(model=MODEL, messages=missing, max_tokens=3)
+            assert err.value.body["code"] == "audio_fetch_failed"
+    finally:
+        files.shutdown()
+
+
 def test_wrong_model_404_and_large_body_413(url, clips):
     with pytest.raises(openai.NotFoundError) as err:
         client(url).chat.completions.create(model="gpt-4o", messages=user("q", audio_part(clips["short.wav"])))

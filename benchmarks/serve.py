@@ -153,7 +153,8 @@ def main() -> int:
     ap.add_argument("--max-queue", type=int, default=64)
     ap.add_argument("--clip-seconds", default="5,10,20,30", help="lengths of the synthetic clips")
     ap.add_argument("--timeout", type=float, default=600, help="per-request client timeout, seconds")
-    ap.add_argument("--quick", action="store_true", help="the golden fixture's tiny model, 16 requests, 1/4/16 clients")
+    ap.add_argument("--quick", action="store_true",
+                    help="the golden fixture's tiny model, 16 requests, 1/4/16 clients")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     args = ap.parse_args()
 

@@ -7,4 +7,5 @@
     engine.py     the scheduler thread: bounded queue, batched audio encoding, one step at a time
     metrics.py    Prometheus text
     app.py        FastAPI routes; cli.py the ``af2 serve`` command; static/index.html the page
+    local.py      the server on a free loopback port in a background thread (tests, benchmarks)
 """

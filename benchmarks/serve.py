@@ -133,8 +133,8 @@ async def concurrent(url: str, model: str, reqs, clients: int, max_tokens: int, 
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| mode | ok | 429 | failed | req/s | tok/s | TTFT p50 | TTFT p99 | latency p50 | latency p99 | peak RSS |\n"
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    head = ("| mode | ok | 429 | failed | req/s | tok/s | TTFT p50 | TTFT p99 | latency p50 | latency p99 "
+            "| peak RSS |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     lines = [f"| {r['mode']} | {r['ok']} | {r['rejected']} | {r['failed']} | {r['req_per_s']:.2f} | "
              f"{r['tok_per_s']:.1f} | {r['ttft_p50']:.2f} s | {r['ttft_p99']:.2f} s | {r['lat_p50']:.2f} s | "
              f"{r['lat_p99']:.2f} s | {r['rss_gib']:.2f} GiB |" for r in rows]

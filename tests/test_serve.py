@@ -290,6 +290,21 @@ def test_non_streamed_disconnect_cancels_and_a_flood_ends_in_200_or_429(api, cli
         assert statuses.count(200) >= 8 and statuses.count(429) >= 1
 
 
+def test_a_failing_step_answers_500_and_the_server_recovers(url, clips, monkeypatch):
+    from af2.serve.batch import DecodeBatch
+
+    def broken(self):
+        raise RuntimeError("simulated device failure")
+
+    ask = dict(model=MODEL, messages=user(QUESTIONS[0], audio_part(clips["short.wav"])), max_tokens=4)
+    with monkeypatch.context() as patch:
+        patch.setattr(DecodeBatch, "step", broken)
+        with pytest.raises(openai.InternalServerError) as err:
+            client(url).chat.completions.create(**ask)
+        assert err.value.status_code == 500 and "internal error while decoding" in err.value.body["message"]
+    assert client(url).chat.completions.create(**ask).usage.completion_tokens == 4
+
+
 def test_api_key_401_and_not_ready_503(api, clips):
     gate = threading.Event()
 

@@ -1,10 +1,11 @@
 """Serving benchmark: continuous batching under 1, 4, 16 and 64 concurrent clients, against the same
 requests answered one by one through the Python API, in the same run.
 
-The server runs in this process on 127.0.0.1 (a background thread); the clients are asyncio
-streaming HTTP clients on loopback. Every level sends the same bounded list of requests (mixed clips
+The server is ``af2 serve`` in its own process on 127.0.0.1; the clients are asyncio streaming
+HTTP clients on loopback in this one. Every level sends the same bounded list of requests (mixed clips
 and questions, greedy) and reports requests/s, generated tokens/s, p50/p99 time to first token and
-latency, rejections (429) and failures, and peak memory. The ratio at 16 clients is its requests/s
+latency, rejections (429) and failures, and peak memory (of this process for the one-by-one
+run, of the server process for the others). The ratio at 16 clients is its requests/s
 over the sequential baseline's.
 
     python benchmarks/serve.py                          # the default model, 64 requests per level
@@ -20,6 +21,10 @@ import base64
 import io
 import json
 import resource
+import socket
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,10 +34,10 @@ import soundfile as sf
 
 import af2
 from af2.inference import DEFAULT_MODEL
-from af2.serve.app import ServeConfig
-from af2.serve.local import running_server
+from af2.serve.local import wait_healthy
 
 FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "af2-golden-a"
+SERVED = "bench"  # the model id the server answers to
 QUESTIONS = ["What is happening in this recording?", "Describe the sound in one sentence.",
              "Is there speech in this audio?", "What instruments can you hear?"]
 
@@ -82,9 +87,9 @@ def sequential(api, reqs, max_tokens: int) -> dict:
     return summary("python API, one by one", time.perf_counter() - t0, ttft, latency, tokens, len(reqs), 0, 0)
 
 
-async def _one(client: httpx2.AsyncClient, url: str, model: str, data: bytes, question: str, max_tokens: int):
+async def _one(client: httpx2.AsyncClient, url: str, data: bytes, question: str, max_tokens: int):
     """→ (status, ttft, latency, completion tokens) of one streamed request."""
-    body = {"model": model, "stream": True, "stream_options": {"include_usage": True}, "max_tokens": max_tokens,
+    body = {"model": SERVED, "stream": True, "stream_options": {"include_usage": True}, "max_tokens": max_tokens,
             "messages": [{"role": "user", "content": [
                 {"type": "text", "text": question},
                 {"type": "input_audio", "input_audio": {"data": base64.b64encode(data).decode(), "format": "wav"}}]}]}
@@ -107,7 +112,7 @@ async def _one(client: httpx2.AsyncClient, url: str, model: str, data: bytes, qu
     return 200, first, time.perf_counter() - start, tokens
 
 
-async def concurrent(url: str, model: str, reqs, clients: int, max_tokens: int, timeout: float) -> dict:
+async def concurrent(url: str, reqs, clients: int, max_tokens: int, timeout: float) -> dict:
     queue: asyncio.Queue = asyncio.Queue()
     for r in reqs:
         queue.put_nowait(r)
@@ -117,7 +122,7 @@ async def concurrent(url: str, model: str, reqs, clients: int, max_tokens: int, 
         while not queue.empty():
             data, question = queue.get_nowait()
             try:
-                results.append(await _one(client, url, model, data, question, max_tokens))
+                results.append(await _one(client, url, data, question, max_tokens))
             except httpx2.HTTPError:
                 results.append((0, None, float("nan"), 0))
 
@@ -141,6 +146,32 @@ def table(rows: list[dict]) -> str:
     return "\n".join([head, *lines])
 
 
+def serve(model: str, args: argparse.Namespace, log: Path):
+    """Start ``af2 serve`` in its own process (as deployed; the clients here do not share its GIL)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "af2", "serve", "--model", model, "--served-model-name", SERVED, "--port", str(port),
+           "--device", args.device, "--dtype", args.dtype, "--max-batch", str(args.max_batch), "--max-queue",
+           str(args.max_queue), "--max-tokens", str(args.max_tokens), "--default-max-tokens", str(args.max_tokens),
+           "--max-body-mb", "64"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, time.monotonic() + 900)
+    except RuntimeError:
+        proc.kill()
+        raise SystemExit(f"the server did not become ready; its log:\n{log.read_text()[-3000:]}") from None
+    return url, proc
+
+
+def server_peak_rss_gib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=DEFAULT_MODEL)
@@ -158,25 +189,31 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     args = ap.parse_args()
 
-    if args.quick:
-        from af2.parity import fixture_config
+    with tempfile.TemporaryDirectory() as tmp:
+        model, questions = args.model, QUESTIONS
+        if args.quick:
+            from af2.checkpoint import load_official, save_pretrained
+            from af2.parity import fixture_config
 
-        api = af2.load(FIXTURE / "checkpoint", config=fixture_config(FIXTURE), device=args.device)
-        args.clients, args.requests, args.max_tokens = "1,4,16", 16, 16
-        questions, name = ["w379 w366 w250", "w20 w196 w68", "w189 w486 w363 w128"], "tiny-fixture"
-    else:
-        api = af2.load(args.model, device=args.device, dtype=args.dtype)
-        questions, name = QUESTIONS, args.model
-    reqs = requests(args.requests, clips([float(s) for s in args.clip_seconds.split(",")]), questions)
-    api.ask(reqs[0][0], reqs[0][1], max_new_tokens=2)  # warm-up
-    rows = [sequential(api, reqs, args.max_tokens)]
-    print(table(rows), flush=True)
-    cfg = ServeConfig(name, max_batch=args.max_batch, max_queue=args.max_queue, max_tokens=max(args.max_tokens, 1),
-                      default_max_tokens=max(args.max_tokens, 1), max_body_mb=64)
-    with running_server(cfg, lambda: api) as url:
-        for clients in (int(c) for c in args.clients.split(",")):
-            rows.append(asyncio.run(concurrent(url, name, reqs, clients, args.max_tokens, args.timeout)))
-            print(rows[-1]["mode"], f"{rows[-1]['req_per_s']:.2f} req/s", flush=True)
+            lm, tokenizer, _ = load_official(FIXTURE / "checkpoint", cfg=fixture_config(FIXTURE))
+            model = str(save_pretrained(lm, Path(tmp) / "tiny-fixture", tokenizer))
+            args.clients, args.requests, args.max_tokens = "1,4,16", 16, 16
+            questions = ["w379 w366 w250", "w20 w196 w68", "w189 w486 w363 w128"]
+        api = af2.load(model, device=args.device, dtype=args.dtype)
+        reqs = requests(args.requests, clips([float(s) for s in args.clip_seconds.split(",")]), questions)
+        api.ask(reqs[0][0], reqs[0][1], max_new_tokens=2)  # warm-up
+        rows = [sequential(api, reqs, args.max_tokens)]
+        print(table(rows), flush=True)
+        del api
+        url, proc = serve(model, args, Path(tmp) / "server.log")
+        try:
+            for clients in (int(c) for c in args.clients.split(",")):
+                rows.append(asyncio.run(concurrent(url, reqs, clients, args.max_tokens, args.timeout)))
+                rows[-1]["rss_gib"] = server_peak_rss_gib(proc.pid)
+                print(rows[-1]["mode"], f"{rows[-1]['req_per_s']:.2f} req/s", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
     print()
     print(table(rows))
     at16 = next((r for r in rows if r["mode"] == "server, 16 clients"), None)
@@ -184,7 +221,7 @@ def main() -> int:
         print(f"\nthroughput at 16 clients / sequential: {at16['req_per_s'] / rows[0]['req_per_s']:.2f}x "
               f"(p99 time to first token at 16 clients: {at16['ttft_p99']:.2f} s)")
     if args.json:
-        args.json.write_text(json.dumps({"model": name, "device": args.device, "dtype": args.dtype,
+        args.json.write_text(json.dumps({"model": model, "device": args.device, "dtype": args.dtype,
                                          "requests": args.requests, "max_tokens": args.max_tokens, "rows": rows},
                                         indent=1))
     return 0

@@ -35,12 +35,13 @@ def _browser():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver (scripts/setup.sh)")
-def test_page_uploads_asks_and_streams(fixture_dir):
+def test_page_uploads_asks_and_streams(fixture_dir, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     api = af2.load(fixture_dir / "checkpoint", config=fixture_config(fixture_dir), max_audio_seconds=25)
     clip = fixture_dir / "audio" / "long.wav"  # 27 s: more than the 25 s this server hears, so truncated
+    bad = tmp_path / "broken.wav"
     expected = api.ask(clip, QUESTION, max_new_tokens=24).text
     with running_server(ServeConfig("tiny-af2"), lambda: api) as url:
         driver = _browser()
@@ -66,5 +67,13 @@ def test_page_uploads_asks_and_streams(fixture_dir):
             assert int(answer.get_attribute("data-chunks")) > 1  # it arrived in pieces
             assert "truncated" in driver.find_element(By.ID, "answer-msg").text
             assert "first token" in driver.find_element(By.ID, "facts").text
+
+            bad.write_bytes(b"RIFF\x00\x00not really audio" * 50)  # a bad file gets a clear message
+            driver.find_element(By.ID, "file").send_keys(str(bad))
+            wait.until(lambda d: "cannot preview" in d.find_element(By.ID, "audio-msg").text)
+            driver.find_element(By.ID, "ask").click()
+            wait.until(lambda d: answer.get_attribute("data-state") in ("done", "error"))
+            message = driver.find_element(By.ID, "answer-msg").text
+            assert answer.get_attribute("data-state") == "error" and "cannot decode audio" in message
         finally:
             driver.quit()

@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "af2.data.cli",
     "af2.eval.cli",
     "af2.train.cli",
+    "af2.serve.cli",
 )
 
 

@@ -102,10 +102,17 @@ class XAttnConfig:
     """Gated cross-attention (XATTN-Dense) blocks (spec section 4)."""
 
     every_n_layers: int = 1
+    # Explicit decoder-layer indices that get a block (overrides every_n_layers when non-empty). af2-nano puts
+    # its blocks in the upper half of the LM, so training never back-propagates through the lower half.
+    layers: tuple[int, ...] = ()
     heads: int = 8
     dim_head: int = 64
     ff_mult: int = 4
     layernorm_eps: float = 1e-5
+
+    def has_block(self, layer: int) -> bool:
+        """Whether decoder layer ``layer`` (0-based) gets a gated cross-attention block."""
+        return layer in self.layers if self.layers else (layer + 1) % self.every_n_layers == 0
 
 
 @dataclass(frozen=True)
@@ -188,14 +195,14 @@ def tiny_config(vocab_size: int = 516, max_windows: int = 30) -> AF2Config:
 
 def nano_config(max_windows: int = 30) -> AF2Config:
     """af2-nano without its LM: a 256-wide HTSAT (depths 1-1-2-1), 3 audio transformer layers and a
-    gated cross-attention block before every 5th decoder layer. ``lm``/``vocab_size`` come from the base LM
+    gated cross-attention block before decoder layers 14, 17, ..., 29 of SmolLM2's 30. ``lm``/``vocab_size`` come from the base LM
     (SmolLM2-135M-Instruct for the shipped model) when a run or a model folder is built."""
     return AF2Config(
         audio=AudioConfig(max_windows=max_windows),
         htsat=HTSATConfig(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(2, 4, 8, 16),
                           drop_path_rate=0.0, num_classes=4, unused_stft_n_fft=64),
         audio_transformer=AudioTransformerConfig(n_layers=3, n_head=4, d_inner=1024),
-        xattn=XAttnConfig(every_n_layers=5, heads=4, dim_head=64, ff_mult=2),
+        xattn=XAttnConfig(layers=(14, 17, 20, 23, 26, 29), heads=4, dim_head=64, ff_mult=2),
         vocab_size=0,
     )
 

@@ -48,9 +48,8 @@ class AF2Model(nn.Module):
         self.lm = lm if lm is not None else build_lm(cfg)
         layers = self.lm.model.layers
         dim = self.lm.config.hidden_size
-        every = cfg.xattn.every_n_layers
         for i in range(len(layers)):
-            block = GatedCrossAttentionBlock(dim, cfg.audio_dim, cfg.xattn) if (i + 1) % every == 0 else None
+            block = GatedCrossAttentionBlock(dim, cfg.audio_dim, cfg.xattn) if cfg.xattn.has_block(i) else None
             layers[i] = XAttnDecoderLayer(layers[i], block, i)
 
     @property
@@ -82,16 +81,20 @@ class AF2Model(nn.Module):
         return tokens.view(B, W * TOKENS_PER_WINDOW, self.cfg.audio_dim)
 
     def encode_audio(self, windows: torch.Tensor, window_mask: torch.Tensor, *, cache_kv: bool = False,
-                     chunk: int | None = None) -> AudioContext:
+                     chunk: int | None = None, tokens: torch.Tensor | None = None) -> AudioContext:
         """(B, W, S) windows + (B, W) mask → the AudioContext every cross-attention block reads.
 
         With ``cache_kv`` every block's keys and values over the audio are computed here, once,
         instead of at every forward (the official code recomputes them at every decoding step).
+        ``tokens``: the CLAP tokens (B, W·64, Da) when the caller already has them (a trainer's cache
+        of a frozen tower); ``windows`` are then not read.
         """
         if (window_mask.bool().sum(dim=1) == 0).any():
             raise ValueError("every batch item needs at least one real audio window (window_mask all zero)")
         mask = window_mask.bool().repeat_interleave(TOKENS_PER_WINDOW, dim=1)  # (B, N)
-        features = self.audio_transformer(self.encode_windows(windows, window_mask, chunk), mask)
+        if tokens is None:
+            tokens = self.encode_windows(windows, window_mask, chunk)
+        features = self.audio_transformer(tokens, mask)
         kv = None
         if cache_kv:
             # Made contiguous once here: every decoding step then streams them through attention.

@@ -6,6 +6,8 @@ golden fixture made by the official training code.
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import replace
 from typing import Any
 
@@ -20,6 +22,7 @@ from af2.train.config import TrainConfig
 from af2.train.data import Collator, ManifestDataset, blended_items
 from af2.train.distributed import unwrap
 from af2.train.engine import Task
+from af2.train.tower_cache import TowerCache
 
 EMBEDDING = "lm.model.embed_tokens.weight"
 
@@ -49,6 +52,40 @@ def forward_loss(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor,
 
 def alm_loss(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
     return forward_loss(model, batch)[0]
+
+
+def lean_alm_loss(model: nn.Module, batch: dict[str, Any], *, input_grad: bool, targets_only: bool,
+                  tower: TowerCache | None = None) -> torch.Tensor:
+    """``alm_loss`` computed with less work, same value (up to float rounding):
+
+    - ``targets_only``: the LM head runs only at positions whose next token is a target in some row
+      (the answers, about a fifth of a batch's positions) instead of over the whole sequence;
+    - ``input_grad=False``: the input embeddings are detached, so backward stops at the lowest
+      cross-attention block instead of running through every frozen layer below it. The tied embedding
+      then learns only as the output head (which is how <|endofchunk|> is predicted);
+    - ``tower``: a frozen audio tower's outputs come from a cache (one process only: the audio
+      transformer then runs outside a DDP/FSDP wrapper's forward).
+    """
+    labels = batch["labels"]
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "input_ids")}
+    if tower is not None:
+        bare = unwrap(model)
+        windows, window_mask = inputs.pop("windows"), inputs.pop("window_mask")
+        inputs["audio"] = bare.encode_audio(windows, window_mask, tokens=tower.tokens(bare, windows, window_mask))
+    embeds = unwrap(model).lm.get_input_embeddings()(batch["input_ids"])
+    if not input_grad:
+        embeds = embeds.detach()
+    if not targets_only:
+        logits = model(inputs_embeds=embeds, **inputs).logits
+        return causal_lm_loss(logits, labels)
+    follows = labels[:, 1:] != IGNORE_INDEX  # (B, T-1): position t predicts a target
+    keep = follows.any(dim=0).nonzero().squeeze(1)  # (K,)
+    if keep.numel() == 0:
+        return embeds.sum() * 0.0
+    logits = model(inputs_embeds=embeds, logits_to_keep=keep, **inputs).logits  # (B, K, V)
+    nll = F.cross_entropy(logits.float().flatten(0, 1), labels[:, keep + 1].reshape(-1), ignore_index=IGNORE_INDEX,
+                          reduction="sum")
+    return nll / follows.sum().clamp_min(1)
 
 
 class EmbeddingGradMask:
@@ -94,5 +131,10 @@ def alm_task(cfg: TrainConfig, model: nn.Module, tokenizer, base_vocab: int | No
         if base_vocab is None:
             raise ConfigError("embedding_grad_rows: new needs a base_lm (its rows are the ones kept frozen)")
         grad_mask = EmbeddingGradMask(list(range(base_vocab, arch.vocab_size)))
+    loss = alm_loss
+    if cfg.lean_loss:
+        frozen_tower = "clap" not in cfg.trainable and int(os.environ.get("WORLD_SIZE", "1")) == 1
+        loss = functools.partial(lean_alm_loss, input_grad="embeddings" in cfg.trainable and cfg.embedding_input_grad,
+                                 targets_only=True, tower=TowerCache() if frozen_tower else None)
     return Task(model=model, dataset=dataset, collate=Collator(tokenizer, tokens, cfg.windows, fewshot),
-                loss=alm_loss, lengths=dataset.lengths(), grad_mask=grad_mask)
+                loss=loss, lengths=dataset.lengths(), grad_mask=grad_mask)

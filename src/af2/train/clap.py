@@ -59,6 +59,7 @@ class AFClap(nn.Module):
         self.audio_projection = _mlp(htsat.num_features, cfg.embed_dim)
         self.text_projection = _mlp(text_encoder.config.hidden_size, cfg.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(cfg.logit_scale_init))
+        self._text_cache: dict[tuple[int, ...], torch.Tensor] = {}
 
     def embed_audio(self, windows: torch.Tensor) -> torch.Tensor:
         """(B, S) 10-s windows → (B, E) unit vectors."""
@@ -66,11 +67,28 @@ class AFClap(nn.Module):
         return F.normalize(self.audio_projection(tokens.mean(dim=1)), dim=-1)
 
     def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(K, T) captions → (K, E) unit vectors."""
+        """(K, T) captions → (K, E) unit vectors. A frozen text tower's pooled outputs are cached per
+        caption (the same few thousand captions come back every epoch)."""
+        if any(p.requires_grad for p in self.text_encoder.parameters()):
+            pooled = self._pool(input_ids, attention_mask)
+        else:
+            pooled = self._pool_cached(input_ids, attention_mask)
+        return F.normalize(self.text_projection(pooled), dim=-1)
+
+    def _pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         weight = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weight).sum(1) / weight.sum(1).clamp(min=1)
-        return F.normalize(self.text_projection(pooled), dim=-1)
+        return (hidden * weight).sum(1) / weight.sum(1).clamp(min=1)
+
+    @torch.no_grad()
+    def _pool_cached(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        keys = [tuple(row[m.bool()].tolist()) for row, m in zip(input_ids, attention_mask)]
+        todo = sorted({i for i, k in enumerate(keys) if k not in self._text_cache})
+        if todo:
+            idx = torch.tensor(todo, device=input_ids.device)
+            for i, vec in zip(todo, self._pool(input_ids[idx], attention_mask[idx]).float()):
+                self._text_cache[keys[i]] = vec
+        return torch.stack([self._text_cache[k] for k in keys])
 
     def forward(self, windows, pos_ids, pos_mask, neg_ids, neg_mask, neg_valid) -> torch.Tensor:
         """windows (B, S); positives (B·M, T) grouped by clip; negatives (B·N, T'); neg_valid (B, N)."""

@@ -140,6 +140,12 @@ class TrainConfig:
     # Attention dropout inside the audio transformer while it trains: the official module's
     # ScaledDotProductAttention default, which the official config never turns off. Inference: none.
     audio_attn_dropout: float = 0.1
+    # Compute the stage 1-3 loss with less work (af2.train.alm.lean_alm_loss): the LM head only where a
+    # target follows; same loss up to rounding. Off by default so the parity check sees the official path.
+    lean_loss: bool = False
+    # With lean_loss: False detaches the input embeddings, so backward stops at the lowest cross-attention
+    # block (the tied embedding still learns as the output head). Saves the backward of every LM layer below.
+    embedding_input_grad: bool = True
     windows: int = 3  # 10-s windows per sample: 3 = 30 s, 12 = 2 min, 30 = 5 min
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

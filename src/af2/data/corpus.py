@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,8 @@ from tqdm import tqdm
 
 from af2.data.audio_io import load_mono_16k, write_flac
 from af2.data.check import check_manifests
-from af2.data.catalog import SOURCES
+from af2.data.giveaway import format_report, giveaway_report
+from af2.data.catalog import DEFAULT_SOURCES, SOURCES
 from af2.data.longaudio import Event, Timeline, compose, longaudio_qa
 from af2.data.manifest import ManifestItem, write_manifest
 from af2.data.qa import QAPair, SKILLS
@@ -42,12 +44,13 @@ TASKS = {"skills": "AF2Corpus-AudioSkills", "caption": "AF2Corpus-AudioCaptionin
 class BuildOptions:
     out: Path
     seed: int = 0
-    sources: tuple[str, ...] = tuple(SOURCES)
+    sources: tuple[str, ...] = DEFAULT_SOURCES
     limit: int | None = None  # at most this many items per source
     scenes: int = 500
-    long: int = 240
+    long: int = 240  # composed long recordings of the train split
+    long_val: int = 60  # composed long recordings of the held-out split, made of held-out clips only
     long_seconds: tuple[float, float] = (60.0, 300.0)
-    val_fraction: float = 0.05
+    val_fraction: float = 0.1
     small_soundfont: bool = False
     progress: bool = True
 
@@ -80,24 +83,21 @@ def _item(qa: QAPair, *, name: str, duration: float, task: str, index: int, extr
                         extra={"skill": qa.skill, "provenance": qa.provenance(), **extra, **qa.extra})
 
 
-def build_corpus(opts: BuildOptions) -> dict[str, Any]:
-    """Build everything under ``opts.out``; returns the datasheet dict."""
-    names = resolve_sources(opts.sources)
-    out = opts.out
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "work").mkdir(exist_ok=True)
-    rng = np.random.default_rng(opts.seed)
+def _collect(opts: BuildOptions, names: list[str]) -> tuple[list[Clip], list[LongTrack], dict[str, Any]]:
     clips: list[Clip] = []
     tracks: list[LongTrack] = []
     per_source: dict[str, dict[str, Any]] = {}
     for name in names:
         src = SOURCES[name]
         ctx = BuildContext(rng=np.random.default_rng([opts.seed, sum(map(ord, name))]), limit=opts.limit,
-                           workdir=out / "work", small=opts.small_soundfont)
+                           workdir=opts.out / "work", small=opts.small_soundfont)
+        t0 = time.time()
         got = list(tqdm(src.collect(ctx), desc=f"source {name}", unit="item", disable=not opts.progress))
         (tracks if src.kind == "long" else clips).extend(got)
         per_source[name] = {"items": len(got), "licence": src.licence, "packages": list(src.packages), "kind": src.kind,
                             "skipped": dict(sorted(ctx.skipped.items()))}
+        # timings go to stderr, not the datasheet, which stays byte-identical for one seed
+        print(f"corpus: source {name}: {len(got)} items in {time.time() - t0:.1f} s", file=sys.stderr)
         for reason, n in sorted(ctx.skipped.items()):
             print(f"corpus: source {name}: skipped {n} ({reason})", file=sys.stderr)
     if not clips:
@@ -105,33 +105,34 @@ def build_corpus(opts: BuildOptions) -> dict[str, Any]:
     dup = [k for k, n in Counter(c.id for c in clips).items() if n > 1]
     if dup:
         raise ValueError(f"duplicate clip ids {dup[:5]}: two source files would share one audio path")
+    return clips, tracks, per_source
 
-    for clip in tqdm(clips, desc="write clips", unit="clip", disable=not opts.progress):
-        write_flac(out / "audio" / "clips" / f"{clip.id}.flac", clip.audio)
-    metas = [c.meta() for c in clips]
 
-    # short scenes: 2-4 short clips with exact times, for temporal and counting skills
-    short = [c for c in clips if c.duration <= 6.0 and c.category != "music"] or clips
+def _scenes(out: Path, short: list[Clip], rng: np.random.Generator, count: int, split: str, first: int,
+            progress: bool) -> list[Clip]:
+    """Short scenes (8-20 s, 2-4 events with exact times) composed only from ``short`` (one split's clips)."""
     scenes: list[Clip] = []
-    for i in tqdm(range(opts.scenes), desc="scenes", unit="scene", disable=not opts.progress):
+    for i in tqdm(range(first, first + count), desc=f"scenes ({split})", unit="scene", disable=not progress):
         target = float(rng.uniform(8, 20))
         audio, tl = compose(f"scene/{i:05d}", short, rng, target, gap=(0.3, 1.5), repeats=int(rng.integers(1, 3)))
         if len(tl.events) < 2:
             continue
         scene = Clip(id=tl.id, source="scenes", category="scene", label="scene", audio=audio,
                      caption="A sequence of sounds: " + ", then ".join(e.label for e in tl.events) + ".",
+                     attributes={"split": split},
                      events=[{"start": round(e.start, 3), "end": round(e.end, 3), "label": e.label,
                               "category": e.category, "transcript": e.transcript, "source_id": e.source_id}
                              for e in tl.events])
         write_flac(out / "audio" / "clips" / f"{tl.id}.flac", audio)
         _write_json(out / "timelines" / f"{tl.id}.json", tl.to_json())
         scenes.append(scene)
-    scene_metas = [s.meta() for s in scenes]
+    return scenes
 
-    # long recordings: real music with its annotation, and composed recordings with timelines
+
+def _real_long(out: Path, tracks: list[LongTrack], progress: bool) -> tuple[list[Timeline], list[tuple]]:
     timelines: list[Timeline] = []
     beds: list[tuple[str, np.ndarray, str]] = []
-    for track in tqdm(tracks, desc="long real", unit="track", disable=not opts.progress):
+    for track in tqdm(tracks, desc="long real", unit="track", disable=not progress):
         audio = load_mono_16k(track.path)
         write_flac(out / "audio" / "long" / f"{track.id}.flac", audio)
         dur = len(audio) / 16_000
@@ -142,10 +143,18 @@ def build_corpus(opts: BuildOptions) -> dict[str, Any]:
         timelines.append(tl)
         if dur >= 30:
             beds.append((f"{track.attributes['mood']} music: {track.title}", audio[: 60 * 16_000], track.id))
+    return timelines, beds
+
+
+def _composed_long(out: Path, clips: list[Clip], beds: list[tuple], rng: np.random.Generator, count: int, first: int,
+                   opts: BuildOptions, split: str) -> list[Timeline]:
+    """Long recordings made only of ``clips`` and ``beds`` (one split's), numbered from ``first``."""
     pool = [c for c in clips if c.duration <= 25.0]
-    needles = [c for c in clips if c.attributes.get("slot_questions")]
-    clip_audio = {c.id: c.audio for c in clips}
-    for i in tqdm(range(opts.long), desc="long composed", unit="rec", disable=not opts.progress):
+    needles = [c for c in pool if c.attributes.get("slot_questions")]
+    timelines = []
+    if not pool:
+        return timelines
+    for i in tqdm(range(first, first + count), desc=f"long composed ({split})", unit="rec", disable=not opts.progress):
         target = float(rng.uniform(*opts.long_seconds))
         needle = needles[int(rng.integers(len(needles)))] if needles else None
         bed = beds[int(rng.integers(len(beds)))] if beds and rng.random() < 0.3 else None
@@ -154,13 +163,52 @@ def build_corpus(opts: BuildOptions) -> dict[str, Any]:
         write_flac(out / "audio" / "long" / f"{i:05d}.flac", audio)
         _write_json(out / "timelines" / f"{tl.id}.json", tl.to_json())
         timelines.append(tl)
+    return timelines
 
-    # questions and manifests
+
+def build_corpus(opts: BuildOptions) -> dict[str, Any]:
+    """Build everything under ``opts.out``; returns the datasheet dict.
+
+    Held-out split: every source clip and real track is assigned to ``train`` or ``val`` by a hash of its id;
+    scenes and composed long recordings of the val split are made only of val clips (and val music beds), those
+    of the train split only of train clips, so no val item shares audio with any train item."""
+    names = resolve_sources(opts.sources)
+    out = opts.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "work").mkdir(exist_ok=True)
+    rng = np.random.default_rng(opts.seed)
+    clips, tracks, per_source = _collect(opts, names)
+    for clip in tqdm(clips, desc="write clips", unit="clip", disable=not opts.progress):
+        write_flac(out / "audio" / "clips" / f"{clip.id}.flac", clip.audio)
+    split_of = {c.id: _split(c.id, opts.seed, opts.val_fraction) for c in clips}
+    split_of.update({t.id: _split(t.id, opts.seed, opts.val_fraction) for t in tracks})
+    by_split = {sp: [c for c in clips if split_of[c.id] == sp] for sp in ("train", "val")}
+    n_val_scenes = int(round(opts.scenes * opts.val_fraction))
+    scenes: list[Clip] = []
+    for sp, count in (("train", opts.scenes - n_val_scenes), ("val", n_val_scenes)):
+        short = [c for c in by_split[sp] if c.duration <= 6.0 and c.category != "music"] or by_split[sp]
+        if short:
+            scenes += _scenes(out, short, rng, count, sp, len(scenes), opts.progress)
+    split_of.update({s.id: s.attributes["split"] for s in scenes})
+    timelines, beds = _real_long(out, tracks, opts.progress)
+    first = 0
+    for sp, count in (("train", opts.long), ("val", opts.long_val)):
+        sp_beds = [bd for bd in beds if split_of[bd[2]] == sp]
+        made = _composed_long(out, by_split[sp], sp_beds, rng, count, first, opts, sp)
+        split_of.update({t.id: sp for t in made})
+        timelines += made
+        first += count
+    rows = _questions(opts, [c.meta() for c in clips], [s.meta() for s in scenes], timelines, clips, split_of)
+    return _finish(opts, clips, scenes, timelines, rows, per_source, split_of)
+
+
+def _questions(opts: BuildOptions, metas: list[dict], scene_metas: list[dict], timelines: list[Timeline],
+               clips: list[Clip], split_of: dict[str, str]) -> dict[tuple[str, str], list[ManifestItem]]:
     pools = build_pools(metas + scene_metas)
     rows: dict[tuple[str, str], list[ManifestItem]] = {}
 
     def put(task: str, key: str, item_list: list[ManifestItem]) -> None:
-        rows.setdefault((task, _split(key, opts.seed, opts.val_fraction)), []).extend(item_list)
+        rows.setdefault((task, split_of[key]), []).extend(item_list)
 
     for meta, folder in [(m, "clips") for m in metas] + [(m, "scenes") for m in scene_metas]:
         name = f"clips/{meta['id']}.flac"
@@ -168,13 +216,19 @@ def build_corpus(opts: BuildOptions) -> dict[str, Any]:
         qas = template_qa(meta, pools, opts.seed)
         put(TASKS["skills"], meta["id"], [_item(q, name=name, duration=meta["duration"], task=TASKS["skills"],
                                                index=k, extra=refs) for k, q in enumerate(qas)])
-        put(TASKS["caption"], meta["id"], [_item(caption_qa(meta), name=name, duration=meta["duration"],
-                                                 task=TASKS["caption"], index=0, extra=refs)])
+        put(TASKS["caption"], meta["id"], [_item(q, name=name, duration=meta["duration"], task=TASKS["caption"],
+                                                 index=k, extra=refs) for k, q in enumerate(caption_qa(meta))])
+    clip_audio = {c.id: c.audio for c in clips}
     for tl in timelines:
         name = f"long/{tl.id}.flac" if tl.kind == "real" else f"long/{tl.id.split('/')[1]}.flac"
         qas = longaudio_qa(tl, opts.seed, clip_audio)
         put(TASKS["long"], tl.id, [_item(q, name=name, duration=tl.duration, task=TASKS["long"], index=k,
                                          extra={"timeline": f"timelines/{tl.id}.json"}) for k, q in enumerate(qas)])
+    return rows
+
+
+def _finish(opts, clips, scenes, timelines, rows, per_source, split_of) -> dict[str, Any]:
+    out = opts.out
     manifests = []
     for (task, split), items in sorted(rows.items()):
         path = write_manifest(out / "manifests" / task / f"{split}.json", items, split=split, split_path="audio",
@@ -182,15 +236,30 @@ def build_corpus(opts: BuildOptions) -> dict[str, Any]:
         manifests.append(str(path.relative_to(out)))
     (out / "metadata").mkdir(exist_ok=True)
     with (out / "metadata" / "clips.jsonl").open("w", encoding="utf-8") as f:
-        for meta in metas + scene_metas:
-            f.write(json.dumps(meta, ensure_ascii=False, sort_keys=True) + "\n")
+        for meta in [c.meta() for c in clips] + [s.meta() for s in scenes]:
+            f.write(json.dumps({**meta, "split": split_of[meta["id"]]}, ensure_ascii=False, sort_keys=True) + "\n")
     report = check_manifests([out / m for m in manifests], out)
     if not report.ok:
         raise ValueError(f"the corpus failed its own check:\n{report.format()}")
+    giveaways = giveaway_report(it for lst in rows.values() for it in lst)
+    flagged = {t: s.giveaways() for t, s in giveaways.items() if s.giveaways()}
+    if flagged:
+        print(format_report(giveaways), file=sys.stderr)
     sheet = datasheet(clips, scenes, timelines, rows, per_source, opts, manifests)
+    sheet["held_out"] = held_out_summary(rows, split_of, clips)
+    sheet["giveaways"] = {t: dict(k) for t, k in flagged.items()}
     _write_json(out / "datasheet.json", sheet)
     (out / "datasheet.md").write_text(datasheet_markdown(sheet), encoding="utf-8")
     return sheet
+
+
+def held_out_summary(rows, split_of: dict[str, str], clips: list[Clip]) -> dict[str, Any]:
+    """What the val split holds: clips, items, multiple-choice items, and those on recordings of 2 min or more."""
+    val = [it for (_task, sp), lst in rows.items() if sp == "val" for it in lst]
+    mcq = [it for it in val if it.extra["provenance"]["template"].endswith(":mcq")]
+    return {"clips": sum(1 for c in clips if split_of[c.id] == "val"), "items": len(val),
+            "multiple_choice": len(mcq), "multiple_choice_2min_plus": sum(1 for it in mcq if it.duration >= 120),
+            "rule": "split by source clip id; val scenes and long recordings contain only val clips"}
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -224,6 +293,13 @@ def datasheet(clips, scenes, timelines, rows, per_source, opts, manifests) -> di
     }
 
 
+def _held_out_text(h: dict[str, Any] | None) -> str:
+    if not h:
+        return "none"
+    return (f"{h['clips']} held-out clips; {h['items']} items, {h['multiple_choice']} multiple-choice, of which "
+            f"{h['multiple_choice_2min_plus']} on recordings of 2 minutes or more. Rule: {h['rule']}.")
+
+
 def datasheet_markdown(s: dict[str, Any]) -> str:
     lines = ["# AF2 offline corpus: datasheet", "", f"Seed {s['seed']}. Audio is 16 kHz mono FLAC. "
              f"Reserved for evaluation and never included: {', '.join(s['reserved_for_evaluation'])}.", "",
@@ -233,7 +309,8 @@ def datasheet_markdown(s: dict[str, Any]) -> str:
              f"| long recordings, composed (1-5 min: {s['long']['composed_1_to_5_min']}) | {s['long']['composed']} | "
              f"{s['long']['hours']} (all long) |", f"| long recordings, real music | {s['long']['real']} | |",
              f"| QA pairs (incl. {s['qa']['multiple_choice']} multiple-choice, {s['qa']['captions']} captions) | "
-             f"{s['qa']['total']} | |", "", "## Sources and licences", "", "| source | kind | items | packages | licence |",
+             f"{s['qa']['total']} | |", "", "## Held-out split (val)", "", _held_out_text(s.get("held_out")), "",
+             "## Sources and licences", "", "| source | kind | items | packages | licence |",
              "|---|---|---|---|---|"]
     lines += [f"| {k} | {v['kind']} | {v['items']} | {', '.join(v['packages'])} | {v['licence']} |"
               for k, v in s["sources"].items()]
@@ -246,6 +323,9 @@ def datasheet_markdown(s: dict[str, Any]) -> str:
     lines += ["", "| source | clips |", "|---|---|"] + [f"| {k} | {v} |" for k, v in s["clips"]["by_source"].items()]
     lines += ["", "## Most frequent clip labels", "", "| label | clips |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in s["clips"]["top_labels"].items()]
+    if s.get("giveaways"):
+        lines += ["", "## Multiple-choice templates that give the answer away in the text", "", "| template | give-aways |",
+                  "|---|---|"] + [f"| {t} | {k} |" for t, k in s["giveaways"].items()]
     lines += ["", "## Manifests", "", "| manifest | items |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in s["manifests"].items()]
     return "\n".join(lines) + "\n"

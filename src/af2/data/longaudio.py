@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from af2.data.qa import QAPair, item_rng, multiple_choice
+from af2.data.qa import QAPair, item_rng, multiple_choice, number_options
 
 SR = 16_000
 CATEGORIES = ("captioning", "plot_qa", "temporal_qa", "needle_qa", "subscene_qa", "counting", "ordering", "general_qa")
@@ -202,7 +202,7 @@ def longaudio_qa(tl: Timeline, seed: int = 0, clip_audio: dict[str, np.ndarray] 
     counts = Counter(labels)
     lab, n = counts.most_common(1)[0]
     add("counting", "long.count.repeat", f"How many times is the {lab} heard?", f"{n} {'time' if n == 1 else 'times'}.",
-        distractors=[f"{k} {'time' if k == 1 else 'times'}." for k in range(max(1, n - 2), n + 3)])
+        distractors=number_options(n, rng, lambda k: f"{k} {'time' if k == 1 else 'times'}."))
     add("counting", "long.count.speech", "How many times does someone speak?", f"{kinds.get('speech', 0)}.")
     add("counting", "long.count.events", "How many separate sound events are there in total?", f"{len(ev)}.")
     # ordering
@@ -216,7 +216,7 @@ def longaudio_qa(tl: Timeline, seed: int = 0, clip_audio: dict[str, np.ndarray] 
             first=i, second=j)
     # general
     add("general_qa", "long.general.speech", "Is there any speech in this recording?",
-        "Yes." if kinds.get("speech") else "No.", distractors=["Yes.", "No."])
+        "Yes." if kinds.get("speech") else "No.")  # open only: with a spoken needle the answer is nearly always yes
     add("general_qa", "long.general.music", "Is there background music?",
         f"Yes, {tl.background['label']}." if tl.background else "No, only separate sounds with silence between them.")
     add("general_qa", "long.general.kinds", "What kinds of sounds make up this recording?",

@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from af2.data.audio_io import load_mono_16k, normalise_peak, trim_silence
-from af2.data.sources import BuildContext, Clip
+from af2.data.sources import BuildContext, Clip, check_not_reserved
 
 SOUNDFONTS = (Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"), Path("/usr/share/sounds/sf2/TimGM6mb.sf2"))
 INSTRUMENTS = {  # GM program -> (name, family)
@@ -202,11 +202,25 @@ SENTENCES = (
      {"n": "What is the first team's score?", "m": "What is the second team's score?"}),
     ("question", "Excuse me, do you know where the {place} on {street} is?", "a passer-by asking for directions",
      "question", {"place": "What place is the speaker looking for?", "street": "On which street is it?"}),
+    ("opening", "What time does the {place} open on {day}?", "someone asking about opening hours", "question",
+     {"place": "Which place is the speaker asking about?", "day": "For which day does the speaker ask?"}),
+    ("trip", "Has {name} already left for {city}?", "someone asking about a traveller", "question",
+     {"name": "Who is the speaker asking about?", "city": "Where was that person going?"}),
+    ("pickup", "Could you please pick up {n} {item} from the {place}?", "a favour asked of a friend", "request",
+     {"item": "What should be picked up?", "n": "How many should be picked up?", "place": "From where?"}),
+    ("booking", "Please book a table for {n} people on {day}.", "a restaurant booking request", "request",
+     {"n": "For how many people is the table?", "day": "For which day is the booking?"}),
+    ("exercise", "Stand up, raise your arms and count to {n}.", "an exercise instruction", "command",
+     {"n": "To what number should the listener count?"}),
 )
 
 
 def make_sentence(rng: np.random.Generator) -> dict:
-    tid, text, situation, kind, questions = SENTENCES[int(rng.integers(len(SENTENCES)))]
+    # the kind first, uniformly, so "question / command / request / statement" has no answer prior
+    kinds = sorted({k for _, _, _, k, _ in SENTENCES})
+    kind = kinds[int(rng.integers(len(kinds)))]
+    choices = [sent for sent in SENTENCES if sent[3] == kind]
+    tid, text, situation, kind, questions = choices[int(rng.integers(len(choices)))]
     values = {slot: str(rng_choice(rng, options)) for slot, options in SLOTS.items()}
     values["n"] = NUMBER_WORDS[int(rng.integers(2, 13))]
     values["m"] = NUMBER_WORDS[int(rng.integers(2, 13))]
@@ -242,12 +256,13 @@ def available_voices() -> list[tuple[str, str, str, str]]:
     return [v for v in TTS_VOICES if _tts_available(v[0], v[1])]
 
 
-def _festival_batch(jobs: list[tuple[str, str, Path]]) -> None:
+def _festival_batch(jobs: list[tuple[str, str, float, Path]]) -> None:
     """Render many utterances in one festival process (start-up costs about a second)."""
     lines = []
-    for voice, text, out in jobs:
+    for voice, text, stretch, out in jobs:
         safe = text.replace("\\", " ").replace('"', "")
-        lines.append(f"(voice_{voice})\n(utt.save.wave (utt.synth (Utterance Text \"{safe}\")) \"{out}\" 'riff)")
+        lines.append(f"(voice_{voice})\n(Parameter.set 'Duration_Stretch {stretch})\n"
+                     f"(utt.save.wave (utt.synth (Utterance Text \"{safe}\")) \"{out}\" 'riff)")
     with tempfile.NamedTemporaryFile("w", suffix=".scm", delete=False) as f:
         f.write("\n".join(lines) + "\n")
         script = f.name
@@ -274,6 +289,8 @@ PIPER_RATES = {0.8: "fast", 1.0: "normal", 1.3: "slow"}
 
 def collect_tts(ctx: BuildContext, per_voice: int = 90, engines: tuple[str, ...] = ("flite", "festival", "piper"),
                 ) -> Iterator[Clip]:
+    for engine in engines:
+        check_not_reserved(f"tts-{engine}")  # espeak-ng voices are reserved for evaluation
     voices = [v for v in available_voices() if v[0] in engines]
     if not voices:
         raise FileNotFoundError("no TTS engine found (flite/festival/piper); run scripts/install-corpus-sources.sh")
@@ -286,15 +303,15 @@ def collect_tts(ctx: BuildContext, per_voice: int = 90, engines: tuple[str, ...]
             for i in range(n):
                 sentence = make_sentence(ctx.rng)
                 out = tmpdir / f"{engine}-{voice}-{i}.wav"
-                rate = "normal"
+                # every engine speaks at three rates (duration stretch), so "slow/normal/fast" needs listening
+                scale = sorted(PIPER_RATES)[i % len(PIPER_RATES)]
+                rate = PIPER_RATES[scale]
                 if engine == "flite":
-                    subprocess.run(["flite", "-voice", voice, "-t", sentence["text"], "-o", str(out)], check=True,
-                                   capture_output=True, timeout=60)
+                    subprocess.run(["flite", "-voice", voice, "--setf", f"duration_stretch={scale}", "-t",
+                                    sentence["text"], "-o", str(out)], check=True, capture_output=True, timeout=60)
                 elif engine == "festival":
-                    festival_jobs.append((voice, sentence["text"], out))
+                    festival_jobs.append((voice, sentence["text"], scale, out))
                 else:
-                    scale = sorted(PIPER_RATES)[i % len(PIPER_RATES)]
-                    rate = PIPER_RATES[scale]
                     piper_jobs.append((sentence["text"], scale, out))
                 plan.append((engine, voice, gender, desc, sentence, rate, out, i))
         if festival_jobs:

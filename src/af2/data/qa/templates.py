@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 
 
-from af2.data.qa import QAPair, item_rng, multiple_choice
+from af2.data.qa import QAPair, item_rng, multiple_choice, number_options
 
 GENERATOR = "templates"
 POOL_KEYS = ("label", "instrument", "family", "key", "tempo", "dynamics", "pattern", "composer", "era", "metre",
@@ -49,13 +49,17 @@ class _Builder:
         self.out: list[QAPair] = []
 
     def add(self, skill: str, template: str, question: str, answer: str, *, choices: str | None = None,
-            distractors: Iterable[str] = ()) -> None:
+            distractors: Iterable[str] = (), option: str | None = None) -> None:
+        """One open pair and, given ``choices`` (a pool name) or ``distractors``, its multiple-choice form.
+
+        ``option`` is the answer in the pool's surface form when the open answer is a sentence around it:
+        every option of one item then comes from the same pool, worded the same way."""
         qa = QAPair(question=question, answer=answer, skill=skill, generator=GENERATOR, template=template,
                     sources=(self.meta["id"],))
         self.out.append(qa)
         pool = list(distractors) or (self.pools.get(choices, []) if choices else [])
         if pool:
-            mcq = multiple_choice(qa, pool, self.rng)
+            mcq = multiple_choice(qa, pool, self.rng, answer_option=option)
             if mcq is not None:
                 self.out.append(mcq)
 
@@ -78,7 +82,7 @@ def _sfx(b: _Builder) -> None:
           f"The {m['label']} suggests that {sfx_context(m['label'], m['source'])}.")
     if "game" in attrs:
         b.add("general_reasoning", "sfx.setting", "In what kind of setting would this sound typically be heard?",
-              f"In {attrs['game']}.", choices="game")
+              f"In {attrs['game']}.", choices="game", option=attrs["game"])
     b.add("general_reasoning", "sfx.human", "Is the sound made by a human voice?",
           f"No, it is a {m['label']} sound effect.")
 
@@ -90,7 +94,7 @@ def _speech(b: _Builder) -> None:
         b.add("information_extraction", "speech.transcript", "What exactly does the speaker say?", f"\"{text}\"")
         words = len(text.replace(",", " ").replace(".", " ").split())
         b.add("counting", "speech.words", "How many words are spoken?", f"{words} words.",
-              distractors=[f"{w} words." for w in (words - 2, words - 1, words + 1, words + 3) if w > 0])
+              distractors=number_options(words, b.rng, lambda w: f"{w} words."))
     if "language" in attrs:
         b.add("attribute_identification", "speech.language", "What language is spoken?", attrs["language"],
               choices="language")
@@ -105,7 +109,7 @@ def _speech(b: _Builder) -> None:
               attrs["speaking_rate"], distractors=["slow", "normal", "fast"])
     if "situation" in attrs:
         b.add("contextual_speech_event_reasoning", "speech.situation", "In what situation would this be said?",
-              f"It sounds like {attrs['situation']}.", choices="situation")
+              f"It sounds like {attrs['situation']}.", choices="situation", option=attrs["situation"])
         kind = attrs.get("sentence_type", "statement")
         b.add("general_reasoning", "speech.sentence_type", "Is the speaker asking a question, giving a command, "
               "making a request or making a statement?", kind, distractors=["question", "command", "request", "statement"])
@@ -157,7 +161,7 @@ def _music(b: _Builder) -> None:
               a["dynamics"], distractors=["soft", "moderate", "loud"])
     if "notes" in a:
         b.add("counting", "music.notes", "How many notes are played?", f"{a['notes']} notes.",
-              distractors=[f"{n} notes." for n in (a["notes"] - 2, a["notes"] - 1, a["notes"] + 1, a["notes"] + 2)])
+              distractors=number_options(a["notes"], b.rng, lambda n: f"{n} notes."))
     if "pattern" in a:
         b.add("temporal_reasoning", "music.pattern", "How does the pitch move over time?", a["pattern"],
               choices="pattern")
@@ -180,7 +184,7 @@ def _scene(b: _Builder) -> None:
     events = b.meta["events"]
     labels = [e["label"] for e in events]
     b.add("counting", "scene.count", "How many separate sound events are there?", f"{len(events)}.",
-          distractors=[f"{n}." for n in range(1, 7)])
+          distractors=number_options(len(events), b.rng, lambda n: f"{n}."))
     counts = {label: labels.count(label) for label in labels}
     repeated = max(sorted(counts), key=lambda k: counts[k])
     b.add("counting", "scene.repeat", f"How many times is the {repeated} heard?",
@@ -222,6 +226,54 @@ def template_qa(meta: dict[str, Any], pools: dict[str, list[str]], seed: int = 0
     return b.out
 
 
-def caption_qa(meta: dict[str, Any]) -> QAPair:
-    return QAPair(question="Caption the input audio.", answer=meta["caption"], skill="captioning",
-                  generator=GENERATOR, template="caption", sources=(meta["id"],))
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _caption_variants(meta: dict[str, Any]) -> list[str]:
+    """Paraphrases of what the clip holds, all from its metadata (no claim the metadata does not make)."""
+    a, label, cat = meta.get("attributes", {}), meta["label"], meta["category"]
+    text = meta.get("transcript")
+    if cat == "sfx":
+        setting = a.get("game", "a video game")
+        return [f"The sound of {_a(label)}.", f"{_cap(label)}, as heard in {setting}.",
+                f"A short sound effect: {label}.", f"{_cap(_a(label))} sound."]
+    if cat == "vocalization":
+        return [f"Someone {label}.", f"A person {label}, without any words.", f"A cartoon voice {label}."]
+    if cat == "speech" and text:
+        who = f"{_a(a['gender'])} voice" if "gender" in a else "a voice"
+        out = [f"{_cap(who)} says \"{text}\".", f"Speech: \"{text}\"", f"Someone saying \"{text}\"."]
+        if "situation" in a:
+            out.append(f"{_cap(a['situation'])}, spoken at a {a.get('speaking_rate', 'normal')} pace: \"{text}\"")
+        return out
+    if cat == "speech":
+        lang = a.get("language", "another language")
+        return [f"A short shout in {lang}.", f"A cartoon character shouting a phrase in {lang}.",
+                f"Someone exclaiming something in {lang}."]
+    if cat == "music" and "pattern" in a:
+        return [f"{_cap(_a(a['tempo']))} {a['pattern']} played {a['dynamics']}ly on the {a['instrument']}."
+                .replace("moderately", "at moderate volume"),
+                f"Solo {a['instrument']}: {_a(a['pattern'])} in {a['key']}, {a['tempo_bpm']} bpm.",
+                f"{_cap(a['family'])} instrument music, {_a(a['pattern'])} in {a['key']}."]
+    if cat == "music" and "composer" in a:
+        return [f"{_cap(a['era'])} music by {a['composer']} in {a['key']}.",
+                f"A piano rendering of a piece by {a['composer']} in {a['metre']} time.",
+                f"{a['parts']}-part {a['era']} music on a synthesised piano."]
+    if cat == "scene":
+        labels = [e["label"] for e in meta["events"]]
+        return [f"First {_a(labels[0])}, then " + ", then ".join(labels[1:]) + ".",
+                f"{len(labels)} sound events one after another: " + "; ".join(labels) + ".",
+                f"Several sounds in a row, starting with {_a(labels[0])} and ending with {_a(labels[-1])}."]
+    return []
+
+
+def caption_qa(meta: dict[str, Any]) -> list[QAPair]:
+    """The clip's caption and its paraphrases (3-5 per clip), each one captioning pair; the first is the caption."""
+    captions = list(dict.fromkeys([meta["caption"], *_caption_variants(meta)]))
+    return [QAPair(question="Caption the input audio.", answer=c, skill="captioning", generator=GENERATOR,
+                   template="caption" if k == 0 else f"caption.p{k}", sources=(meta["id"],),
+                   extra={"caption_of": meta["id"]}) for k, c in enumerate(captions)]

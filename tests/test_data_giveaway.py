@@ -6,7 +6,7 @@ from collections import Counter
 import numpy as np
 
 from af2.cli import main
-from af2.data.giveaway import giveaway_report, heuristic_baseline, parse_mc
+from af2.data.giveaway import balance_answers, giveaway_report, heuristic_baseline, parse_mc
 from af2.data.manifest import ManifestItem, write_manifest
 from af2.data.qa import LETTERS, QAPair, item_rng, multiple_choice, normalise_option, number_options
 from af2.data.qa.templates import build_pools, template_qa
@@ -136,3 +136,26 @@ def test_fixed_templates_give_nothing_away():
     assert stats["speech.situation:mcq"].items == 60 and stats["sfx.setting:mcq"].items == 60
     assert {t: s.giveaways() for t, s in stats.items() if s.giveaways()} == {}
     assert json.dumps(items[0].extra)  # options and answer index are JSON-serialisable manifest extras
+
+
+def test_balancing_makes_the_answer_prior_worth_chance():
+    """A template whose answer is 'statement' 3 times in 4: balanced, every answer is correct equally often."""
+    kinds = ["question", "command", "request", "statement"]
+    items, rng = [], np.random.default_rng(1)
+    for i in range(400):
+        answer = "statement" if i % 4 else kinds[(i // 4) % 3]
+        order = [kinds[int(k)] for k in rng.permutation(4)]
+        items.append(_item(i, "kind:mcq", "Is the speaker asking, commanding, requesting or stating?", order,
+                           order.index(answer)))
+    items.append(ManifestItem(id="open", name="x.flac", prompt="Open?", output="yes", duration=1.0))
+    before = [parse_mc(it) for it in items[:-1]]
+    assert heuristic_baseline(before)["answer_prior"]["accuracy"] > 0.7
+    balanced = balance_answers(items, 1.0)
+    counts = Counter(parse_mc(it).options[parse_mc(it).answer] for it in balanced if parse_mc(it))
+    assert set(counts.values()) == {min(counts.values())} and len(counts) == 4  # every answer kept, equally often
+    assert balanced[-1].id == "open"
+    after = [m for m in map(parse_mc, balanced) if m]
+    assert abs(heuristic_baseline(after, before)["answer_prior"]["accuracy"] - 0.25) < 0.05
+    capped = Counter(parse_mc(it).options[parse_mc(it).answer] for it in balance_answers(items, 2.0) if parse_mc(it))
+    assert max(capped.values()) == 2 * min(capped.values())
+    assert balance_answers(items, 1.0) == balanced  # deterministic

@@ -62,6 +62,9 @@ def register(subparsers) -> None:
                        help="composed long recordings in the held-out split (made of held-out clips only)")
     build.add_argument("--val-fraction", type=float, default=0.1,
                        help="share of source clips held out (val); their scenes and long recordings too")
+    build.add_argument("--train-answer-slack", type=float, default=3.0,
+                       help="train MC items: no answer of a template correct more than this times as often as its "
+                            "rarest (val is always exactly balanced)")
     build.add_argument("--long-seconds", type=float, nargs=2, default=(60.0, 300.0), metavar=("MIN", "MAX"))
     build.add_argument("--small-soundfont", action="store_true", help="render MIDI with the 6 MB TimGM6mb soundfont")
     build.add_argument("--no-progress", action="store_true")
@@ -164,7 +167,8 @@ def _build(args: argparse.Namespace) -> int:
     if args.music21 and "music21" not in names:
         names += ("music21",)
     opts = BuildOptions(out=args.out, seed=args.seed, sources=names, limit=args.limit, scenes=args.scenes,
-                        long=args.long, long_val=args.long_val, val_fraction=args.val_fraction, long_seconds=tuple(args.long_seconds), small_soundfont=args.small_soundfont,
+                        long=args.long, long_val=args.long_val, val_fraction=args.val_fraction,
+                        train_answer_slack=args.train_answer_slack, long_seconds=tuple(args.long_seconds), small_soundfont=args.small_soundfont,
                         progress=not args.no_progress)
     t0 = time.time()
     try:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from af2.data.audio_io import load_mono_16k, write_flac
 from af2.data.check import check_manifests
-from af2.data.giveaway import format_report, giveaway_report
+from af2.data.giveaway import balance_answers, format_report, giveaway_report
 from af2.data.catalog import DEFAULT_SOURCES, SOURCES
 from af2.data.longaudio import Event, Timeline, compose, longaudio_qa
 from af2.data.manifest import ManifestItem, write_manifest
@@ -51,6 +51,7 @@ class BuildOptions:
     long_val: int = 60  # composed long recordings of the held-out split, made of held-out clips only
     long_seconds: tuple[float, float] = (60.0, 300.0)
     val_fraction: float = 0.1
+    train_answer_slack: float = 3.0  # in train, no MC answer of a template correct over 3x as often as its rarest
     small_soundfont: bool = False
     progress: bool = True
 
@@ -224,7 +225,10 @@ def _questions(opts: BuildOptions, metas: list[dict], scene_metas: list[dict], t
         qas = longaudio_qa(tl, opts.seed, clip_audio)
         put(TASKS["long"], tl.id, [_item(q, name=name, duration=tl.duration, task=TASKS["long"], index=k,
                                          extra={"timeline": f"timelines/{tl.id}.json"}) for k, q in enumerate(qas)])
-    return rows
+    # answer priors: held-out items exactly balanced per template (a text-only model scores chance on them),
+    # training items capped so that the text alone teaches little
+    return {(task, sp): balance_answers(lst, 1.0 if sp == "val" else opts.train_answer_slack)
+            for (task, sp), lst in rows.items()}
 
 
 def _finish(opts, clips, scenes, timelines, rows, per_source, split_of) -> dict[str, Any]:

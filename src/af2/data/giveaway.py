@@ -16,6 +16,7 @@ the prior should sit near chance, and the prior measures what a text-only model 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -216,13 +217,15 @@ def answer_prior(items: Iterable[MCItem]) -> dict[str, Counter]:
 def heuristic_baseline(items: Sequence[MCItem], prior_items: Sequence[MCItem] = ()) -> dict[str, dict[str, float]]:
     """Accuracy of each text-only picker, overall, with the chance level of the same items.
 
-    ``prior``: pick the option that was most often correct for the template in ``prior_items`` (the training
-    split; without it the items themselves, an optimistic upper bound)."""
+    ``answer_prior``: pick the option that was most often correct for the template in ``prior_items`` (the
+    training split), or without them in the other items (leave-one-out)."""
     prior = answer_prior(prior_items or items)
+    own = not prior_items
 
     def pick_prior(mc: MCItem) -> int:
         counts = prior.get(mc.template, Counter())
-        scores = [counts[normalise_option(o)] for o in mc.options]
+        keys = [normalise_option(o) for o in mc.options]
+        scores = [counts[k] - (own and i == mc.answer) for i, k in enumerate(keys)]
         return scores.index(max(scores))
 
     pickers = {**HEURISTICS, "answer_prior": pick_prior}
@@ -231,3 +234,24 @@ def heuristic_baseline(items: Sequence[MCItem], prior_items: Sequence[MCItem] = 
     for name, pick in pickers.items():
         out[name] = {"accuracy": sum(pick(mc) == mc.answer for mc in items) / n, "items": float(len(items))}
     return out
+
+
+def balance_answers(items: Sequence[ManifestItem], slack: float = 1.0) -> list[ManifestItem]:
+    """Drop multiple-choice items so that no answer of a template is correct more than ``slack`` times as often as
+    its rarest answer (open items all stay); which items go is fixed by their ids.
+
+    With ``slack=1`` (the held-out split) every answer of a template is equally often correct, so a text-only
+    model's answer prior is worth chance there. Rare answers are never dropped: an option that is offered but never
+    correct would itself be a prior to learn."""
+    groups: dict[str, dict[str, list[ManifestItem]]] = defaultdict(lambda: defaultdict(list))
+    for item in items:
+        mc = parse_mc(item)
+        if mc is not None:
+            groups[mc.template][normalise_option(mc.options[mc.answer])].append(item)
+    drop: set[str] = set()
+    for by_answer in groups.values():
+        cap = max(1, int(slack * min(len(v) for v in by_answer.values())))
+        for group in by_answer.values():
+            ranked = sorted(group, key=lambda it: hashlib.sha256(it.id.encode()).hexdigest())
+            drop.update(it.id for it in ranked[cap:])
+    return [it for it in items if it.id not in drop]

@@ -20,6 +20,7 @@ from af2.data.qa import QAPair, item_rng, multiple_choice, number_options
 SR = 16_000
 CATEGORIES = ("captioning", "plot_qa", "temporal_qa", "needle_qa", "subscene_qa", "counting", "ordering", "general_qa")
 GENERATOR = "longaudio"
+THIRDS = ("the first third", "the middle third", "the last third")
 
 
 @dataclass
@@ -126,12 +127,13 @@ def longaudio_qa(tl: Timeline, seed: int = 0, clip_audio: dict[str, np.ndarray] 
     out: list[QAPair] = []
     ev = tl.events
 
-    def add(cat: str, template: str, q: str, a: str, distractors: Sequence[str] = (), **extra: Any) -> None:
+    def add(cat: str, template: str, q: str, a: str, distractors: Sequence[str] = (), option: str | None = None,
+            **extra: Any) -> None:
         qa = QAPair(question=q, answer=a, skill=cat, generator=GENERATOR, template=template,
                     sources=(tl.id, *sorted({e.source_id for e in ev} - {tl.id})), extra=extra)
         out.append(qa)
         if distractors:
-            mcq = multiple_choice(qa, distractors, rng)
+            mcq = multiple_choice(qa, distractors, rng, answer_option=option)
             if mcq is not None:
                 out.append(mcq)
 
@@ -174,7 +176,12 @@ def longaudio_qa(tl: Timeline, seed: int = 0, clip_audio: dict[str, np.ndarray] 
             distractors=[_describe(x) for x in ev if x.label not in (labels[i], labels[i + 1])][:12], event=i + 1)
         j = unique[int(rng.integers(len(unique)))]
         add("temporal_qa", "long.temporal.when", f"When does the {labels[j]} occur?",
-            f"From {clock(ev[j].start)} to {clock(ev[j].end)}.", event=j)
+            f"From {clock(ev[j].start)} to {clock(ev[j].end)}.", event=j,
+            distractors=[f"From {clock(x.start)} to {clock(x.end)}." for x in ev if x.label != labels[j]])
+        k = unique[int(rng.integers(len(unique)))]
+        part = min(2, int(3 * (ev[k].start + ev[k].end) / 2 / tl.duration))
+        add("temporal_qa", "long.temporal.part", f"In which part of the recording is the {labels[k]} heard: the first "
+            "third, the middle third or the last third?", THIRDS[part], distractors=THIRDS, event=k)
     # needle in a haystack: a single speech event among many
     speech = [i for i, e in enumerate(ev) if e.transcript and labels.count(e.label) == 1]
     if speech:
@@ -211,9 +218,11 @@ def longaudio_qa(tl: Timeline, seed: int = 0, clip_audio: dict[str, np.ndarray] 
             ", then ".join(_describe(e) for e in ev[:3]) + ".")
     if len(unique) >= 2:
         i, j = sorted(int(k) for k in rng.choice(unique, size=2, replace=False))
-        add("ordering", "long.order.pair", f"Which is heard first, the {labels[j]} or the {labels[i]}?",
+        named = (j, i) if rng.random() < 0.5 else (i, j)  # the first-named sound is not always the answer
+        qa_text = f"Which is heard first, the {labels[named[0]]} or the {labels[named[1]]}?"
+        add("ordering", "long.order.pair", qa_text,
             f"The {labels[i]} ({clock(ev[i].start)}), before the {labels[j]} ({clock(ev[j].start)}).",
-            first=i, second=j)
+            distractors=[labels[j]], option=labels[i], first=i, second=j)
     # general
     add("general_qa", "long.general.speech", "Is there any speech in this recording?",
         "Yes." if kinds.get("speech") else "No.")  # open only: with a spoken needle the answer is nearly always yes

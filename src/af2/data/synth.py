@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import tempfile
 import wave
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
@@ -294,12 +295,15 @@ def collect_tts(ctx: BuildContext, per_voice: int = 90, engines: tuple[str, ...]
     voices = [v for v in available_voices() if v[0] in engines]
     if not voices:
         raise FileNotFoundError("no TTS engine found (flite/festival/piper); run scripts/install-corpus-sources.sh")
-    n = per_voice if ctx.limit is None else min(per_voice, max(1, ctx.limit // len(voices)))
+    n_all = per_voice if ctx.limit is None else min(per_voice, max(1, ctx.limit // len(voices)))
+    genders = Counter(v[2] for v in voices)
     with tempfile.TemporaryDirectory(dir=ctx.workdir) as tmp:
         tmpdir = Path(tmp)
         plan = []  # (engine, voice, gender, desc, sentence, rate word, wav path)
         festival_jobs, piper_jobs = [], []
         for engine, voice, gender, desc in voices:
+            # as many female as male utterances in all, however many voices each gender has
+            n = max(1, round(n_all * len(voices) / (len(genders) * genders[gender])))
             for i in range(n):
                 sentence = make_sentence(ctx.rng)
                 out = tmpdir / f"{engine}-{voice}-{i}.wav"

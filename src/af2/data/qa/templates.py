@@ -38,6 +38,9 @@ def build_pools(metas: Iterable[dict[str, Any]]) -> dict[str, list[str]]:
     return {k: sorted(v) for k, v in pools.items()}
 
 
+THIRDS = ("near the start", "in the middle", "near the end")
+
+
 def _fmt_seconds(t: float) -> str:
     return f"{t:.1f} seconds"
 
@@ -200,9 +203,17 @@ def _scene(b: _Builder) -> None:
             break
     a, c = events[0], events[-1]
     if a["label"] != c["label"]:
-        b.add("temporal_reasoning", "scene.order", f"Which comes first, the {c['label']} or the {a['label']}?",
-              f"The {a['label']} comes first, at about {a['start']:.1f} s; the {c['label']} follows at "
-              f"about {c['start']:.1f} s.")
+        pair = (c, a) if b.rng.random() < 0.5 else (a, c)  # the first-named sound is not always the answer
+        b.add("temporal_reasoning", "scene.order", f"Which comes first, the {pair[0]['label']} or the "
+              f"{pair[1]['label']}?", f"The {a['label']} comes first, at about {a['start']:.1f} s; the {c['label']} "
+              f"follows at about {c['start']:.1f} s.", option=a["label"], distractors=[c["label"]])
+    duration = float(b.meta["duration"])
+    once = [e for e in events if labels.count(e["label"]) == 1]
+    if once and duration > 0:
+        e = once[int(b.rng.integers(len(once)))]
+        part = min(2, int(3 * (e["start"] + e["end"]) / 2 / duration))
+        b.add("temporal_reasoning", "scene.position", f"When is the {e['label']} heard: near the start, in the middle "
+              "or near the end?", THIRDS[part], distractors=THIRDS)
     speech = [e for e in events if e.get("transcript")]
     if speech:
         e = speech[0]

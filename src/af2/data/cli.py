@@ -67,6 +67,7 @@ def register(subparsers) -> None:
                             "rarest (val is always exactly balanced)")
     build.add_argument("--long-seconds", type=float, nargs=2, default=(60.0, 300.0), metavar=("MIN", "MAX"))
     build.add_argument("--small-soundfont", action="store_true", help="render MIDI with the 6 MB TimGM6mb soundfont")
+    build.add_argument("--workers", type=int, default=2, help="FluidSynth renders run at once")
     build.add_argument("--no-progress", action="store_true")
     build.set_defaults(func=_build)
 
@@ -168,7 +169,8 @@ def _build(args: argparse.Namespace) -> int:
         names += ("music21",)
     opts = BuildOptions(out=args.out, seed=args.seed, sources=names, limit=args.limit, scenes=args.scenes,
                         long=args.long, long_val=args.long_val, val_fraction=args.val_fraction,
-                        train_answer_slack=args.train_answer_slack, long_seconds=tuple(args.long_seconds), small_soundfont=args.small_soundfont,
+                        train_answer_slack=args.train_answer_slack, workers=args.workers,
+                        long_seconds=tuple(args.long_seconds), small_soundfont=args.small_soundfont,
                         progress=not args.no_progress)
     t0 = time.time()
     try:

@@ -54,6 +54,7 @@ class BuildOptions:
     train_answer_slack: float = 3.0  # in train, no MC answer of a template correct over 3x as often as its rarest
     small_soundfont: bool = False
     progress: bool = True
+    workers: int = 2  # parallel FluidSynth renders
 
 
 def resolve_sources(names: Sequence[str]) -> list[str]:
@@ -91,7 +92,7 @@ def _collect(opts: BuildOptions, names: list[str]) -> tuple[list[Clip], list[Lon
     for name in names:
         src = SOURCES[name]
         ctx = BuildContext(rng=np.random.default_rng([opts.seed, sum(map(ord, name))]), limit=opts.limit,
-                           workdir=opts.out / "work", small=opts.small_soundfont)
+                           workdir=opts.out / "work", small=opts.small_soundfont, workers=opts.workers)
         t0 = time.time()
         got = list(tqdm(src.collect(ctx), desc=f"source {name}", unit="item", disable=not opts.progress))
         (tracks if src.kind == "long" else clips).extend(got)
@@ -179,6 +180,7 @@ def build_corpus(opts: BuildOptions) -> dict[str, Any]:
     (out / "work").mkdir(exist_ok=True)
     rng = np.random.default_rng(opts.seed)
     clips, tracks, per_source = _collect(opts, names)
+    t0 = _stage("sources", time.time())
     for clip in tqdm(clips, desc="write clips", unit="clip", disable=not opts.progress):
         write_flac(out / "audio" / "clips" / f"{clip.id}.flac", clip.audio)
     split_of = {c.id: _split(c.id, opts.seed, opts.val_fraction) for c in clips}
@@ -191,7 +193,9 @@ def build_corpus(opts: BuildOptions) -> dict[str, Any]:
         if short:
             scenes += _scenes(out, short, rng, count, sp, len(scenes), opts.progress)
     split_of.update({s.id: s.attributes["split"] for s in scenes})
+    t0 = _stage("write clips and scenes", t0)
     timelines, beds = _real_long(out, tracks, opts.progress)
+    t0 = _stage("real long recordings", t0)
     first = 0
     for sp, count in (("train", opts.long), ("val", opts.long_val)):
         sp_beds = [bd for bd in beds if split_of[bd[2]] == sp]
@@ -199,8 +203,19 @@ def build_corpus(opts: BuildOptions) -> dict[str, Any]:
         split_of.update({t.id: sp for t in made})
         timelines += made
         first += count
+    t0 = _stage("composed long recordings", t0)
     rows = _questions(opts, [c.meta() for c in clips], [s.meta() for s in scenes], timelines, clips, split_of)
-    return _finish(opts, clips, scenes, timelines, rows, per_source, split_of)
+    t0 = _stage("questions", t0)
+    sheet = _finish(opts, clips, scenes, timelines, rows, per_source, split_of)
+    _stage("manifests, check and datasheet", t0)
+    return sheet
+
+
+def _stage(name: str, t0: float) -> float:
+    """Report a build stage's time on stderr (not in the datasheet, which stays byte-identical); returns now."""
+    now = time.time()
+    print(f"corpus: {name}: {now - t0:.1f} s", file=sys.stderr)
+    return now
 
 
 def _questions(opts: BuildOptions, metas: list[dict], scene_metas: list[dict], timelines: list[Timeline],

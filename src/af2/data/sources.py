@@ -107,6 +107,7 @@ class BuildContext:
     limit: int | None
     workdir: Path
     small: bool = False
+    workers: int = 1  # external renderers (FluidSynth) run this many at once
     skipped: Counter = field(default_factory=Counter)  # items a source had to leave out, by reason
 
 

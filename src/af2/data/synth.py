@@ -62,40 +62,55 @@ def _midi_notes(rng: np.random.Generator, tonic: int, mode: str, pattern: str) -
     return [int(scale[i]) for i in rng.integers(0, len(scale), size=int(rng.integers(6, 13)))]
 
 
-def collect_midi(ctx: BuildContext, count: int = 400) -> Iterator[Clip]:
+def _midi_spec(rng: np.random.Generator) -> dict:
+    program = int(rng_choice(rng, sorted(INSTRUMENTS)))
+    tonic, mode = int(rng.integers(12)), str(rng_choice(rng, sorted(SCALES)))
+    bpm, dyn = int(rng_choice(rng, TEMPI)), str(rng_choice(rng, sorted(DYNAMICS)))
+    pattern = str(rng_choice(rng, PATTERNS))
+    notes = _midi_notes(rng, tonic, mode, pattern)
+    if program == 32:  # the bass sounds an octave lower
+        notes = [n - 24 for n in notes]
+    return {"program": program, "tonic": tonic, "mode": mode, "bpm": bpm, "dyn": dyn, "pattern": pattern,
+            "notes": notes}
+
+
+def _render_spec(spec: dict, sf2: Path) -> np.ndarray:
     import mido
+
+    mid = mido.MidiFile(ticks_per_beat=480)
+    track = mido.MidiTrack()
+    mid.tracks.append(track)
+    track.append(mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(spec["bpm"])))
+    track.append(mido.Message("program_change", program=spec["program"], channel=0))
+    for note in spec["notes"]:
+        track.append(mido.Message("note_on", note=note, velocity=DYNAMICS[spec["dyn"]], time=0))
+        track.append(mido.Message("note_off", note=note, velocity=0, time=480))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.mid"
+        mid.save(str(path))
+        return trim_silence(render_midi(path, sf2))
+
+
+def collect_midi(ctx: BuildContext, count: int = 600) -> Iterator[Clip]:
+    """Solo instrument phrases; every label is chosen first (in order, from ``ctx.rng``), then rendered by
+    ``ctx.workers`` FluidSynth processes at once."""
+    from concurrent.futures import ThreadPoolExecutor
 
     sf2 = soundfont(ctx.small)
     n = count if ctx.limit is None else min(count, ctx.limit)
-    for i in range(n):
-        program = int(rng_choice(ctx.rng, sorted(INSTRUMENTS)))
-        tonic, mode = int(ctx.rng.integers(12)), str(rng_choice(ctx.rng, sorted(SCALES)))
-        bpm, dyn = int(rng_choice(ctx.rng, TEMPI)), str(rng_choice(ctx.rng, sorted(DYNAMICS)))
-        pattern = str(rng_choice(ctx.rng, PATTERNS))
-        notes = _midi_notes(ctx.rng, tonic, mode, pattern)
-        if program == 32:  # the bass sounds an octave lower
-            notes = [n - 24 for n in notes]
-        mid = mido.MidiFile(ticks_per_beat=480)
-        track = mido.MidiTrack()
-        mid.tracks.append(track)
-        track.append(mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(bpm)))
-        track.append(mido.Message("program_change", program=program, channel=0))
-        for note in notes:
-            track.append(mido.Message("note_on", note=note, velocity=DYNAMICS[dyn], time=0))
-            track.append(mido.Message("note_off", note=note, velocity=0, time=480))
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "m.mid"
-            mid.save(str(path))
-            x = trim_silence(render_midi(path, sf2))
-        name, family = INSTRUMENTS[program]
-        key = f"{TONICS[tonic]} {mode}"
-        # keep the real loudness: dynamics are an attribute, so no peak normalisation here
-        yield Clip(id=f"midi/{i:05d}", source="midi-synth", category="music", label=f"{name} {pattern}",
-                   caption=f"A solo {name} plays {'an' if pattern[0] in 'aeiou' else 'a'} {pattern} in {key} at {bpm} beats per minute, {dyn}.",
-                   audio=np.clip(x * 1.5, -1, 1).astype(np.float32),
-                   attributes={"instrument": name, "family": family, "key": key, "mode": mode, "tempo_bpm": bpm,
-                               "tempo": tempo_word(bpm), "dynamics": dyn, "pattern": pattern, "notes": len(notes),
-                               "soundfont": sf2.name})
+    specs = [_midi_spec(ctx.rng) for _ in range(n)]
+    with ThreadPoolExecutor(max_workers=max(1, ctx.workers)) as pool:
+        for i, (spec, x) in enumerate(zip(specs, pool.map(lambda sp: _render_spec(sp, sf2), specs))):
+            name, family = INSTRUMENTS[spec["program"]]
+            key, bpm, dyn, pattern = f"{TONICS[spec['tonic']]} {spec['mode']}", spec["bpm"], spec["dyn"], spec["pattern"]
+            # keep the real loudness: dynamics are an attribute, so no peak normalisation here
+            yield Clip(id=f"midi/{i:05d}", source="midi-synth", category="music", label=f"{name} {pattern}",
+                       caption=f"A solo {name} plays {'an' if pattern[0] in 'aeiou' else 'a'} {pattern} in {key} at "
+                               f"{bpm} beats per minute, {dyn}.",
+                       audio=np.clip(x * 1.5, -1, 1).astype(np.float32),
+                       attributes={"instrument": name, "family": family, "key": key, "mode": spec["mode"],
+                                   "tempo_bpm": bpm, "tempo": tempo_word(bpm), "dynamics": dyn, "pattern": pattern,
+                                   "notes": len(spec["notes"]), "soundfont": sf2.name})
 
 
 def rng_choice(rng: np.random.Generator, seq):
@@ -288,7 +303,7 @@ def _piper_render(texts: list[tuple[str, float, Path]]) -> None:
 PIPER_RATES = {0.8: "fast", 1.0: "normal", 1.3: "slow"}
 
 
-def collect_tts(ctx: BuildContext, per_voice: int = 90, engines: tuple[str, ...] = ("flite", "festival", "piper"),
+def collect_tts(ctx: BuildContext, per_voice: int = 150, engines: tuple[str, ...] = ("flite", "festival", "piper"),
                 ) -> Iterator[Clip]:
     for engine in engines:
         check_not_reserved(f"tts-{engine}")  # espeak-ng voices are reserved for evaluation

@@ -17,7 +17,7 @@ from af2.data.qa import QAPair, item_rng, multiple_choice, number_options
 
 GENERATOR = "templates"
 POOL_KEYS = ("label", "instrument", "family", "key", "tempo", "dynamics", "pattern", "composer", "era", "metre",
-             "language", "gender", "character", "intent", "situation", "speaking_rate", "game", "category_word")
+             "language", "gender", "character", "intent", "situation", "speaking_rate", "game", "category_word", "voice")
 
 
 def category_word(meta: dict[str, Any]) -> str:
@@ -104,6 +104,9 @@ def _speech(b: _Builder) -> None:
     if "gender" in attrs:
         b.add("attribute_identification", "speech.gender", "Is the speaker male or female?", attrs["gender"],
               distractors=["male", "female"])
+    if "engine" in attrs and "voice" in attrs:  # synthetic voices: which of the corpus's voices speaks
+        b.add("attribute_identification", "speech.voice", "Which of these voices is speaking?", attrs["voice"],
+              choices="speech:voice")
     if "character" in attrs:
         b.add("attribute_identification", "speech.character", "What kind of character voice is this?",
               f"a {attrs['character']} voice", distractors=[f"a {c} voice" for c in b.pools.get("character", [])])

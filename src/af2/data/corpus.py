@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -93,13 +94,14 @@ def _collect(opts: BuildOptions, names: list[str]) -> tuple[list[Clip], list[Lon
         src = SOURCES[name]
         ctx = BuildContext(rng=np.random.default_rng([opts.seed, sum(map(ord, name))]), limit=opts.limit,
                            workdir=opts.out / "work", small=opts.small_soundfont, workers=opts.workers)
-        t0 = time.time()
+        t0, c0 = time.time(), _cpu()
         got = list(tqdm(src.collect(ctx), desc=f"source {name}", unit="item", disable=not opts.progress))
         (tracks if src.kind == "long" else clips).extend(got)
         per_source[name] = {"items": len(got), "licence": src.licence, "packages": list(src.packages), "kind": src.kind,
                             "skipped": dict(sorted(ctx.skipped.items()))}
         # timings go to stderr, not the datasheet, which stays byte-identical for one seed
-        print(f"corpus: source {name}: {len(got)} items in {time.time() - t0:.1f} s", file=sys.stderr)
+        print(f"corpus: source {name}: {len(got)} items in {time.time() - t0:.1f} s wall, {_cpu() - c0:.1f} s CPU",
+              file=sys.stderr)
         for reason, n in sorted(ctx.skipped.items()):
             print(f"corpus: source {name}: skipped {n} ({reason})", file=sys.stderr)
     if not clips:
@@ -179,8 +181,9 @@ def build_corpus(opts: BuildOptions) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "work").mkdir(exist_ok=True)
     rng = np.random.default_rng(opts.seed)
+    t0, _LAST_CPU[0] = time.time(), _cpu()
     clips, tracks, per_source = _collect(opts, names)
-    t0 = _stage("sources", time.time())
+    t0 = _stage("sources", t0)
     for clip in tqdm(clips, desc="write clips", unit="clip", disable=not opts.progress):
         write_flac(out / "audio" / "clips" / f"{clip.id}.flac", clip.audio)
     split_of = {c.id: _split(c.id, opts.seed, opts.val_fraction) for c in clips}
@@ -211,10 +214,20 @@ def build_corpus(opts: BuildOptions) -> dict[str, Any]:
     return sheet
 
 
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+_LAST_CPU = [0.0]
+
+
 def _stage(name: str, t0: float) -> float:
-    """Report a build stage's time on stderr (not in the datasheet, which stays byte-identical); returns now."""
-    now = time.time()
-    print(f"corpus: {name}: {now - t0:.1f} s", file=sys.stderr)
+    """Report a build stage's wall and CPU time (ours and our renderers') on stderr (not in the datasheet, which
+    stays byte-identical); returns now."""
+    now, cpu = time.time(), _cpu()
+    print(f"corpus: {name}: {now - t0:.1f} s wall, {cpu - _LAST_CPU[0]:.1f} s CPU", file=sys.stderr)
+    _LAST_CPU[0] = cpu
     return now
 
 

@@ -356,8 +356,8 @@ def datasheet_markdown(s: dict[str, Any]) -> str:
     lines += ["", "## Most frequent clip labels", "", "| label | clips |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in s["clips"]["top_labels"].items()]
     if s.get("giveaways"):
-        lines += ["", "## Multiple-choice templates that give the answer away in the text", "", "| template | give-aways |",
-                  "|---|---|"] + [f"| {t} | {k} |" for t, k in s["giveaways"].items()]
+        lines += ["", "## Multiple-choice templates that give the answer away in the text", "",
+                  "| template | give-aways |", "|---|---|"] + [f"| {t} | {k} |" for t, k in s["giveaways"].items()]
     lines += ["", "## Manifests", "", "| manifest | items |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in s["manifests"].items()]
     return "\n".join(lines) + "\n"

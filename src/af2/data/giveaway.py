@@ -5,8 +5,9 @@
     duplicate_option    a distractor equals the answer (or another option) after ``normalise_option``
     answer_in_question  the answer's text is in the question while some distractor's is not
     odd_format:<what>   the answer differs from every distractor, which all agree, in its lead words ("It sounds
-                        like", "In"), first word, last word, end punctuation or capitalisation; a template is flagged when its answers are the odd one
-                        out clearly more often than its distractors are (a format shared by the pool is no clue)
+                        like", "In"), first word, last word, end punctuation or capitalisation; a template is
+                        flagged when its answers are the odd one out clearly more often than its distractors
+                        are (a format shared by the pool is no clue)
     length:<longest|shortest>  the answer is the longest (shortest) option clearly more often than chance
 
 ``heuristic_baseline`` scores text-only pickers (longest, shortest, most word overlap with the question,

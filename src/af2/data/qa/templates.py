@@ -17,7 +17,8 @@ from af2.data.qa import QAPair, item_rng, multiple_choice, number_options
 
 GENERATOR = "templates"
 POOL_KEYS = ("label", "instrument", "family", "key", "tempo", "dynamics", "pattern", "composer", "era", "metre",
-             "language", "gender", "character", "intent", "situation", "speaking_rate", "game", "category_word", "voice")
+             "language", "gender", "character", "intent", "situation", "speaking_rate", "game", "category_word",
+             "voice")
 
 
 def category_word(meta: dict[str, Any]) -> str:

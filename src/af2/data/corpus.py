@@ -133,20 +133,37 @@ def _scenes(out: Path, short: list[Clip], rng: np.random.Generator, count: int, 
     return scenes
 
 
-def _real_long(out: Path, tracks: list[LongTrack], progress: bool) -> tuple[list[Timeline], list[tuple]]:
-    timelines: list[Timeline] = []
-    beds: list[tuple[str, np.ndarray, str]] = []
-    for track in tqdm(tracks, desc="long real", unit="track", disable=not progress):
+def _real_long(out: Path, tracks: list[LongTrack], progress: bool, workers: int = 1
+               ) -> tuple[list[Timeline], list[tuple]]:
+    """Decode and re-encode the real long tracks, ``workers`` at once (decoders and FLAC release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def convert(track: LongTrack) -> int:
         audio = load_mono_16k(track.path)
         write_flac(out / "audio" / "long" / f"{track.id}.flac", audio)
-        dur = len(audio) / 16_000
+        beds[track.id] = audio[: 60 * 16_000]
+        return len(audio)
+
+    beds: dict[str, np.ndarray] = {}
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        lengths = list(tqdm(pool.map(convert, tracks), total=len(tracks), desc="long real", unit="track",
+                            disable=not progress))
+    return _real_timelines(out, tracks, lengths, beds)
+
+
+def _real_timelines(out: Path, tracks: list[LongTrack], lengths: list[int], first_minute: dict[str, np.ndarray]
+                    ) -> tuple[list[Timeline], list[tuple]]:
+    timelines: list[Timeline] = []
+    beds: list[tuple[str, np.ndarray, str]] = []
+    for track, n in zip(tracks, lengths):
+        dur = n / 16_000
         ev = Event(start=0.0, end=round(dur, 3), label=f"music: {track.title}", category="music",
                    caption=track.attributes["caption"], source_id=track.id, attributes=track.attributes)
         tl = Timeline(id=track.id, duration=round(dur, 3), kind="real", events=[ev], title=track.title)
         _write_json(out / "timelines" / f"{tl.id}.json", tl.to_json())
         timelines.append(tl)
         if dur >= 30:
-            beds.append((f"{track.attributes['mood']} music: {track.title}", audio[: 60 * 16_000], track.id))
+            beds.append((f"{track.attributes['mood']} music: {track.title}", first_minute[track.id], track.id))
     return timelines, beds
 
 
@@ -155,19 +172,48 @@ def _composed_long(out: Path, clips: list[Clip], beds: list[tuple], rng: np.rand
     """Long recordings made only of ``clips`` and ``beds`` (one split's), numbered from ``first``."""
     pool = [c for c in clips if c.duration <= 25.0]
     needles = [c for c in pool if c.attributes.get("slot_questions")]
-    timelines = []
+    timelines: list[Timeline] = []
     if not pool:
         return timelines
-    for i in tqdm(range(first, first + count), desc=f"long composed ({split})", unit="rec", disable=not opts.progress):
-        target = float(rng.uniform(*opts.long_seconds))
-        needle = needles[int(rng.integers(len(needles)))] if needles else None
-        bed = beds[int(rng.integers(len(beds)))] if beds and rng.random() < 0.3 else None
-        audio, tl = compose(f"long/{i:05d}", pool, rng, target, gap=(0.5, 4.0), repeats=int(rng.integers(2, 6)),
-                            needle=needle, bed=bed)
-        write_flac(out / "audio" / "long" / f"{i:05d}.flac", audio)
-        _write_json(out / "timelines" / f"{tl.id}.json", tl.to_json())
-        timelines.append(tl)
+    with _Writer(opts.workers) as writer:
+        for i in tqdm(range(first, first + count), desc=f"long composed ({split})", unit="rec",
+                      disable=not opts.progress):
+            timelines.append(_compose_one(out, pool, needles, beds, rng, i, opts, writer))
     return timelines
+
+
+class _Writer:
+    """FLAC encodes in background threads, at most ``2 * workers`` recordings waiting (bounded memory)."""
+
+    def __init__(self, workers: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool, self.pending, self.limit = ThreadPoolExecutor(max_workers=max(1, workers)), [], 2 * max(1, workers)
+
+    def write(self, path: Path, audio: np.ndarray) -> None:
+        self.pending.append(self.pool.submit(write_flac, path, audio))
+        while len(self.pending) > self.limit:
+            self.pending.pop(0).result()
+
+    def __enter__(self) -> "_Writer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for f in self.pending:
+            f.result()
+        self.pool.shutdown()
+
+
+def _compose_one(out: Path, pool: list[Clip], needles: list[Clip], beds: list[tuple], rng: np.random.Generator,
+                 i: int, opts: BuildOptions, writer: _Writer) -> Timeline:
+    target = float(rng.uniform(*opts.long_seconds))
+    needle = needles[int(rng.integers(len(needles)))] if needles else None
+    bed = beds[int(rng.integers(len(beds)))] if beds and rng.random() < 0.3 else None
+    audio, tl = compose(f"long/{i:05d}", pool, rng, target, gap=(0.5, 4.0), repeats=int(rng.integers(2, 6)),
+                        needle=needle, bed=bed)
+    writer.write(out / "audio" / "long" / f"{i:05d}.flac", audio)
+    _write_json(out / "timelines" / f"{tl.id}.json", tl.to_json())
+    return tl
 
 
 def build_corpus(opts: BuildOptions) -> dict[str, Any]:
@@ -197,7 +243,7 @@ def build_corpus(opts: BuildOptions) -> dict[str, Any]:
             scenes += _scenes(out, short, rng, count, sp, len(scenes), opts.progress)
     split_of.update({s.id: s.attributes["split"] for s in scenes})
     t0 = _stage("write clips and scenes", t0)
-    timelines, beds = _real_long(out, tracks, opts.progress)
+    timelines, beds = _real_long(out, tracks, opts.progress, opts.workers)
     t0 = _stage("real long recordings", t0)
     first = 0
     for sp, count in (("train", opts.long), ("val", opts.long_val)):

@@ -86,7 +86,9 @@ def compose(rec_id: str, clips: Sequence[Any], rng: np.random.Generator, target_
     for clip in slots:
         n = len(clip.audio)
         if pos + n > total:
-            continue  # too long for the space left; every count and answer comes from the timeline
+            # stop rather than skip to a shorter clip: skipping made the last events short sounds more often
+            # than not, which the text of "which is heard last?" options gave away
+            break
         audio[pos: pos + n] += clip.audio
         events.append(Event(start=pos / SR, end=(pos + n) / SR, label=clip.label, category=clip.category,
                             caption=clip.caption, source_id=clip.id, transcript=clip.transcript,
@@ -163,12 +165,14 @@ def longaudio_qa(tl: Timeline, seed: int = 0, clip_audio: dict[str, np.ndarray] 
     labels = [e.label for e in ev]
     all_labels = sorted(set(labels))
     # temporal: what happens at a time, what comes right after X, when does X happen
-    for i in rng.permutation(len(ev))[:3]:
-        e = ev[int(i)]
-        t = _event_time(clip_audio.get(e.source_id) if clip_audio else None, e)
-        if t is not None:
-            add("temporal_qa", "long.temporal.at", f"What can be heard at {clock(t)}?", _describe(e),
-                distractors=[_describe(x) for x in ev if x.label != e.label][:12], time=t, event=int(i))
+    times = [_event_time(clip_audio.get(e.source_id) if clip_audio else None, e) for e in ev]
+    # only events that hold a whole second can be asked about, so only those are distractors: otherwise the
+    # answer would be a long event (a long description) more often than the distractors
+    askable = [i for i, t in enumerate(times) if t is not None]
+    for i in rng.permutation(len(askable))[:3]:
+        e, t = ev[askable[int(i)]], times[askable[int(i)]]
+        add("temporal_qa", "long.temporal.at", f"What can be heard at {clock(t)}?", _describe(e),
+            distractors=[_describe(ev[k]) for k in askable if ev[k].label != e.label], time=t, event=askable[int(i)])
     unique = [i for i, lab in enumerate(labels[:-1]) if labels.count(lab) == 1]
     if unique:
         i = unique[int(rng.integers(len(unique)))]

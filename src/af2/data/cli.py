@@ -56,9 +56,9 @@ def register(subparsers) -> None:
                        help="comma-separated source names (default: all but the optional ones, i.e. music21)")
     build.add_argument("--music21", action="store_true", help="add the music21 source (slow: seconds per score)")
     build.add_argument("--limit", type=int, default=None, help="at most N items per source")
-    build.add_argument("--scenes", type=int, default=500, help="number of short multi-event scenes")
+    build.add_argument("--scenes", type=int, default=1000, help="number of short multi-event scenes")
     build.add_argument("--long", type=int, default=240, help="composed long recordings in the train split")
-    build.add_argument("--long-val", type=int, default=60,
+    build.add_argument("--long-val", type=int, default=80,
                        help="composed long recordings in the held-out split (made of held-out clips only)")
     build.add_argument("--val-fraction", type=float, default=0.1,
                        help="share of source clips held out (val); their scenes and long recordings too")

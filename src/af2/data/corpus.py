@@ -47,9 +47,9 @@ class BuildOptions:
     seed: int = 0
     sources: tuple[str, ...] = DEFAULT_SOURCES
     limit: int | None = None  # at most this many items per source
-    scenes: int = 500
+    scenes: int = 1000
     long: int = 240  # composed long recordings of the train split
-    long_val: int = 60  # composed long recordings of the held-out split, made of held-out clips only
+    long_val: int = 80  # composed long recordings of the held-out split, made of held-out clips only
     long_seconds: tuple[float, float] = (60.0, 300.0)
     val_fraction: float = 0.1
     train_answer_slack: float = 3.0  # in train, no MC answer of a template correct over 3x as often as its rarest

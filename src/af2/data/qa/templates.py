@@ -270,14 +270,22 @@ def _caption_variants(meta: dict[str, Any]) -> list[str]:
         return [f"A short shout in {lang}.", f"A cartoon character shouting a phrase in {lang}.",
                 f"Someone exclaiming something in {lang}."]
     if cat == "music" and "pattern" in a:
-        return [f"{_cap(_a(a['tempo']))} {a['pattern']} played {a['dynamics']}ly on the {a['instrument']}."
-                .replace("moderately", "at moderate volume"),
-                f"Solo {a['instrument']}: {_a(a['pattern'])} in {a['key']}, {a['tempo_bpm']} bpm.",
-                f"{_cap(a['family'])} instrument music, {_a(a['pattern'])} in {a['key']}."]
+        inst, pattern, key = a.get("instrument", "an instrument"), a["pattern"], a.get("key")
+        in_key = f" in {key}" if key else ""
+        out = [f"Solo {inst}: {_a(pattern)}{in_key}.", f"{_cap(_a(pattern))} played on the {inst}{in_key}."]
+        if "tempo" in a and "dynamics" in a:
+            volume = {"soft": "softly", "loud": "loudly"}.get(a["dynamics"], "at moderate volume")
+            out.append(f"{_cap(_a(a['tempo']))} {pattern} played {volume} on the {inst}.")
+        if "family" in a and "tempo_bpm" in a:
+            out.append(f"{_cap(a['family'])} instrument music, {_a(pattern)} at {a['tempo_bpm']} bpm.")
+        return out
     if cat == "music" and "composer" in a:
-        return [f"{_cap(a['era'])} music by {a['composer']} in {a['key']}.",
-                f"A piano rendering of a piece by {a['composer']} in {a['metre']} time.",
-                f"{a['parts']}-part {a['era']} music on a synthesised piano."]
+        return [f"{_cap(a.get('era', 'classical'))} music by {a['composer']}.",
+                f"A piano rendering of a piece by {a['composer']}" + (f" in {a['metre']} time." if "metre" in a
+                                                                      else "."),
+                f"Music by {a['composer']} on a synthesised piano" + (f", in {a['key']}." if "key" in a else ".")]
+    if cat == "music":
+        return [f"Music: {label}.", f"A piece of music ({label}).", f"{_cap(label)}, played as music."]
     if cat == "scene":
         labels = [e["label"] for e in meta["events"]]
         return [f"First {_a(labels[0])}, then " + ", then ".join(labels[1:]) + ".",

@@ -166,3 +166,15 @@ def test_corpus_manifests_load_in_the_trainer(built, official_model):
     batch = Collator(tokenizer, TokensConfig(), 30)(samples)
     assert batch["windows"].shape[0] == 2 and batch["window_mask"].sum() == sum(s.windows.shape[0] for s in samples)
     assert (batch["labels"] != -100).any() and torch.all(batch["input_ids"][:, 0] == special.audio)
+
+
+def test_scenes_of_both_splits_never_share_an_id(tmp_path):
+    """Scenes of fewer than 2 events are dropped; val scenes are still numbered after every train slot."""
+    opts = BuildOptions(out=tmp_path, seed=3, sources=("alsa-utils", "frozen-bubble"), limit=8, scenes=30, long=0,
+                        long_val=0, val_fraction=0.4, progress=False)
+    sheet = build_corpus(opts)
+    metas = [json.loads(line) for line in (tmp_path / "metadata" / "clips.jsonl").read_text().splitlines()]
+    scenes = [m for m in metas if m["category"] == "scene"]
+    assert len({m["id"] for m in scenes}) == len(scenes) == sheet["scenes"]["count"]
+    val = [int(m["id"].split("/")[1]) for m in scenes if m["split"] == "val"]
+    assert val and min(val) >= 30 - round(30 * 0.4)

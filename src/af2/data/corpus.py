@@ -237,10 +237,11 @@ def build_corpus(opts: BuildOptions) -> dict[str, Any]:
     by_split = {sp: [c for c in clips if split_of[c.id] == sp] for sp in ("train", "val")}
     n_val_scenes = int(round(opts.scenes * opts.val_fraction))
     scenes: list[Clip] = []
-    for sp, count in (("train", opts.scenes - n_val_scenes), ("val", n_val_scenes)):
+    n_train_scenes = opts.scenes - n_val_scenes
+    for sp, count, first in (("train", n_train_scenes, 0), ("val", n_val_scenes, n_train_scenes)):
         short = [c for c in by_split[sp] if c.duration <= 6.0 and c.category != "music"] or by_split[sp]
-        if short:
-            scenes += _scenes(out, short, rng, count, sp, len(scenes), opts.progress)
+        if short:  # numbered by slot, not by scenes kept: a scene of fewer than 2 events is dropped
+            scenes += _scenes(out, short, rng, count, sp, first, opts.progress)
     split_of.update({s.id: s.attributes["split"] for s in scenes})
     t0 = _stage("write clips and scenes", t0)
     timelines, beds = _real_long(out, tracks, opts.progress, opts.workers)

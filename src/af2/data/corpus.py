@@ -118,7 +118,8 @@ def _scenes(out: Path, short: list[Clip], rng: np.random.Generator, count: int, 
     scenes: list[Clip] = []
     for i in tqdm(range(first, first + count), desc=f"scenes ({split})", unit="scene", disable=not progress):
         target = float(rng.uniform(8, 20))
-        audio, tl = compose(f"scene/{i:05d}", short, rng, target, gap=(0.3, 1.5), repeats=int(rng.integers(1, 3)))
+        audio, tl = compose(f"scene/{i:05d}", short, rng, target, gap=(0.3, 1.5), repeats=int(rng.integers(1, 3)),
+                            distinct_labels=True)
         if len(tl.events) < 2:
             continue
         scene = Clip(id=tl.id, source="scenes", category="scene", label="scene", audio=audio,

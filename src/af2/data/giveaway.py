@@ -18,6 +18,7 @@ the prior should sit near chance, and the prior measures what a text-only model 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -127,7 +128,8 @@ class TemplateStats:
         """Give-away kind -> items affected (statistical kinds only when clearly above what chance gives)."""
         out = {k: n for k, n in self.flags.items() if n}
         for feat, n in self.answer_odd.items():
-            if n >= 3 and n > 2 * self.distractor_odd[feat] + 2:
+            d = self.distractor_odd[feat]  # what chance gives the answer too, with a margin for small counts
+            if n >= 3 and n > 2 * d + 3 * math.sqrt(d + 1):
                 out[f"odd_format:{feat}"] = n
         for kind, n in (("length:longest", self.longest), ("length:shortest", self.shortest)):
             if self.items >= 8 and n / self.items > self.chance + 0.25:

@@ -60,21 +60,27 @@ def clock(t: float) -> str:
 
 def compose(rec_id: str, clips: Sequence[Any], rng: np.random.Generator, target_seconds: float, *,
             gap: tuple[float, float] = (0.5, 3.0), repeats: int = 3, needle: Any | None = None,
-            bed: tuple[str, np.ndarray, str] | None = None, bed_gain: float = 0.1) -> tuple[np.ndarray, Timeline]:
+            bed: tuple[str, np.ndarray, str] | None = None, bed_gain: float = 0.1,
+            distinct_labels: bool = False) -> tuple[np.ndarray, Timeline]:
     """Fill ``target_seconds`` with clips (objects with id, audio, label, category, caption, transcript).
 
     One clip is repeated ``repeats`` times (for counting questions); ``needle`` (if given) is placed
     once at a random point in the middle 80 %; ``bed`` = (label, audio, source id) is mixed under
-    everything at ``bed_gain``.
+    everything at ``bed_gain``. With ``distinct_labels`` no two other clips share a label, so a label's
+    chance to be first or last does not depend on how many clips in the pool carry it.
     """
     total = int(target_seconds * SR)
     used = 0
     picks = rng.permutation(len(clips))
     repeated = clips[int(picks[0])]
     slots = [repeated] * repeats
+    labels = {repeated.label}
     for j in picks[1:]:
         if used > total:
             break
+        if distinct_labels and clips[int(j)].label in labels:
+            continue  # only the repeated clip's label occurs more than once
+        labels.add(clips[int(j)].label)
         slots.append(clips[int(j)])
         used += len(clips[int(j)].audio) + int(np.mean(gap) * SR)
     slots = [slots[int(i)] for i in rng.permutation(len(slots))]

@@ -159,3 +159,12 @@ def test_balancing_makes_the_answer_prior_worth_chance():
     capped = Counter(parse_mc(it).options[parse_mc(it).answer] for it in balance_answers(items, 2.0) if parse_mc(it))
     assert max(capped.values()) == 2 * min(capped.values())
     assert balance_answers(items, 1.0) == balanced  # deterministic
+
+
+def test_open_pools_are_not_balanced():
+    """Sound-label answers (many distinct values) keep their natural frequency, as their distractors do."""
+    labels = [f"sound {k}" for k in range(60)]
+    items = [_item(i, "label:mcq", "Which sound?", [labels[i % 60], labels[(i + 1) % 60], labels[(i + 2) % 60]],
+                   0) for i in range(200)]
+    assert balance_answers(items, 1.0) == items
+    assert len(balance_answers(items, 1.0, open_pool=100)) == 60 * 3  # as a closed set: every label cut to 3

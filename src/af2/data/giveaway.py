@@ -239,13 +239,15 @@ def heuristic_baseline(items: Sequence[MCItem], prior_items: Sequence[MCItem] = 
     return out
 
 
-def balance_answers(items: Sequence[ManifestItem], slack: float = 1.0) -> list[ManifestItem]:
+def balance_answers(items: Sequence[ManifestItem], slack: float = 1.0, open_pool: int = 40) -> list[ManifestItem]:
     """Drop multiple-choice items so that no answer of a template is correct more than ``slack`` times as often as
     its rarest answer (open items all stay); which items go is fixed by their ids.
 
     With ``slack=1`` (the held-out split) every answer of a template is equally often correct, so a text-only
     model's answer prior is worth chance there. Rare answers are never dropped: an option that is offered but never
-    correct would itself be a prior to learn."""
+    correct would itself be a prior to learn. Templates with more than ``open_pool`` distinct answers (sound labels,
+    event descriptions, time spans) are left alone: there an answer is as frequent as the events it names, like its
+    distractors, and capping frequent answers would make rare-looking (short) labels the answer more often."""
     groups: dict[str, dict[str, list[ManifestItem]]] = defaultdict(lambda: defaultdict(list))
     for item in items:
         mc = parse_mc(item)
@@ -253,6 +255,8 @@ def balance_answers(items: Sequence[ManifestItem], slack: float = 1.0) -> list[M
             groups[mc.template][normalise_option(mc.options[mc.answer])].append(item)
     drop: set[str] = set()
     for by_answer in groups.values():
+        if len(by_answer) > open_pool:
+            continue
         cap = max(1, int(slack * min(len(v) for v in by_answer.values())))
         for group in by_answer.values():
             ranked = sorted(group, key=lambda it: hashlib.sha256(it.id.encode()).hexdigest())

@@ -168,3 +168,17 @@ def test_open_pools_are_not_balanced():
                    0) for i in range(200)]
     assert balance_answers(items, 1.0) == items
     assert len(balance_answers(items, 1.0, open_pool=100)) == 60 * 3  # as a closed set: every label cut to 3
+
+
+def test_a_rare_answer_does_not_cut_the_others():
+    counts = {"2.": 120, "3.": 150, "4.": 100, "8.": 2}
+    items, i = [], 0
+    for answer, n in counts.items():
+        for _ in range(n):
+            opts = [answer] + [o for o in ("1.", "5.", "6.") if o != answer]
+            items.append(_item(i, "count:mcq", "How many?", opts, 0))
+            i += 1
+    kept = Counter(parse_mc(it).options[0] for it in balance_answers(items, 1.0))
+    assert kept == {"2.": 100, "3.": 100, "4.": 100}  # the 2 eight-event items do not set the cap
+    train = Counter(parse_mc(it).options[0] for it in balance_answers(items, 3.0))
+    assert train == counts  # 3 x 100 caps nothing here, and the rare answer stays in train

@@ -244,8 +244,8 @@ def balance_answers(items: Sequence[ManifestItem], slack: float = 1.0, open_pool
     its rarest answer (open items all stay); which items go is fixed by their ids.
 
     With ``slack=1`` (the held-out split) every answer of a template is equally often correct, so a text-only
-    model's answer prior is worth chance there. Rare answers are never dropped: an option that is offered but never
-    correct would itself be a prior to learn. Templates with more than ``open_pool`` distinct answers (sound labels,
+    model's answer prior is worth chance there. Answers rarer than a tenth of the template's median count do not
+    set the cap (one 8-event scene would otherwise cut every count to one item); held out they are dropped. Templates with more than ``open_pool`` distinct answers (sound labels,
     event descriptions, time spans) are left alone: there an answer is as frequent as the events it names, like its
     distractors, and capping frequent answers would make rare-looking (short) labels the answer more often."""
     groups: dict[str, dict[str, list[ManifestItem]]] = defaultdict(lambda: defaultdict(list))
@@ -257,8 +257,12 @@ def balance_answers(items: Sequence[ManifestItem], slack: float = 1.0, open_pool
     for by_answer in groups.values():
         if len(by_answer) > open_pool:
             continue
-        cap = max(1, int(slack * min(len(v) for v in by_answer.values())))
+        # answers under a tenth of the median count (a scene of 8 events) do not set the cap; held out (slack 1)
+        # they are dropped, in train they stay
+        sizes = sorted(len(v) for v in by_answer.values())
+        floor = 0.1 * sizes[len(sizes) // 2]
+        cap = max(1, int(slack * min(n for n in sizes if n >= floor)))
         for group in by_answer.values():
             ranked = sorted(group, key=lambda it: hashlib.sha256(it.id.encode()).hexdigest())
-            drop.update(it.id for it in ranked[cap:])
+            drop.update(it.id for it in (ranked if slack <= 1 and len(ranked) < floor else ranked[cap:]))
     return [it for it in items if it.id not in drop]

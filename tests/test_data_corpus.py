@@ -3,6 +3,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +20,8 @@ from af2.data.sources import RESERVED, ReservedSourceError, SourceUnavailableErr
 
 
 def _opts(out):
-    return BuildOptions(out=out, seed=7, sources=SMALL_SOURCES, limit=6, scenes=4, long=3, long_seconds=(40.0, 70.0),
-                        small_soundfont=True, progress=False)
+    return BuildOptions(out=out, seed=7, sources=SMALL_SOURCES, limit=6, scenes=6, long=3, long_val=2,
+                        long_seconds=(40.0, 70.0), val_fraction=0.3, small_soundfont=True, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,43 @@ def test_reserved_sources_are_refused(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_espeak_ng_voices_are_reserved():
+    assert "espeak-ng" in RESERVED
+    with pytest.raises(ReservedSourceError):
+        check_not_reserved("/usr/lib/x86_64-linux-gnu/espeak-ng-data/voices/!v/m3")
+    with pytest.raises(ReservedSourceError):
+        check_not_reserved("/usr/share/espeak-ng-data/en_dict")
+    from af2.data.sources import BuildContext
+    from af2.data.synth import TTS_VOICES, collect_tts
+
+    with pytest.raises(ReservedSourceError, match="espeak-ng"):
+        next(collect_tts(BuildContext(rng=np.random.default_rng(0), limit=1, workdir=Path("/tmp")),
+                         engines=("espeak-ng",)))
+    for engine, *_ in TTS_VOICES:  # no training voice is an espeak voice
+        check_not_reserved(f"tts-{engine}")
+
+
+def test_held_out_split_shares_no_audio_with_training(built):
+    """val items come only from val clips: val scenes and long recordings are built from val clips alone."""
+    sheet, a, _ = built
+    split = {m["id"]: m["split"] for m in map(json.loads, (a / "metadata" / "clips.jsonl").read_text().splitlines())}
+    assert {"train", "val"} == set(split.values())
+    seen = {"train": set(), "val": set()}
+    for path in sorted((a / "manifests").rglob("*.json")):
+        for it in read_manifest(path).items:
+            clips = set(it.extra["provenance"]["sources"])
+            if "timeline" in it.extra:
+                tl = json.loads((a / it.extra["timeline"]).read_text())
+                clips |= {e["source_id"] for e in tl["events"]}
+                clips |= {tl["background"]["source_id"]} if tl.get("background") else set()
+            seen[it.split] |= {c for c in clips if c in split}
+    assert seen["val"] and seen["train"] and not seen["val"] & seen["train"]
+    assert all(split[c] == "val" for c in seen["val"])
+    long_val = read_manifest(a / "manifests" / "AF2Corpus-LongAudio" / "val.json").items
+    assert {it.name for it in long_val} >= {"long/00003.flac", "long/00004.flac"}  # --long 3 then --long-val 2
+    assert sheet["held_out"]["multiple_choice"] > 0
+
+
 def test_data_qa_command_regenerates_from_metadata(built):
     _, a, _ = built
     out = a / "manifests" / "Regen-AudioSkills" / "train.jsonl"
@@ -128,3 +166,15 @@ def test_corpus_manifests_load_in_the_trainer(built, official_model):
     batch = Collator(tokenizer, TokensConfig(), 30)(samples)
     assert batch["windows"].shape[0] == 2 and batch["window_mask"].sum() == sum(s.windows.shape[0] for s in samples)
     assert (batch["labels"] != -100).any() and torch.all(batch["input_ids"][:, 0] == special.audio)
+
+
+def test_scenes_of_both_splits_never_share_an_id(tmp_path):
+    """Scenes of fewer than 2 events are dropped; val scenes are still numbered after every train slot."""
+    opts = BuildOptions(out=tmp_path, seed=3, sources=("alsa-utils", "frozen-bubble"), limit=8, scenes=30, long=0,
+                        long_val=0, val_fraction=0.4, progress=False)
+    sheet = build_corpus(opts)
+    metas = [json.loads(line) for line in (tmp_path / "metadata" / "clips.jsonl").read_text().splitlines()]
+    scenes = [m for m in metas if m["category"] == "scene"]
+    assert len({m["id"] for m in scenes}) == len(scenes) == sheet["scenes"]["count"]
+    val = [int(m["id"].split("/")[1]) for m in scenes if m["split"] == "val"]
+    assert val and min(val) >= 30 - round(30 * 0.4)

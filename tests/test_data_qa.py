@@ -1,4 +1,5 @@
 import re
+from collections import Counter
 
 from af2.data.qa import SKILLS, QAPair, item_rng, multiple_choice
 from af2.data.qa.templates import build_pools, template_qa
@@ -64,3 +65,29 @@ def test_deterministic_and_order_independent():
     b = [template_qa(m, pools, seed=4) for m in reversed(METAS)][::-1]
     assert a == b
     assert a != [template_qa(m, pools, seed=5) for m in METAS]
+
+
+def test_every_clip_has_three_to_five_distinct_captions():
+    from af2.data.qa.templates import caption_qa
+
+    for meta in METAS:
+        caps = caption_qa(meta)
+        assert 3 <= len(caps) <= 5 and len({c.answer for c in caps}) == len(caps), meta["id"]
+        assert caps[0].answer == meta["caption"] and all(c.extra["caption_of"] == meta["id"] for c in caps)
+    scene = caption_qa(METAS[-1])
+    assert all("explosion" in c.answer for c in scene[1:])  # paraphrases say what the metadata says
+
+
+def test_audio_only_choices_for_order_and_position():
+    pools = build_pools(METAS)
+    by = {q.template: q for q in template_qa(METAS[-1], pools, seed=2)}
+    pos = by["scene.position:mcq"]
+    assert pos.options and set(pos.options) == {"near the start", "in the middle", "near the end"}
+    meta = {**METAS[-1], "id": "sc2", "events": [{"start": 0.5, "end": 1.7, "label": "explosion"},
+                                                 {"start": 2.0, "end": 2.8, "label": "splash into water"}]}
+    firsts = Counter()
+    for seed in range(40):
+        q = {x.template: x for x in template_qa(meta, pools, seed=seed)}["scene.order:mcq"]
+        assert q.answer.endswith(" explosion") and set(q.options) == {"explosion", "splash into water"}
+        firsts[q.question.split(", the ")[1].split(" or ")[0]] += 1
+    assert len(firsts) == 2  # the answer is not always the first-named sound

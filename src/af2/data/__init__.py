@@ -3,6 +3,7 @@
 Modules:
     manifest    the AF2 manifest format (JSON per split) and its JSONL equivalent; ``ManifestItem``
     check       ``af2 data check``: missing audio, empty text, bad durations, duplicate ids
+    giveaway    multiple-choice text give-aways, text-only baselines, answer balancing
     blend       the official dataset-blending schedule as a pure function
     qa/         metadata -> question/answer pairs (templates, or an OpenAI-compatible LLM)
     longaudio   long recordings composed from clips with an exact timeline, and their QA

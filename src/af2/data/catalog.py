@@ -95,3 +95,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in (
 )}
 
 SMALL_SOURCES = ("alsa-utils", "frozen-bubble", "midi-synth", "tts-flite")
+# Left out unless named: music21 parses and renders each score for seconds (about 7 s an item on a loaded 2-core
+# machine), more than all other sources together.
+OPTIONAL_SOURCES = ("music21",)
+DEFAULT_SOURCES = tuple(name for name in SOURCES if name not in OPTIONAL_SOURCES)

@@ -15,11 +15,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from af2.data.qa import QAPair, item_rng, multiple_choice
+from af2.data.qa import QAPair, item_rng, multiple_choice, number_options
 
 SR = 16_000
 CATEGORIES = ("captioning", "plot_qa", "temporal_qa", "needle_qa", "subscene_qa", "counting", "ordering", "general_qa")
 GENERATOR = "longaudio"
+THIRDS = ("the first third", "the middle third", "the last third")
 
 
 @dataclass
@@ -59,21 +60,27 @@ def clock(t: float) -> str:
 
 def compose(rec_id: str, clips: Sequence[Any], rng: np.random.Generator, target_seconds: float, *,
             gap: tuple[float, float] = (0.5, 3.0), repeats: int = 3, needle: Any | None = None,
-            bed: tuple[str, np.ndarray, str] | None = None, bed_gain: float = 0.1) -> tuple[np.ndarray, Timeline]:
+            bed: tuple[str, np.ndarray, str] | None = None, bed_gain: float = 0.1,
+            distinct_labels: bool = False) -> tuple[np.ndarray, Timeline]:
     """Fill ``target_seconds`` with clips (objects with id, audio, label, category, caption, transcript).
 
     One clip is repeated ``repeats`` times (for counting questions); ``needle`` (if given) is placed
     once at a random point in the middle 80 %; ``bed`` = (label, audio, source id) is mixed under
-    everything at ``bed_gain``.
+    everything at ``bed_gain``. With ``distinct_labels`` no two other clips share a label, so a label's
+    chance to be first or last does not depend on how many clips in the pool carry it.
     """
     total = int(target_seconds * SR)
     used = 0
     picks = rng.permutation(len(clips))
     repeated = clips[int(picks[0])]
     slots = [repeated] * repeats
+    labels = {repeated.label}
     for j in picks[1:]:
         if used > total:
             break
+        if distinct_labels and clips[int(j)].label in labels:
+            continue  # only the repeated clip's label occurs more than once
+        labels.add(clips[int(j)].label)
         slots.append(clips[int(j)])
         used += len(clips[int(j)].audio) + int(np.mean(gap) * SR)
     slots = [slots[int(i)] for i in rng.permutation(len(slots))]
@@ -85,7 +92,9 @@ def compose(rec_id: str, clips: Sequence[Any], rng: np.random.Generator, target_
     for clip in slots:
         n = len(clip.audio)
         if pos + n > total:
-            continue  # too long for the space left; every count and answer comes from the timeline
+            # stop rather than skip to a shorter clip: skipping made the last events short sounds more often
+            # than not, which the text of "which is heard last?" options gave away
+            break
         audio[pos: pos + n] += clip.audio
         events.append(Event(start=pos / SR, end=(pos + n) / SR, label=clip.label, category=clip.category,
                             caption=clip.caption, source_id=clip.id, transcript=clip.transcript,
@@ -126,12 +135,13 @@ def longaudio_qa(tl: Timeline, seed: int = 0, clip_audio: dict[str, np.ndarray] 
     out: list[QAPair] = []
     ev = tl.events
 
-    def add(cat: str, template: str, q: str, a: str, distractors: Sequence[str] = (), **extra: Any) -> None:
+    def add(cat: str, template: str, q: str, a: str, distractors: Sequence[str] = (), option: str | None = None,
+            **extra: Any) -> None:
         qa = QAPair(question=q, answer=a, skill=cat, generator=GENERATOR, template=template,
                     sources=(tl.id, *sorted({e.source_id for e in ev} - {tl.id})), extra=extra)
         out.append(qa)
         if distractors:
-            mcq = multiple_choice(qa, distractors, rng)
+            mcq = multiple_choice(qa, distractors, rng, answer_option=option)
             if mcq is not None:
                 out.append(mcq)
 
@@ -161,12 +171,14 @@ def longaudio_qa(tl: Timeline, seed: int = 0, clip_audio: dict[str, np.ndarray] 
     labels = [e.label for e in ev]
     all_labels = sorted(set(labels))
     # temporal: what happens at a time, what comes right after X, when does X happen
-    for i in rng.permutation(len(ev))[:3]:
-        e = ev[int(i)]
-        t = _event_time(clip_audio.get(e.source_id) if clip_audio else None, e)
-        if t is not None:
-            add("temporal_qa", "long.temporal.at", f"What can be heard at {clock(t)}?", _describe(e),
-                distractors=[_describe(x) for x in ev if x.label != e.label][:12], time=t, event=int(i))
+    times = [_event_time(clip_audio.get(e.source_id) if clip_audio else None, e) for e in ev]
+    # only events that hold a whole second can be asked about, so only those are distractors: otherwise the
+    # answer would be a long event (a long description) more often than the distractors
+    askable = [i for i, t in enumerate(times) if t is not None]
+    for i in rng.permutation(len(askable))[:3]:
+        e, t = ev[askable[int(i)]], times[askable[int(i)]]
+        add("temporal_qa", "long.temporal.at", f"What can be heard at {clock(t)}?", _describe(e),
+            distractors=[_describe(ev[k]) for k in askable if ev[k].label != e.label], time=t, event=askable[int(i)])
     unique = [i for i, lab in enumerate(labels[:-1]) if labels.count(lab) == 1]
     if unique:
         i = unique[int(rng.integers(len(unique)))]
@@ -174,7 +186,12 @@ def longaudio_qa(tl: Timeline, seed: int = 0, clip_audio: dict[str, np.ndarray] 
             distractors=[_describe(x) for x in ev if x.label not in (labels[i], labels[i + 1])][:12], event=i + 1)
         j = unique[int(rng.integers(len(unique)))]
         add("temporal_qa", "long.temporal.when", f"When does the {labels[j]} occur?",
-            f"From {clock(ev[j].start)} to {clock(ev[j].end)}.", event=j)
+            f"From {clock(ev[j].start)} to {clock(ev[j].end)}.", event=j,
+            distractors=[f"From {clock(x.start)} to {clock(x.end)}." for x in ev if x.label != labels[j]])
+        k = unique[int(rng.integers(len(unique)))]
+        part = min(2, int(3 * (ev[k].start + ev[k].end) / 2 / tl.duration))
+        add("temporal_qa", "long.temporal.part", f"In which part of the recording is the {labels[k]} heard: the first "
+            "third, the middle third or the last third?", THIRDS[part], distractors=THIRDS, event=k)
     # needle in a haystack: a single speech event among many
     speech = [i for i, e in enumerate(ev) if e.transcript and labels.count(e.label) == 1]
     if speech:
@@ -202,7 +219,7 @@ def longaudio_qa(tl: Timeline, seed: int = 0, clip_audio: dict[str, np.ndarray] 
     counts = Counter(labels)
     lab, n = counts.most_common(1)[0]
     add("counting", "long.count.repeat", f"How many times is the {lab} heard?", f"{n} {'time' if n == 1 else 'times'}.",
-        distractors=[f"{k} {'time' if k == 1 else 'times'}." for k in range(max(1, n - 2), n + 3)])
+        distractors=number_options(n, rng, lambda k: f"{k} {'time' if k == 1 else 'times'}."))
     add("counting", "long.count.speech", "How many times does someone speak?", f"{kinds.get('speech', 0)}.")
     add("counting", "long.count.events", "How many separate sound events are there in total?", f"{len(ev)}.")
     # ordering
@@ -211,12 +228,14 @@ def longaudio_qa(tl: Timeline, seed: int = 0, clip_audio: dict[str, np.ndarray] 
             ", then ".join(_describe(e) for e in ev[:3]) + ".")
     if len(unique) >= 2:
         i, j = sorted(int(k) for k in rng.choice(unique, size=2, replace=False))
-        add("ordering", "long.order.pair", f"Which is heard first, the {labels[j]} or the {labels[i]}?",
+        named = (j, i) if rng.random() < 0.5 else (i, j)  # the first-named sound is not always the answer
+        qa_text = f"Which is heard first, the {labels[named[0]]} or the {labels[named[1]]}?"
+        add("ordering", "long.order.pair", qa_text,
             f"The {labels[i]} ({clock(ev[i].start)}), before the {labels[j]} ({clock(ev[j].start)}).",
-            first=i, second=j)
+            distractors=[labels[j]], option=labels[i], first=i, second=j)
     # general
     add("general_qa", "long.general.speech", "Is there any speech in this recording?",
-        "Yes." if kinds.get("speech") else "No.", distractors=["Yes.", "No."])
+        "Yes." if kinds.get("speech") else "No.")  # open only: with a spoken needle the answer is nearly always yes
     add("general_qa", "long.general.music", "Is there background music?",
         f"Yes, {tl.background['label']}." if tl.background else "No, only separate sounds with silence between them.")
     add("general_qa", "long.general.kinds", "What kinds of sounds make up this recording?",

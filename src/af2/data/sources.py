@@ -28,6 +28,10 @@ RESERVED: dict[str, tuple[str, ...]] = {
     "warzone2100-music": ("/usr/share/games/warzone2100",),
     "sound-theme-freedesktop": ("/usr/share/sounds/freedesktop",),
     "oxygen-sounds": ("/usr/share/sounds/oxygen",),
+    # espeak-ng's voices are kept unseen so evaluation can test speech from voices never trained on; the
+    # espeak-ng-data that piper bundles for phonemisation is text processing, not a voice, and is not loaded here
+    "espeak-ng": ("tts-espeak", "/usr/share/espeak-ng-data", "/usr/lib/x86_64-linux-gnu/espeak-ng-data",
+                  "/usr/lib/aarch64-linux-gnu/espeak-ng-data", "/usr/bin/espeak"),
 }
 
 
@@ -103,6 +107,7 @@ class BuildContext:
     limit: int | None
     workdir: Path
     small: bool = False
+    workers: int = 1  # external renderers (FluidSynth) run this many at once
     skipped: Counter = field(default_factory=Counter)  # items a source had to leave out, by reason
 
 

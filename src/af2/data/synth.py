@@ -9,13 +9,14 @@ from __future__ import annotations
 import subprocess
 import tempfile
 import wave
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from af2.data.audio_io import load_mono_16k, normalise_peak, trim_silence
-from af2.data.sources import BuildContext, Clip
+from af2.data.sources import BuildContext, Clip, check_not_reserved
 
 SOUNDFONTS = (Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"), Path("/usr/share/sounds/sf2/TimGM6mb.sf2"))
 INSTRUMENTS = {  # GM program -> (name, family)
@@ -61,40 +62,55 @@ def _midi_notes(rng: np.random.Generator, tonic: int, mode: str, pattern: str) -
     return [int(scale[i]) for i in rng.integers(0, len(scale), size=int(rng.integers(6, 13)))]
 
 
-def collect_midi(ctx: BuildContext, count: int = 400) -> Iterator[Clip]:
+def _midi_spec(rng: np.random.Generator) -> dict:
+    program = int(rng_choice(rng, sorted(INSTRUMENTS)))
+    tonic, mode = int(rng.integers(12)), str(rng_choice(rng, sorted(SCALES)))
+    bpm, dyn = int(rng_choice(rng, TEMPI)), str(rng_choice(rng, sorted(DYNAMICS)))
+    pattern = str(rng_choice(rng, PATTERNS))
+    notes = _midi_notes(rng, tonic, mode, pattern)
+    if program == 32:  # the bass sounds an octave lower
+        notes = [n - 24 for n in notes]
+    return {"program": program, "tonic": tonic, "mode": mode, "bpm": bpm, "dyn": dyn, "pattern": pattern,
+            "notes": notes}
+
+
+def _render_spec(spec: dict, sf2: Path) -> np.ndarray:
     import mido
+
+    mid = mido.MidiFile(ticks_per_beat=480)
+    track = mido.MidiTrack()
+    mid.tracks.append(track)
+    track.append(mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(spec["bpm"])))
+    track.append(mido.Message("program_change", program=spec["program"], channel=0))
+    for note in spec["notes"]:
+        track.append(mido.Message("note_on", note=note, velocity=DYNAMICS[spec["dyn"]], time=0))
+        track.append(mido.Message("note_off", note=note, velocity=0, time=480))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.mid"
+        mid.save(str(path))
+        return trim_silence(render_midi(path, sf2))
+
+
+def collect_midi(ctx: BuildContext, count: int = 600) -> Iterator[Clip]:
+    """Solo instrument phrases; every label is chosen first (in order, from ``ctx.rng``), then rendered by
+    ``ctx.workers`` FluidSynth processes at once."""
+    from concurrent.futures import ThreadPoolExecutor
 
     sf2 = soundfont(ctx.small)
     n = count if ctx.limit is None else min(count, ctx.limit)
-    for i in range(n):
-        program = int(rng_choice(ctx.rng, sorted(INSTRUMENTS)))
-        tonic, mode = int(ctx.rng.integers(12)), str(rng_choice(ctx.rng, sorted(SCALES)))
-        bpm, dyn = int(rng_choice(ctx.rng, TEMPI)), str(rng_choice(ctx.rng, sorted(DYNAMICS)))
-        pattern = str(rng_choice(ctx.rng, PATTERNS))
-        notes = _midi_notes(ctx.rng, tonic, mode, pattern)
-        if program == 32:  # the bass sounds an octave lower
-            notes = [n - 24 for n in notes]
-        mid = mido.MidiFile(ticks_per_beat=480)
-        track = mido.MidiTrack()
-        mid.tracks.append(track)
-        track.append(mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(bpm)))
-        track.append(mido.Message("program_change", program=program, channel=0))
-        for note in notes:
-            track.append(mido.Message("note_on", note=note, velocity=DYNAMICS[dyn], time=0))
-            track.append(mido.Message("note_off", note=note, velocity=0, time=480))
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "m.mid"
-            mid.save(str(path))
-            x = trim_silence(render_midi(path, sf2))
-        name, family = INSTRUMENTS[program]
-        key = f"{TONICS[tonic]} {mode}"
-        # keep the real loudness: dynamics are an attribute, so no peak normalisation here
-        yield Clip(id=f"midi/{i:05d}", source="midi-synth", category="music", label=f"{name} {pattern}",
-                   caption=f"A solo {name} plays {'an' if pattern[0] in 'aeiou' else 'a'} {pattern} in {key} at {bpm} beats per minute, {dyn}.",
-                   audio=np.clip(x * 1.5, -1, 1).astype(np.float32),
-                   attributes={"instrument": name, "family": family, "key": key, "mode": mode, "tempo_bpm": bpm,
-                               "tempo": tempo_word(bpm), "dynamics": dyn, "pattern": pattern, "notes": len(notes),
-                               "soundfont": sf2.name})
+    specs = [_midi_spec(ctx.rng) for _ in range(n)]
+    with ThreadPoolExecutor(max_workers=max(1, ctx.workers)) as pool:
+        for i, (spec, x) in enumerate(zip(specs, pool.map(lambda sp: _render_spec(sp, sf2), specs))):
+            name, family = INSTRUMENTS[spec["program"]]
+            key, bpm, dyn, pattern = f"{TONICS[spec['tonic']]} {spec['mode']}", spec["bpm"], spec["dyn"], spec["pattern"]
+            # keep the real loudness: dynamics are an attribute, so no peak normalisation here
+            yield Clip(id=f"midi/{i:05d}", source="midi-synth", category="music", label=f"{name} {pattern}",
+                       caption=f"A solo {name} plays {'an' if pattern[0] in 'aeiou' else 'a'} {pattern} in {key} at "
+                               f"{bpm} beats per minute, {dyn}.",
+                       audio=np.clip(x * 1.5, -1, 1).astype(np.float32),
+                       attributes={"instrument": name, "family": family, "key": key, "mode": spec["mode"],
+                                   "tempo_bpm": bpm, "tempo": tempo_word(bpm), "dynamics": dyn, "pattern": pattern,
+                                   "notes": len(spec["notes"]), "soundfont": sf2.name})
 
 
 def rng_choice(rng: np.random.Generator, seq):
@@ -202,11 +218,25 @@ SENTENCES = (
      {"n": "What is the first team's score?", "m": "What is the second team's score?"}),
     ("question", "Excuse me, do you know where the {place} on {street} is?", "a passer-by asking for directions",
      "question", {"place": "What place is the speaker looking for?", "street": "On which street is it?"}),
+    ("opening", "What time does the {place} open on {day}?", "someone asking about opening hours", "question",
+     {"place": "Which place is the speaker asking about?", "day": "For which day does the speaker ask?"}),
+    ("trip", "Has {name} already left for {city}?", "someone asking about a traveller", "question",
+     {"name": "Who is the speaker asking about?", "city": "Where was that person going?"}),
+    ("pickup", "Could you please pick up {n} {item} from the {place}?", "a favour asked of a friend", "request",
+     {"item": "What should be picked up?", "n": "How many should be picked up?", "place": "From where?"}),
+    ("booking", "Please book a table for {n} people on {day}.", "a restaurant booking request", "request",
+     {"n": "For how many people is the table?", "day": "For which day is the booking?"}),
+    ("exercise", "Stand up, raise your arms and count to {n}.", "an exercise instruction", "command",
+     {"n": "To what number should the listener count?"}),
 )
 
 
 def make_sentence(rng: np.random.Generator) -> dict:
-    tid, text, situation, kind, questions = SENTENCES[int(rng.integers(len(SENTENCES)))]
+    # the kind first, uniformly, so "question / command / request / statement" has no answer prior
+    kinds = sorted({k for _, _, _, k, _ in SENTENCES})
+    kind = kinds[int(rng.integers(len(kinds)))]
+    choices = [sent for sent in SENTENCES if sent[3] == kind]
+    tid, text, situation, kind, questions = choices[int(rng.integers(len(choices)))]
     values = {slot: str(rng_choice(rng, options)) for slot, options in SLOTS.items()}
     values["n"] = NUMBER_WORDS[int(rng.integers(2, 13))]
     values["m"] = NUMBER_WORDS[int(rng.integers(2, 13))]
@@ -242,12 +272,13 @@ def available_voices() -> list[tuple[str, str, str, str]]:
     return [v for v in TTS_VOICES if _tts_available(v[0], v[1])]
 
 
-def _festival_batch(jobs: list[tuple[str, str, Path]]) -> None:
+def _festival_batch(jobs: list[tuple[str, str, float, Path]]) -> None:
     """Render many utterances in one festival process (start-up costs about a second)."""
     lines = []
-    for voice, text, out in jobs:
+    for voice, text, stretch, out in jobs:
         safe = text.replace("\\", " ").replace('"', "")
-        lines.append(f"(voice_{voice})\n(utt.save.wave (utt.synth (Utterance Text \"{safe}\")) \"{out}\" 'riff)")
+        lines.append(f"(voice_{voice})\n(Parameter.set 'Duration_Stretch {stretch})\n"
+                     f"(utt.save.wave (utt.synth (Utterance Text \"{safe}\")) \"{out}\" 'riff)")
     with tempfile.NamedTemporaryFile("w", suffix=".scm", delete=False) as f:
         f.write("\n".join(lines) + "\n")
         script = f.name
@@ -272,29 +303,34 @@ def _piper_render(texts: list[tuple[str, float, Path]]) -> None:
 PIPER_RATES = {0.8: "fast", 1.0: "normal", 1.3: "slow"}
 
 
-def collect_tts(ctx: BuildContext, per_voice: int = 90, engines: tuple[str, ...] = ("flite", "festival", "piper"),
+def collect_tts(ctx: BuildContext, per_voice: int = 150, engines: tuple[str, ...] = ("flite", "festival", "piper"),
                 ) -> Iterator[Clip]:
+    for engine in engines:
+        check_not_reserved(f"tts-{engine}")  # espeak-ng voices are reserved for evaluation
     voices = [v for v in available_voices() if v[0] in engines]
     if not voices:
         raise FileNotFoundError("no TTS engine found (flite/festival/piper); run scripts/install-corpus-sources.sh")
-    n = per_voice if ctx.limit is None else min(per_voice, max(1, ctx.limit // len(voices)))
+    n_all = per_voice if ctx.limit is None else min(per_voice, max(1, ctx.limit // len(voices)))
+    genders = Counter(v[2] for v in voices)
     with tempfile.TemporaryDirectory(dir=ctx.workdir) as tmp:
         tmpdir = Path(tmp)
         plan = []  # (engine, voice, gender, desc, sentence, rate word, wav path)
         festival_jobs, piper_jobs = [], []
         for engine, voice, gender, desc in voices:
+            # as many female as male utterances in all, however many voices each gender has
+            n = max(1, round(n_all * len(voices) / (len(genders) * genders[gender])))
             for i in range(n):
                 sentence = make_sentence(ctx.rng)
                 out = tmpdir / f"{engine}-{voice}-{i}.wav"
-                rate = "normal"
+                # every engine speaks at three rates (duration stretch), so "slow/normal/fast" needs listening
+                scale = sorted(PIPER_RATES)[i % len(PIPER_RATES)]
+                rate = PIPER_RATES[scale]
                 if engine == "flite":
-                    subprocess.run(["flite", "-voice", voice, "-t", sentence["text"], "-o", str(out)], check=True,
-                                   capture_output=True, timeout=60)
+                    subprocess.run(["flite", "-voice", voice, "--setf", f"duration_stretch={scale}", "-t",
+                                    sentence["text"], "-o", str(out)], check=True, capture_output=True, timeout=60)
                 elif engine == "festival":
-                    festival_jobs.append((voice, sentence["text"], out))
+                    festival_jobs.append((voice, sentence["text"], scale, out))
                 else:
-                    scale = sorted(PIPER_RATES)[i % len(PIPER_RATES)]
-                    rate = PIPER_RATES[scale]
                     piper_jobs.append((sentence["text"], scale, out))
                 plan.append((engine, voice, gender, desc, sentence, rate, out, i))
         if festival_jobs:

@@ -13,11 +13,12 @@ from typing import Any, Iterable
 
 
 
-from af2.data.qa import QAPair, item_rng, multiple_choice
+from af2.data.qa import QAPair, item_rng, multiple_choice, number_options
 
 GENERATOR = "templates"
 POOL_KEYS = ("label", "instrument", "family", "key", "tempo", "dynamics", "pattern", "composer", "era", "metre",
-             "language", "gender", "character", "intent", "situation", "speaking_rate", "game", "category_word")
+             "language", "gender", "character", "intent", "situation", "speaking_rate", "game", "category_word",
+             "voice")
 
 
 def category_word(meta: dict[str, Any]) -> str:
@@ -38,6 +39,9 @@ def build_pools(metas: Iterable[dict[str, Any]]) -> dict[str, list[str]]:
     return {k: sorted(v) for k, v in pools.items()}
 
 
+THIRDS = ("near the start", "in the middle", "near the end")
+
+
 def _fmt_seconds(t: float) -> str:
     return f"{t:.1f} seconds"
 
@@ -49,13 +53,17 @@ class _Builder:
         self.out: list[QAPair] = []
 
     def add(self, skill: str, template: str, question: str, answer: str, *, choices: str | None = None,
-            distractors: Iterable[str] = ()) -> None:
+            distractors: Iterable[str] = (), option: str | None = None) -> None:
+        """One open pair and, given ``choices`` (a pool name) or ``distractors``, its multiple-choice form.
+
+        ``option`` is the answer in the pool's surface form when the open answer is a sentence around it:
+        every option of one item then comes from the same pool, worded the same way."""
         qa = QAPair(question=question, answer=answer, skill=skill, generator=GENERATOR, template=template,
                     sources=(self.meta["id"],))
         self.out.append(qa)
         pool = list(distractors) or (self.pools.get(choices, []) if choices else [])
         if pool:
-            mcq = multiple_choice(qa, pool, self.rng)
+            mcq = multiple_choice(qa, pool, self.rng, answer_option=option)
             if mcq is not None:
                 self.out.append(mcq)
 
@@ -78,7 +86,7 @@ def _sfx(b: _Builder) -> None:
           f"The {m['label']} suggests that {sfx_context(m['label'], m['source'])}.")
     if "game" in attrs:
         b.add("general_reasoning", "sfx.setting", "In what kind of setting would this sound typically be heard?",
-              f"In {attrs['game']}.", choices="game")
+              f"In {attrs['game']}.", choices="game", option=attrs["game"])
     b.add("general_reasoning", "sfx.human", "Is the sound made by a human voice?",
           f"No, it is a {m['label']} sound effect.")
 
@@ -90,13 +98,16 @@ def _speech(b: _Builder) -> None:
         b.add("information_extraction", "speech.transcript", "What exactly does the speaker say?", f"\"{text}\"")
         words = len(text.replace(",", " ").replace(".", " ").split())
         b.add("counting", "speech.words", "How many words are spoken?", f"{words} words.",
-              distractors=[f"{w} words." for w in (words - 2, words - 1, words + 1, words + 3) if w > 0])
+              distractors=number_options(words, b.rng, lambda w: f"{w} words."))
     if "language" in attrs:
         b.add("attribute_identification", "speech.language", "What language is spoken?", attrs["language"],
               choices="language")
     if "gender" in attrs:
         b.add("attribute_identification", "speech.gender", "Is the speaker male or female?", attrs["gender"],
               distractors=["male", "female"])
+    if "engine" in attrs and "voice" in attrs:  # synthetic voices: which of the corpus's voices speaks
+        b.add("attribute_identification", "speech.voice", "Which of these voices is speaking?", attrs["voice"],
+              choices="speech:voice")
     if "character" in attrs:
         b.add("attribute_identification", "speech.character", "What kind of character voice is this?",
               f"a {attrs['character']} voice", distractors=[f"a {c} voice" for c in b.pools.get("character", [])])
@@ -105,7 +116,7 @@ def _speech(b: _Builder) -> None:
               attrs["speaking_rate"], distractors=["slow", "normal", "fast"])
     if "situation" in attrs:
         b.add("contextual_speech_event_reasoning", "speech.situation", "In what situation would this be said?",
-              f"It sounds like {attrs['situation']}.", choices="situation")
+              f"It sounds like {attrs['situation']}.", choices="situation", option=attrs["situation"])
         kind = attrs.get("sentence_type", "statement")
         b.add("general_reasoning", "speech.sentence_type", "Is the speaker asking a question, giving a command, "
               "making a request or making a statement?", kind, distractors=["question", "command", "request", "statement"])
@@ -157,7 +168,7 @@ def _music(b: _Builder) -> None:
               a["dynamics"], distractors=["soft", "moderate", "loud"])
     if "notes" in a:
         b.add("counting", "music.notes", "How many notes are played?", f"{a['notes']} notes.",
-              distractors=[f"{n} notes." for n in (a["notes"] - 2, a["notes"] - 1, a["notes"] + 1, a["notes"] + 2)])
+              distractors=number_options(a["notes"], b.rng, lambda n: f"{n} notes."))
     if "pattern" in a:
         b.add("temporal_reasoning", "music.pattern", "How does the pitch move over time?", a["pattern"],
               choices="pattern")
@@ -180,7 +191,7 @@ def _scene(b: _Builder) -> None:
     events = b.meta["events"]
     labels = [e["label"] for e in events]
     b.add("counting", "scene.count", "How many separate sound events are there?", f"{len(events)}.",
-          distractors=[f"{n}." for n in range(1, 7)])
+          distractors=number_options(len(events), b.rng, lambda n: f"{n}."))
     counts = {label: labels.count(label) for label in labels}
     repeated = max(sorted(counts), key=lambda k: counts[k])
     b.add("counting", "scene.repeat", f"How many times is the {repeated} heard?",
@@ -196,9 +207,17 @@ def _scene(b: _Builder) -> None:
             break
     a, c = events[0], events[-1]
     if a["label"] != c["label"]:
-        b.add("temporal_reasoning", "scene.order", f"Which comes first, the {c['label']} or the {a['label']}?",
-              f"The {a['label']} comes first, at about {a['start']:.1f} s; the {c['label']} follows at "
-              f"about {c['start']:.1f} s.")
+        pair = (c, a) if b.rng.random() < 0.5 else (a, c)  # the first-named sound is not always the answer
+        b.add("temporal_reasoning", "scene.order", f"Which comes first, the {pair[0]['label']} or the "
+              f"{pair[1]['label']}?", f"The {a['label']} comes first, at about {a['start']:.1f} s; the {c['label']} "
+              f"follows at about {c['start']:.1f} s.", option=a["label"], distractors=[c["label"]])
+    duration = float(b.meta["duration"])
+    once = [e for e in events if labels.count(e["label"]) == 1]
+    if once and duration > 0:
+        e = once[int(b.rng.integers(len(once)))]
+        part = min(2, int(3 * (e["start"] + e["end"]) / 2 / duration))
+        b.add("temporal_reasoning", "scene.position", f"When is the {e['label']} heard: near the start, in the middle "
+              "or near the end?", THIRDS[part], distractors=THIRDS)
     speech = [e for e in events if e.get("transcript")]
     if speech:
         e = speech[0]
@@ -222,6 +241,62 @@ def template_qa(meta: dict[str, Any], pools: dict[str, list[str]], seed: int = 0
     return b.out
 
 
-def caption_qa(meta: dict[str, Any]) -> QAPair:
-    return QAPair(question="Caption the input audio.", answer=meta["caption"], skill="captioning",
-                  generator=GENERATOR, template="caption", sources=(meta["id"],))
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _caption_variants(meta: dict[str, Any]) -> list[str]:
+    """Paraphrases of what the clip holds, all from its metadata (no claim the metadata does not make)."""
+    a, label, cat = meta.get("attributes", {}), meta["label"], meta["category"]
+    text = meta.get("transcript")
+    if cat == "sfx":
+        setting = a.get("game", "a video game")
+        return [f"The sound of {_a(label)}.", f"{_cap(label)}, as heard in {setting}.",
+                f"A short sound effect: {label}.", f"{_cap(_a(label))} sound."]
+    if cat == "vocalization":
+        return [f"Someone {label}.", f"A person {label}, without any words.", f"A cartoon voice {label}."]
+    if cat == "speech" and text:
+        who = f"{_a(a['gender'])} voice" if "gender" in a else "a voice"
+        out = [f"{_cap(who)} says \"{text}\".", f"Speech: \"{text}\"", f"Someone saying \"{text}\"."]
+        if "situation" in a:
+            out.append(f"{_cap(a['situation'])}, spoken at a {a.get('speaking_rate', 'normal')} pace: \"{text}\"")
+        return out
+    if cat == "speech":
+        lang = a.get("language", "another language")
+        return [f"A short shout in {lang}.", f"A cartoon character shouting a phrase in {lang}.",
+                f"Someone exclaiming something in {lang}."]
+    if cat == "music" and "pattern" in a:
+        inst, pattern, key = a.get("instrument", "an instrument"), a["pattern"], a.get("key")
+        in_key = f" in {key}" if key else ""
+        out = [f"Solo {inst}: {_a(pattern)}{in_key}.", f"{_cap(_a(pattern))} played on the {inst}{in_key}."]
+        if "tempo" in a and "dynamics" in a:
+            volume = {"soft": "softly", "loud": "loudly"}.get(a["dynamics"], "at moderate volume")
+            out.append(f"{_cap(_a(a['tempo']))} {pattern} played {volume} on the {inst}.")
+        if "family" in a and "tempo_bpm" in a:
+            out.append(f"{_cap(a['family'])} instrument music, {_a(pattern)} at {a['tempo_bpm']} bpm.")
+        return out
+    if cat == "music" and "composer" in a:
+        return [f"{_cap(a.get('era', 'classical'))} music by {a['composer']}.",
+                f"A piano rendering of a piece by {a['composer']}" + (f" in {a['metre']} time." if "metre" in a
+                                                                      else "."),
+                f"Music by {a['composer']} on a synthesised piano" + (f", in {a['key']}." if "key" in a else ".")]
+    if cat == "music":
+        return [f"Music: {label}.", f"A piece of music ({label}).", f"{_cap(label)}, played as music."]
+    if cat == "scene":
+        labels = [e["label"] for e in meta["events"]]
+        return [f"First {_a(labels[0])}, then " + ", then ".join(labels[1:]) + ".",
+                f"{len(labels)} sound events one after another: " + "; ".join(labels) + ".",
+                f"Several sounds in a row, starting with {_a(labels[0])} and ending with {_a(labels[-1])}."]
+    return []
+
+
+def caption_qa(meta: dict[str, Any]) -> list[QAPair]:
+    """The clip's caption and its paraphrases (3-5 per clip), each one captioning pair; the first is the caption."""
+    captions = list(dict.fromkeys([meta["caption"], *_caption_variants(meta)]))
+    return [QAPair(question="Caption the input audio.", answer=c, skill="captioning", generator=GENERATOR,
+                   template="caption" if k == 0 else f"caption.p{k}", sources=(meta["id"],),
+                   extra={"caption_of": meta["id"]}) for k, c in enumerate(captions)]

@@ -9,7 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from af2.cli import UserError
+from af2.errors import RequestError
 
 DEFAULT_MODEL_ENV = "AF2_MODEL"
 
@@ -98,7 +98,7 @@ def _one(args: argparse.Namespace, question: str) -> int:
                 return 0
             answer = model.ask(args.audio, question, **_gen_options(args))
         except AudioError as exc:
-            raise UserError(str(exc)) from None
+            raise RequestError(str(exc)) from None
     _print(answer, args.json)
     return 0
 
@@ -112,10 +112,10 @@ def _caption(args: argparse.Namespace) -> int:
 def _ask(args: argparse.Namespace) -> int:
     if args.input is not None:
         if args.output is None:
-            raise UserError("--input needs --output (answers are appended there; a rerun resumes)")
+            raise RequestError("--input needs --output (answers are appended there; a rerun resumes)")
         return run_jsonl(args)
     if not args.audio or not args.question:
-        raise UserError('give AUDIO and "QUESTION", or --input FILE.jsonl --output FILE.jsonl')
+        raise RequestError('give AUDIO and "QUESTION", or --input FILE.jsonl --output FILE.jsonl')
     return _one(args, args.question)
 
 
@@ -128,13 +128,13 @@ def read_requests(path: Path) -> list[dict]:
             try:
                 item = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+                raise RequestError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
             if not isinstance(item, dict) or not item.get("audio") or not str(item.get("question", "")).strip():
-                raise UserError(f"{path}:{n}: each line needs non-empty 'audio' and 'question'")
+                raise RequestError(f"{path}:{n}: each line needs non-empty 'audio' and 'question'")
             item.setdefault("id", f"line-{n}")
             item["id"] = str(item["id"])
             if item["id"] in seen:
-                raise UserError(f"{path}:{n}: duplicate id {item['id']!r}")
+                raise RequestError(f"{path}:{n}: duplicate id {item['id']!r}")
             seen.add(item["id"])
             audio = Path(item["audio"])
             item["audio"] = str(audio if audio.is_absolute() else path.parent / audio)

@@ -10,7 +10,8 @@ import argparse
 import importlib
 import sys
 
-from af2.errors import AF2Error, RequestError
+from af2 import __version__
+from af2.errors import AF2Error
 
 # One line per area; each module's register() adds its sub-commands.
 _COMMAND_MODULES = (
@@ -22,12 +23,9 @@ _COMMAND_MODULES = (
 )
 
 
-# Kept as the name the command modules raise; it is the library's request error.
-UserError = RequestError
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="af2", description="Audio Flamingo 2: ask questions about audio.")
+    parser.add_argument("--version", action="version", version=f"af2 {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -38,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (AF2Error, FileNotFoundError, ValueError) as exc:
-        print(f"af2 {args.command}: error: {exc}", file=sys.stderr)
+    except AF2Error as exc:  # anything else is a bug and keeps its traceback
+        message = " ".join(str(exc).split())  # one line, whatever the message holds
+        print(f"af2 {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"af2 {args.command}: interrupted", file=sys.stderr)

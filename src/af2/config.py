@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from af2.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ _QWEN25 = {
 def qwen25_lm_config(size: str) -> dict[str, Any]:
     """The Hugging Face config dict of the Qwen2.5 base LM of AF2-``size``."""
     if size not in _QWEN25:
-        raise ValueError(f"unknown AF2 size {size!r}; choose one of {sorted(_QWEN25)}")
+        raise ConfigError(f"unknown AF2 size {size!r}; choose one of {sorted(_QWEN25)}")
     return {
         "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": 151_936,
         "tie_word_embeddings": True, "rope_theta": 1_000_000.0, "rms_norm_eps": 1e-6,
@@ -208,7 +209,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
         return config_from_dict(tp, value, where)
     if origin is tuple:
         return tuple(value)
@@ -217,7 +218,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float, str, bool) and not isinstance(value, tp):
-        raise ValueError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     return value
 
 
@@ -268,7 +269,7 @@ def parse_cli_overrides(items: list[str]) -> dict[str, Any]:
     out = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key.subkey=value")
+            raise ConfigError(f"override {item!r} must look like key.subkey=value")
         key, raw = item.split("=", 1)
         out[key.strip()] = yaml.safe_load(raw)
     return out
@@ -279,5 +280,5 @@ def load_config_yaml(path: str | Path, base: Any | None = None) -> Any:
     with open(path) as f:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return apply_overrides(base if base is not None else AF2Config(), data)

@@ -25,6 +25,7 @@ import torch
 from af2.audio import AudioError, AudioSource, load_audio, make_windows, pad_windows
 from af2.config import AF2Config
 from af2.checkpoint import CheckpointError, load_official, load_pretrained_weights, load_tokenizer, read_config
+from af2.errors import DeviceError, RequestError
 from af2.generate import GenerationConfig, left_pad, stream_tokens
 from af2.model.af2 import AF2Model
 from af2.tokens import SpecialTokens, add_special_tokens, clean_answer, inference_prompt, special_token_ids
@@ -83,7 +84,7 @@ class AF2:
     def set_max_audio_seconds(self, seconds: float) -> None:
         """Listen to at most ``seconds`` of each input (300 = 5 minutes, AF2's advertised limit)."""
         if seconds <= 0:
-            raise ValueError(f"max_audio_seconds must be positive, got {seconds}")
+            raise RequestError(f"max_audio_seconds must be positive, got {seconds}")
         audio = self.model.cfg.audio
         windows = max(1, math.ceil(seconds / audio.window_seconds - 1e-9))
         self.audio_cfg = dataclasses.replace(audio, max_windows=windows)
@@ -105,11 +106,11 @@ class AF2:
 
     def _prompt_ids(self, question: str) -> list[int]:
         if not isinstance(question, str) or not question.strip():
-            raise ValueError("the question is empty; ask something about the audio")
+            raise RequestError("the question is empty; ask something about the audio")
         ids = self.tokenizer(inference_prompt(question, self.model.cfg.tokens), add_special_tokens=False)["input_ids"]
         limit = self.model.cfg.tokens.max_tokens
         if len(ids) > limit:
-            raise ValueError(f"the question is {len(ids)} tokens long; the model takes at most {limit}")
+            raise RequestError(f"the question is {len(ids)} tokens long; the model takes at most {limit}")
         return ids
 
     def _stream(self, audios: Sequence[AudioSource], questions: Sequence[str], gen: GenerationConfig,
@@ -211,7 +212,7 @@ def _dtype(dtype: str | torch.dtype) -> torch.dtype:
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
     if dtype not in table:
-        raise ValueError(f"unknown dtype {dtype!r}; use float32 or bfloat16")
+        raise RequestError(f"unknown dtype {dtype!r}; use float32 or bfloat16")
     return table[dtype]
 
 
@@ -262,7 +263,7 @@ def load(path_or_id: str | Path = DEFAULT_MODEL, *, device: str | torch.device =
     folder = resolve_model_dir(path_or_id)
     torch_dtype = _dtype(dtype)
     if torch.device(device).type == "cpu" and torch_dtype == torch.float16:
-        raise ValueError("float16 has no fast path on CPUs; use bfloat16 or float32")
+        raise DeviceError("float16 has no fast path on CPUs; use bfloat16 or float32")
     if torch.device(device).type == "cpu" and torch_dtype == torch.bfloat16 and not cpu_has_fast_bf16():
         warnings.warn(f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bfloat16 matrix "
                       "instructions (AVX512-BF16 or AMX): bfloat16 runs emulated and much slower than float32 "

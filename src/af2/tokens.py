@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from af2.config import TokensConfig
+from af2.errors import CheckpointError
 
 IGNORE_INDEX = -100
 
@@ -50,7 +51,7 @@ def special_token_ids(tokenizer, cfg: TokensConfig = TokensConfig()) -> SpecialT
     vocab = tokenizer.get_vocab()
     missing = [t for t in (cfg.audio, cfg.end_of_chunk, cfg.pad, cfg.sep, cfg.eos) if t not in vocab]
     if missing:
-        raise ValueError(f"tokenizer lacks AF2 special tokens {missing}; call af2.tokens.add_special_tokens first")
+        raise CheckpointError(f"tokenizer lacks AF2 special tokens {missing}; call af2.tokens.add_special_tokens first")
     return SpecialTokens(audio=vocab[cfg.audio], end_of_chunk=vocab[cfg.end_of_chunk], pad=vocab[cfg.pad],
                          sep=vocab[cfg.sep], eos=vocab[cfg.eos])
 

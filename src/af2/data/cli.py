@@ -98,7 +98,7 @@ def _qa(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from af2.cli import UserError
+    from af2.errors import RequestError
     from af2.data.catalog import SOURCES
     from af2.data.corpus import BuildOptions, build_corpus
     from af2.data.sources import ReservedSourceError, SourceUnavailableError
@@ -111,7 +111,7 @@ def _build(args: argparse.Namespace) -> int:
     try:
         sheet = build_corpus(opts)
     except (ReservedSourceError, SourceUnavailableError) as exc:
-        raise UserError(str(exc)) from exc
+        raise RequestError(str(exc)) from exc
     print(f"corpus written to {args.out} in {time.time() - t0:.0f} s: {sheet['clips']['count']} clips, "
           f"{sheet['scenes']['count']} scenes, {sheet['long']['composed']} composed long recordings "
           f"({sheet['long']['composed_1_to_5_min']} of 1-5 min), {sheet['long']['real']} real, "

@@ -34,6 +34,7 @@ from af2.data.manifest import ManifestItem, write_manifest
 from af2.data.qa import QAPair, SKILLS
 from af2.data.qa.templates import build_pools, caption_qa, template_qa
 from af2.data.sources import RESERVED, BuildContext, Clip, LongTrack, ReservedSourceError, SourceUnavailableError
+from af2.errors import ConfigError, ManifestError
 
 TASKS = {"skills": "AF2Corpus-AudioSkills", "caption": "AF2Corpus-AudioCaptioning", "long": "AF2Corpus-LongAudio"}
 
@@ -59,7 +60,7 @@ def resolve_sources(names: Sequence[str]) -> list[str]:
         if name in RESERVED:
             raise ReservedSourceError(f"source {name!r} is reserved for evaluation and never enters the corpus")
         if name not in SOURCES:
-            raise ValueError(f"unknown source {name!r}; choose from {', '.join(SOURCES)}")
+            raise ConfigError(f"unknown source {name!r}; choose from {', '.join(SOURCES)}")
         out.append(name)
     missing = [n for n in out if not SOURCES[n].probe()]
     if missing:
@@ -101,10 +102,10 @@ def build_corpus(opts: BuildOptions) -> dict[str, Any]:
         for reason, n in sorted(ctx.skipped.items()):
             print(f"corpus: source {name}: skipped {n} ({reason})", file=sys.stderr)
     if not clips:
-        raise ValueError("no clips collected; pick at least one clip source with --sources")
+        raise ConfigError("no clips collected; pick at least one clip source with --sources")
     dup = [k for k, n in Counter(c.id for c in clips).items() if n > 1]
     if dup:
-        raise ValueError(f"duplicate clip ids {dup[:5]}: two source files would share one audio path")
+        raise ManifestError(f"duplicate clip ids {dup[:5]}: two source files would share one audio path")
 
     for clip in tqdm(clips, desc="write clips", unit="clip", disable=not opts.progress):
         write_flac(out / "audio" / "clips" / f"{clip.id}.flac", clip.audio)
@@ -186,7 +187,7 @@ def build_corpus(opts: BuildOptions) -> dict[str, Any]:
             f.write(json.dumps(meta, ensure_ascii=False, sort_keys=True) + "\n")
     report = check_manifests([out / m for m in manifests], out)
     if not report.ok:
-        raise ValueError(f"the corpus failed its own check:\n{report.format()}")
+        raise ManifestError(f"the corpus failed its own check:\n{report.format()}")
     sheet = datasheet(clips, scenes, timelines, rows, per_source, opts, manifests)
     _write_json(out / "datasheet.json", sheet)
     (out / "datasheet.md").write_text(datasheet_markdown(sheet), encoding="utf-8")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from af2.cli import UserError
+from af2.errors import RequestError
 from af2.eval.formats import audio_by_stem, audio_path, field, find_file, read_csv, read_json
 from af2.eval.tasks import Example, register_task
 
@@ -21,7 +21,7 @@ def _json_list(root: Path, file_names: tuple[str, ...], task: str) -> tuple[Path
     path = find_file(root, file_names, task)
     data = read_json(path)
     if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON list of items")
+        raise RequestError(f"{path}: expected a JSON list of items")
     return path, data
 
 
@@ -34,14 +34,14 @@ def _mc_items(root: Path, file_names: tuple[str, ...], task: str, audio_keys: tu
     path = find_file(root, file_names, task)
     data = read_json(path)
     if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON list of questions")
+        raise RequestError(f"{path}: expected a JSON list of questions")
     out = []
     for i, item in enumerate(data):
         where = f"{path}: item {i}"
         choices = field(item, ("choices",), where)
         answer = field(item, ("answer",), where)
         if not isinstance(choices, list) or answer not in choices:
-            raise UserError(f"{where}: 'choices' must be a list that contains 'answer' ({answer!r})")
+            raise RequestError(f"{where}: 'choices' must be a list that contains 'answer' ({answer!r})")
         out.append(Example(
             id=str(item.get("id", i)), audio=audio_path(path.parent, field(item, audio_keys, where), where),
             question=field(item, ("question",), where), reference=answer, choices=tuple(choices),
@@ -126,7 +126,7 @@ def load_gtzan(root: Path) -> list[Example]:
     base = next((root / d for d in ("genres_original", "genres") if (root / d).is_dir()), root)
     genres = sorted(p.name for p in base.iterdir() if p.is_dir())
     if not genres:
-        raise UserError(f"task gtzan: no genre folders under {base} (expected <genre>/<clip>.wav)")
+        raise RequestError(f"task gtzan: no genre folders under {base} (expected <genre>/<clip>.wav)")
     out = []
     for genre in genres:
         for clip in sorted((base / genre).iterdir()):
@@ -159,7 +159,7 @@ def load_nsynth(root: Path) -> list[Example]:
     path = find_file(root, ("examples.json", "*/examples.json"), "nsynth")
     data = read_json(path)
     if not isinstance(data, dict):
-        raise UserError(f"{path}: expected an object keyed by note name")
+        raise RequestError(f"{path}: expected an object keyed by note name")
     families = tuple(sorted({field(v, ("instrument_family_str",), f"{path}: {k}").replace("_", " ")
                              for k, v in data.items()}))
     return [Example(id=k, audio=audio_path(path.parent / "audio", f"{k}.wav", str(path)), question="",
@@ -178,7 +178,7 @@ def load_nsynth(root: Path) -> list[Example]:
 def load_entailment(root: Path) -> list[Example]:
     csvs = sorted(root.glob("*.csv"))
     if not csvs:
-        raise UserError(f"task audio-entailment: no *.csv under {root}")
+        raise RequestError(f"task audio-entailment: no *.csv under {root}")
     audio_dir = root / "audio" if (root / "audio").is_dir() else root
     out = []
     for path in csvs:
@@ -220,7 +220,7 @@ def load_muchomusic(root: Path) -> list[Example]:
         else:
             answer = field(item, ("correct_answer", "answer"), where)
         if answer not in options:
-            raise UserError(f"{where}: the answer {answer!r} is not one of the options")
+            raise RequestError(f"{where}: the answer {answer!r} is not one of the options")
         audio = audio_path(audio_dir, field(item, ("audio_path", "location", "audio"), where), where)
         out.append(Example(id=str(item.get("id", i)), audio=audio,
                            question=field(item, ("question",), where), reference=answer, choices=tuple(options),
@@ -251,13 +251,13 @@ def load_manifests(root: Path) -> list[Example]:
 
     files = sorted(p for p in root.rglob("*") if p.suffix in (".json", ".jsonl"))
     if not files:
-        raise UserError(f"task af2-manifest: no *.json / *.jsonl manifests under {root}")
+        raise RequestError(f"task af2-manifest: no *.json / *.jsonl manifests under {root}")
     out = []
     for path in files:
         try:
             manifest = read_manifest(path)
         except ManifestError as exc:
-            raise UserError(str(exc)) from exc
+            raise RequestError(str(exc)) from exc
         for item in manifest.items:
             audio = audio_path(root, str(Path(item.split_path) / item.name), str(path))
             out.append(Example(id=item.id, audio=audio, question=item.prompt, reference=item.output,

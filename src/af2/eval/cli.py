@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from af2.cli import UserError
+from af2.errors import RequestError
 
 
 def register(subparsers) -> None:
@@ -49,9 +49,9 @@ def _build_adapter(args):
     if args.adapter == "first-choice":
         return adapters.FirstChoiceAdapter()
     if not args.model:
-        raise UserError("--model is required (an AF2 checkpoint folder, or the predictions JSONL with --adapter predictions)")
+        raise RequestError("--model is required (an AF2 checkpoint folder, or the predictions JSONL with --adapter predictions)")
     if not Path(args.model).exists():
-        raise UserError(f"--model {args.model} does not exist")
+        raise RequestError(f"--model {args.model} does not exist")
     if args.adapter == "predictions":
         return adapters.PredictionsAdapter(args.model)
     return adapters.AF2Adapter(args.model, device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens)
@@ -67,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
 
     for flag in ("tasks", "data_root", "out"):
         if getattr(args, flag) is None:
-            raise UserError(f"--{flag.replace('_', '-')} is required (or --list-tasks)")
+            raise RequestError(f"--{flag.replace('_', '-')} is required (or --list-tasks)")
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     for t in tasks:
         get_task(t)
@@ -75,10 +75,10 @@ def main(args: argparse.Namespace) -> int:
     for item in args.data:
         name, sep, path = item.partition("=")
         if not sep or name not in tasks:
-            raise UserError(f"--data {item!r}: expected TASK=PATH with TASK one of {', '.join(tasks)}")
+            raise RequestError(f"--data {item!r}: expected TASK=PATH with TASK one of {', '.join(tasks)}")
         overrides[name] = Path(path)
     if bool(args.judge_url) != bool(args.judge_model):
-        raise UserError("--judge-url and --judge-model go together")
+        raise RequestError("--judge-url and --judge-model go together")
     judge = None
     if args.judge_url:
         judge = Judge(JudgeConfig(url=args.judge_url, model=args.judge_model, cache_dir=args.out / "judge-cache",

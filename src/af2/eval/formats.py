@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from af2.cli import UserError
+from af2.errors import RequestError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
 
@@ -18,14 +18,14 @@ def find_file(root: Path, names: tuple[str, ...], task: str) -> Path:
         hits = sorted(root.glob(name))
         if hits:
             return hits[0]
-    raise UserError(f"task {task}: none of {list(names)} found under {root}")
+    raise RequestError(f"task {task}: none of {list(names)} found under {root}")
 
 
 def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+        raise RequestError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
 
 
 def read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
@@ -35,7 +35,7 @@ def read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
         header = {(h or "").strip().lower(): h for h in reader.fieldnames or ()}
         missing = [c for c in required if c.lower() not in header]
         if missing:
-            raise UserError(f"{path}: missing column(s) {missing}; the header is {reader.fieldnames}")
+            raise RequestError(f"{path}: missing column(s) {missing}; the header is {reader.fieldnames}")
         return [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
 
 
@@ -44,13 +44,13 @@ def field(record: dict, keys: tuple[str, ...], where: str) -> Any:
     for key in keys:
         if key in record and record[key] not in (None, ""):
             return record[key]
-    raise UserError(f"{where}: missing field {' or '.join(repr(k) for k in keys)}")
+    raise RequestError(f"{where}: missing field {' or '.join(repr(k) for k in keys)}")
 
 
 def audio_path(root: Path, relative: str, where: str) -> str:
     path = (root / relative).resolve()
     if not path.is_file():
-        raise UserError(f"{where}: audio file {path} does not exist")
+        raise RequestError(f"{where}: audio file {path} does not exist")
     return str(path)
 
 
@@ -62,4 +62,4 @@ def audio_by_stem(folder: Path, stems: tuple[str, ...], where: str) -> str:
         for suffix in AUDIO_SUFFIXES:
             if (folder / f"{stem}{suffix}").is_file():
                 return str((folder / f"{stem}{suffix}").resolve())
-    raise UserError(f"{where}: no audio file in {folder} named {list(stems)} (with any of {list(AUDIO_SUFFIXES)})")
+    raise RequestError(f"{where}: no audio file in {folder} named {list(stems)} (with any of {list(AUDIO_SUFFIXES)})")

@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from af2.cli import UserError
+from af2.errors import RequestError
 from af2.eval.adapters import Adapter, Request
 from af2.eval.scoring import ScoringOptions, get_scorer, score_by_category
 from af2.eval.tasks import Example, Task, get_task
@@ -49,7 +49,7 @@ def rank_from_env() -> tuple[int, int]:
     """(RANK, WORLD_SIZE) as torchrun sets them; (0, 1) when unset."""
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if not 0 <= rank < world:
-        raise UserError(f"RANK={rank} is not in [0, WORLD_SIZE={world})")
+        raise RequestError(f"RANK={rank} is not in [0, WORLD_SIZE={world})")
     return rank, world
 
 
@@ -72,11 +72,11 @@ def _read_shard(path: Path, model_sha: str) -> dict[str, dict]:
             row = json.loads(line)
         except json.JSONDecodeError:
             if i != len(lines) - 1:
-                raise UserError(f"{path}: line {i + 1} is not JSON; delete the file to answer its examples again")
+                raise RequestError(f"{path}: line {i + 1} is not JSON; delete the file to answer its examples again")
             path.write_text("".join(lines[:-1]), encoding="utf-8")
             break
         if row.get("model_sha256") != model_sha:
-            raise UserError(f"{path}: written by another model ({row.get('model_sha256')}); use a new --out")
+            raise RequestError(f"{path}: written by another model ({row.get('model_sha256')}); use a new --out")
         rows[row["id"]] = row
     return rows
 
@@ -94,7 +94,7 @@ def answer_shard(adapter: Adapter, task: Task, examples: Sequence[Example], conf
         prompt = task.prompt(e)
         if e.id in done:
             if done[e.id]["prompt"] != prompt:
-                raise UserError(f"{path}: example {e.id} was answered with another prompt; use a new --out")
+                raise RequestError(f"{path}: example {e.id} was answered with another prompt; use a new --out")
         else:
             todo.append((e, prompt))
     bar = tqdm(total=len(shard), initial=len(shard) - len(todo), desc=f"{task.name} [rank {config.rank}]",
@@ -122,7 +122,7 @@ def merge_shards(task: Task, examples: Sequence[Example], config: RunConfig, mod
     while not all(m.exists() for m in markers):
         if time.monotonic() > deadline:
             missing = [m.name for m in markers if not m.exists()]
-            raise UserError(f"task {task.name}: ranks did not finish within {config.merge_timeout_s:.0f} s: {missing}")
+            raise RequestError(f"task {task.name}: ranks did not finish within {config.merge_timeout_s:.0f} s: {missing}")
         time.sleep(1.0)
     merged: dict[str, str] = {}
     for r in range(config.world_size):
@@ -130,7 +130,7 @@ def merge_shards(task: Task, examples: Sequence[Example], config: RunConfig, mod
         merged.update({k: v["prediction"] for k, v in shard.items()})
     missing = [e.id for e in examples if e.id not in merged]
     if missing:
-        raise UserError(f"task {task.name}: no answer for {len(missing)} example(s), e.g. {missing[:3]}; rerun to resume")
+        raise RequestError(f"task {task.name}: no answer for {len(missing)} example(s), e.g. {missing[:3]}; rerun to resume")
     return [merged[e.id] for e in examples]
 
 

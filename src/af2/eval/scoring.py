@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
+from af2.errors import ConfigError
 from af2.eval import captioning, choice, labels
 from af2.eval.judge import Judge
 from af2.eval.tasks import Example
@@ -120,7 +121,7 @@ SCORERS: dict[str, Scorer] = {
 
 def get_scorer(name: str) -> Scorer:
     if name not in SCORERS:
-        raise ValueError(f"unknown scorer {name!r}; known: {', '.join(sorted(SCORERS))}")
+        raise ConfigError(f"unknown scorer {name!r}; known: {', '.join(sorted(SCORERS))}")
     return SCORERS[name]
 
 

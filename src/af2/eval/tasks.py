@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from af2.cli import UserError
+from af2.errors import RequestError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,17 +43,17 @@ class Task:
 
     def load(self, root: Path) -> list[Example]:
         if not root.exists():
-            raise UserError(
+            raise RequestError(
                 f"task {self.name}: data folder {root} does not exist; put the benchmark there "
                 f"(see the README section 'Evaluation': {self.data_source}) or pass --data {self.name}=PATH"
             )
         examples = self.loader(root)
         if not examples:
-            raise UserError(f"task {self.name}: no examples found under {root}")
+            raise RequestError(f"task {self.name}: no examples found under {root}")
         ids = [e.id for e in examples]
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
-            raise UserError(f"task {self.name}: duplicate example ids under {root}: {dup}")
+            raise RequestError(f"task {self.name}: duplicate example ids under {root}: {dup}")
         return sorted(examples, key=lambda e: e.id)
 
     def prompt(self, example: Example) -> str:
@@ -94,7 +94,7 @@ def get_task(name: str) -> Task:
     import af2.eval.catalog  # noqa: F401  (registers the built-in tasks)
 
     if name not in TASKS:
-        raise UserError(f"unknown task {name!r}; `af2 eval --list-tasks` names them: {', '.join(sorted(TASKS))}")
+        raise RequestError(f"unknown task {name!r}; `af2 eval --list-tasks` names them: {', '.join(sorted(TASKS))}")
     return TASKS[name]
 
 

@@ -16,6 +16,7 @@ from af2.audio import load_audio, make_windows, num_windows, pad_windows
 from af2.config import AudioConfig, TokensConfig
 from af2.data.blend import blend_epoch
 from af2.data.manifest import ManifestItem, read_manifest
+from af2.errors import ConfigError, ManifestError
 from af2.tokens import encode_training_batch
 from af2.train.config import DataConfig
 
@@ -33,7 +34,7 @@ def _manifest_file(root: Path, name: str) -> Path:
     for suffix in (".json", ".jsonl"):
         if (root / f"{name}{suffix}").is_file():
             return root / f"{name}{suffix}"
-    raise FileNotFoundError(f"data.blend names {name!r} but neither {root / name}.json nor .jsonl exists; "
+    raise ManifestError(f"data.blend names {name!r} but neither {root / name}.json nor .jsonl exists; "
                             "fix data.dataset_file_root or the blend key")
 
 
@@ -41,7 +42,7 @@ def blended_items(data: DataConfig) -> list[ManifestItem]:
     """Every item the whole blend schedule uses, once per use (spec 6.3): over ``1/global_weight``
     blend epochs each dataset contributes about ``N * weight`` items. The engine shuffles them."""
     if not data.blend:
-        raise ValueError("data.blend is empty: map each manifest (path without .json under "
+        raise ConfigError("data.blend is empty: map each manifest (path without .json under "
                          "data.dataset_file_root) to a weight")
     root = Path(data.dataset_file_root)
     manifests = {name: read_manifest(_manifest_file(root, name)).items for name in data.blend}
@@ -67,7 +68,7 @@ class ManifestDataset:
         decoded = load_audio(item.audio_path(self.data_root), sample_rate=self.audio.sample_rate, max_seconds=seconds)
         samples = decoded.samples[int(round(item.audio_start * self.audio.sample_rate)):]
         if len(samples) == 0:
-            raise ValueError(f"{item.id}: audio_start {item.audio_start} s is past the end of the audio")
+            raise ManifestError(f"{item.id}: audio_start {item.audio_start} s is past the end of the audio")
         captions = tuple(item.extra.get("captions", ())) or (item.output,)
         return Sample(id=item.id, windows=make_windows(samples, self.audio), prompt=item.prompt,
                       output=item.output, captions=captions)

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from af2.config import AF2Config, af2_config, apply_overrides, tiny_config
+from af2.errors import CheckpointError, ConfigError
 from af2.model.af2 import AF2Model
 from af2.tokens import add_special_tokens
 from af2.train.checkpoint import latest_checkpoint, load_weights
@@ -31,7 +32,7 @@ def model_config(cfg: TrainConfig) -> AF2Config:
 
 def load_tokenizer(path: str, what: str):
     if not path:
-        raise ValueError(f"{what} is required: a local tokenizer folder")
+        raise ConfigError(f"{what} is required: a local tokenizer folder")
     return AutoTokenizer.from_pretrained(path)
 
 
@@ -58,7 +59,7 @@ def audio_tower_file(path: str | Path) -> Path:
     if path.is_dir():
         path = (latest_checkpoint(path) or path) / "audio_tower.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(f"audio_tower_checkpoint: no {path}; point it at stage 0's run directory or file")
+        raise CheckpointError(f"audio_tower_checkpoint: no {path}; point it at stage 0's run directory or file")
     return path
 
 
@@ -79,12 +80,12 @@ def build_alm_task(cfg: TrainConfig) -> Task:
         try:
             model.audio_encoder.load_state_dict(load_file(str(tower)))
         except RuntimeError as exc:
-            raise ValueError(f"{tower}: does not match the audio tower of this model: {exc}") from exc
+            raise CheckpointError(f"{tower}: does not match the audio tower of this model: {exc}") from exc
     if cfg.lora.enabled:
         add_lora(model, cfg.lora)
     apply_stage(model, cfg.trainable)
     if len(tokenizer) != arch.vocab_size:
-        raise ValueError(f"tokenizer {cfg.tokenizer} has {len(tokenizer)} tokens with AF2's specials but the "
+        raise CheckpointError(f"tokenizer {cfg.tokenizer} has {len(tokenizer)} tokens with AF2's specials but the "
                          f"model has {arch.vocab_size} embedding rows; fix model or tokenizer")
     dataset = ManifestDataset(blended_items(cfg.data), cfg.data.data_root, arch.audio)
     tokens = replace(arch.tokens, max_tokens=cfg.data.max_tokens)

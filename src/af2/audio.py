@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence, Union
@@ -34,6 +35,14 @@ INT16_MAX = 32767  # np.iinfo(np.int16).max: the official round trip multiplies 
 RESAMPLE_QUALITY = "HQ"  # librosa 0.11 default res_type 'soxr_hq'
 # A decode that yields fewer frames than the header promised, by more than this, is a truncated file.
 _SHORTFALL_TOLERANCE_S = 0.1
+# Sample rates outside this range are refused: a header claiming 2**31 Hz would make the resampler
+# run for minutes, and below 1 kHz nothing AF2 listens for survives.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 768_000
+# Read at most this much of any input, even with max_seconds=None (4 hours at 768 kHz is 85 GB).
+MAX_READ_SECONDS = 3600.0
+_BLOCK_FRAMES = 1 << 16
+# libsndfile subtypes whose frame count in the header is only an estimate (no sample-exact index).
+_INEXACT_SUBTYPES = frozenset({"MPEG_LAYER_I", "MPEG_LAYER_II", "MPEG_LAYER_III", "VORBIS", "OPUS"})
 # soundfile cannot read these; FFmpeg (PyAV) can. Anything else tries soundfile first.
 _FFMPEG_SUFFIXES = frozenset({".m4a", ".aac", ".mp4", ".m4b", ".3gp", ".webm", ".wma", ".mka", ".mkv", ".amr"})
 
@@ -82,12 +91,16 @@ def _describe(source: AudioSource) -> str:
     return "<array>"
 
 
-def _max_frames(max_seconds: float | None, sample_rate: int) -> int | None:
-    if max_seconds is None:
-        return None
-    if not max_seconds > 0:
+def _max_frames(max_seconds: float | None, sample_rate: int, name: str = "audio") -> int:
+    """Frames to read at ``sample_rate``: ``max_seconds`` worth, never more than MAX_READ_SECONDS."""
+    if not (isinstance(sample_rate, (int, np.integer)) and not isinstance(sample_rate, bool)
+            and MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE):
+        raise AudioError(f"{name}: sample rate {sample_rate!r} Hz is outside {MIN_SAMPLE_RATE:,}-{MAX_SAMPLE_RATE:,} Hz; "
+                         "resample the audio (e.g. ffmpeg -i IN -ar 16000 OUT.wav)")
+    if max_seconds is not None and not max_seconds > 0:
         raise AudioError(f"max_seconds must be positive, got {max_seconds!r}")
-    return int(max_seconds * sample_rate)  # official: int((start + duration) * sr) with start = 0
+    seconds = MAX_READ_SECONDS if max_seconds is None else min(float(max_seconds), MAX_READ_SECONDS)
+    return int(seconds * sample_rate)  # official: int((start + duration) * sr) with start = 0
 
 
 def _int_to_float(data: np.ndarray) -> np.ndarray:
@@ -110,28 +123,52 @@ def _read_array(array: np.ndarray, sample_rate: int, max_seconds: float | None, 
         raise AudioError(f"{name}: audio array must be (frames,) or (frames, channels), got shape {data.shape}")
     if data.shape[1] > 16 and data.shape[0] <= 16:
         raise AudioError(f"{name}: array of shape {data.shape} looks like (channels, frames); pass array.T")
-    if not (isinstance(sample_rate, (int, np.integer)) and sample_rate > 0):
-        raise AudioError(f"{name}: sample rate must be a positive int, got {sample_rate!r}")
-    total = data.shape[0]
-    limit = _max_frames(max_seconds, int(sample_rate))
-    data = _int_to_float(data[:limit] if limit is not None else data)
-    return data, int(sample_rate), total
+    if data.shape[1] == 0:
+        raise AudioError(f"{name}: audio array of shape {data.shape} has no channels")
+    limit = _max_frames(max_seconds, sample_rate, name)
+    return _int_to_float(data[:limit]), int(sample_rate), data.shape[0]
 
 
 def _read_soundfile(fileobj, max_seconds: float | None, name: str):
     with sf.SoundFile(fileobj) as f:  # an open failure lets the caller try FFmpeg instead
-        sample_rate, total = f.samplerate, f.frames
-        limit = _max_frames(max_seconds, sample_rate)
-        wanted = total if limit is None else min(limit, total)
-        try:
-            data = f.read(frames=wanted, dtype="float64", always_2d=True)
+        sample_rate, header_total, channels = f.samplerate, f.frames, f.channels
+        limit = _max_frames(max_seconds, sample_rate, name)
+        exact = f.subtype not in _INEXACT_SUBTYPES
+        wanted = min(limit, header_total)
+        blocks, count = [], 0
+        try:  # in blocks, so a header that lies about its length cannot make us allocate it
+            while count < wanted:
+                block = f.read(frames=min(_BLOCK_FRAMES, wanted - count), dtype="float64", always_2d=True)
+                if block.shape[0] == 0:
+                    break
+                blocks.append(block)
+                count += block.shape[0]
         except sf.LibsndfileError as exc:
             raise AudioError(f"{name}: decoding failed part-way ({exc}); the file is truncated or corrupt, "
                              "re-export or re-download it") from exc
-    if wanted - data.shape[0] > max(_SHORTFALL_TOLERANCE_S * sample_rate, 0.01 * wanted):
+    data = np.concatenate(blocks) if blocks else np.zeros((0, max(1, channels)))
+    if exact and wanted - count > max(_SHORTFALL_TOLERANCE_S * sample_rate, 0.01 * wanted):
         raise AudioError(f"{name}: the file is truncated: its header promises {wanted / sample_rate:.2f} s but only "
-                         f"{data.shape[0] / sample_rate:.2f} s decode; re-export or re-download it")
-    return data, sample_rate, total
+                         f"{count / sample_rate:.2f} s decode; re-export or re-download it")
+    if count < wanted or exact:  # read to the end, or the header is exact
+        return data, sample_rate, count if count < wanted else header_total
+    return data, sample_rate, _count_frames(fileobj, sample_rate) or header_total
+
+
+def _count_frames(fileobj, sample_rate: int) -> int | None:
+    """Frames of the first audio stream by demuxing only (no decoding): the sum of packet durations,
+    which for compressed codecs is what a full decode yields. None when the container does not say."""
+    if isinstance(fileobj, io.BytesIO):
+        fileobj.seek(0)
+    try:
+        with av.open(fileobj, mode="r") as container:
+            stream = container.streams.audio[0]
+            ticks = sum(p.duration or 0 for p in container.demux(stream))
+            if not ticks or stream.time_base is None:
+                return None
+            return int(round(float(ticks * stream.time_base) * sample_rate))
+    except (av.FFmpegError, IndexError, OSError):
+        return None
 
 
 def _frame_to_array(frame: av.AudioFrame) -> np.ndarray:
@@ -147,31 +184,44 @@ def _read_ffmpeg(fileobj, max_seconds: float | None, name: str):
         if not container.streams.audio:
             raise RuntimeError("it holds no audio stream")
         stream = container.streams.audio[0]
+        if stream.codec_context is None:  # FFmpeg knows the container but has no decoder for the codec
+            raise RuntimeError("FFmpeg has no decoder for its codec")
         sample_rate = stream.codec_context.sample_rate or stream.rate
         if not sample_rate:
             raise RuntimeError("its audio stream has no sample rate")
-        limit = _max_frames(max_seconds, sample_rate)
+        limit = _max_frames(max_seconds, sample_rate, name)
         chunks, count, stopped_early = [], 0, False
         for frame in container.decode(stream):
+            if frame.sample_rate and frame.sample_rate != sample_rate:
+                raise AudioError(f"{name}: the sample rate changes mid-stream ({sample_rate} -> {frame.sample_rate} "
+                                 "Hz); convert it to wav first")
             chunks.append(_frame_to_array(frame))
             count += frame.samples
-            if limit is not None and count >= limit:  # do not decode a long file to the end
+            if count >= limit:  # do not decode a long file to the end
                 stopped_early = True
                 break
-        if stream.duration is not None and stream.time_base is not None:
-            header_s = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            header_s = container.duration / av.time_base
-        else:
-            header_s = None
     if not chunks:
         return np.zeros((0, 1)), sample_rate, 0
     data = np.concatenate(chunks)[:limit]
-    if not stopped_early or header_s is None:
-        total = count if not stopped_early else None
-    else:
-        total = max(int(round(header_s * sample_rate)), data.shape[0])
-    return data, sample_rate, total
+    if not stopped_early:
+        return data, sample_rate, count
+    total = _count_frames(fileobj, sample_rate)
+    return data, sample_rate, None if total is None else max(total, data.shape[0])
+
+
+def check_audio_path(path: str | Path) -> None:
+    """Raise AudioError unless ``path`` is a non-empty, readable file (cheap: no decoding)."""
+    p = Path(path)
+    if p.is_dir():
+        raise AudioError(f"{p}: is a folder, not an audio file; pass one file (or use --input for many)")
+    if not p.exists():
+        raise AudioError(f"{p}: no such audio file; check the path")
+    if not p.is_file():
+        raise AudioError(f"{p}: not a regular file; pass an audio file")
+    if p.stat().st_size == 0:
+        raise AudioError(f"{p}: the file is empty (0 bytes); re-export or re-download it")
+    if not os.access(p, os.R_OK):
+        raise AudioError(f"{p}: not readable (permission denied)")
 
 
 def _decode(source: AudioSource, max_seconds: float | None, name: str):
@@ -185,12 +235,8 @@ def _decode(source: AudioSource, max_seconds: float | None, name: str):
         if not payload:
             raise AudioError(f"{name}: no audio bytes (0 bytes)")
     elif isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise AudioError(f"{name}: no such audio file; check the path")
-        if path.stat().st_size == 0:
-            raise AudioError(f"{name}: the file is empty (0 bytes); re-export or re-download it")
-        payload, suffix = None, path.suffix.lower()
+        check_audio_path(source)
+        payload, suffix = None, Path(source).suffix.lower()
     else:
         raise AudioError(f"unsupported audio source of type {type(source).__name__}; "
                          "pass a path, raw bytes or a (samples, sample_rate) tuple")

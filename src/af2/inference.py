@@ -28,7 +28,7 @@ from af2.checkpoint import CheckpointError, load_official, load_pretrained_weigh
 from af2.errors import DeviceError, RequestError
 from af2.generate import GenerationConfig, left_pad, stream_tokens
 from af2.model.af2 import AF2Model
-from af2.tokens import SpecialTokens, add_special_tokens, clean_answer, inference_prompt, special_token_ids
+from af2.tokens import SpecialTokens, add_special_tokens, clean_answer, prompt_ids, special_token_ids
 
 CAPTION_PROMPT = "Caption the input audio."
 DEFAULT_MODEL = "nvidia/audio-flamingo-2-0.5B"
@@ -105,9 +105,11 @@ class AF2:
         return windows, facts
 
     def _prompt_ids(self, question: str) -> list[int]:
-        if not isinstance(question, str) or not question.strip():
+        if not isinstance(question, str):
+            raise RequestError(f"the question must be text, got {type(question).__name__}")
+        if not question.strip():
             raise RequestError("the question is empty; ask something about the audio")
-        ids = self.tokenizer(inference_prompt(question, self.model.cfg.tokens), add_special_tokens=False)["input_ids"]
+        ids = prompt_ids(self.tokenizer, question, self.special)
         limit = self.model.cfg.tokens.max_tokens
         if len(ids) > limit:
             raise RequestError(f"the question is {len(ids)} tokens long; the model takes at most {limit}")
@@ -223,6 +225,25 @@ def default_encoder_chunk(device: torch.device | str) -> int:
     return 2 if torch.device(device).type == "cpu" else 64
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """The device, if this torch can use it; otherwise a DeviceError saying what is available."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DeviceError(f"--device {device!r} is not a device name ({exc}); use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {device!s}: this torch ({torch.__version__}) has no usable CUDA GPU; "
+                              "use --device cpu or install a CUDA build of torch")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {device!s}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device {device!s}: MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"device {device!s}: af2 runs on cpu, cuda or mps")
+    return dev
+
+
 def cpu_has_fast_bf16() -> bool:
     """Whether the CPU has bfloat16 matrix instructions (oneDNN uses them for bf16 matmuls)."""
     try:
@@ -248,7 +269,7 @@ def resolve_model_dir(path_or_id: str | Path) -> Path:
         return Path(snapshot_download(str(path_or_id), local_files_only=offline))
     except Exception as exc:  # the hub client raises many types; all mean "not available here"
         how = ("it is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading; "
-               f"run `huggingface-cli download {path_or_id}` on a machine with internet" if offline
+               f"run `hf download {path_or_id}` on a machine with internet" if offline
                else f"download failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
         raise CheckpointError(f"cannot get model {path_or_id}: {how}") from exc
 
@@ -260,8 +281,9 @@ def load(path_or_id: str | Path = DEFAULT_MODEL, *, device: str | torch.device =
     (safe_ckpt/ + clap_ckpt/; the Qwen2.5 base LM comes from ``base_lm`` or is inferred from the
     id), a local folder or a hub id (honours HF_HUB_OFFLINE). ``config`` overrides the architecture
     of an official checkpoint (default: the released AF2 with HTSAT-large)."""
-    folder = resolve_model_dir(path_or_id)
+    check_device(device)
     torch_dtype = _dtype(dtype)
+    folder = resolve_model_dir(path_or_id)
     if torch.device(device).type == "cpu" and torch_dtype == torch.float16:
         raise DeviceError("float16 has no fast path on CPUs; use bfloat16 or float32")
     if torch.device(device).type == "cpu" and torch_dtype == torch.bfloat16 and not cpu_has_fast_bf16():

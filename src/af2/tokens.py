@@ -60,6 +60,18 @@ def inference_prompt(question: str, cfg: TokensConfig = TokensConfig()) -> str:
     return f"{cfg.audio}{question.lower().strip()}{cfg.sep}"
 
 
+def prompt_ids(tokenizer, question: str, special: SpecialTokens) -> list[int]:
+    """Ids of ``inference_prompt(question)``: ``<audio>`` + the question + ``<SEP>``.
+
+    The question is user text: it is tokenised with special-token matching off, so a question that
+    contains ``<audio>``, ``<|endofchunk|>`` or ``<|endoftext|>`` is read as those characters and
+    can never add an audio slot or end the prompt. Added tokens split the text before the BPE runs,
+    so for ordinary questions this equals tokenising the whole prompt string.
+    """
+    body = tokenizer(question.lower().strip(), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    return [special.audio, *body, special.sep]
+
+
 def training_text(prompt: str, answer: str, cfg: TokensConfig = TokensConfig()) -> str:
     return f"{cfg.audio}{prompt.lower().strip()}{cfg.sep}{answer.lower().strip()}{cfg.end_of_chunk}{cfg.eos}"
 

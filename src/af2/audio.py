@@ -147,10 +147,10 @@ def _read_soundfile(fileobj, max_seconds: float | None, name: str):
             raise AudioError(f"{name}: decoding failed part-way ({exc}); the file is truncated or corrupt, "
                              "re-export or re-download it") from exc
     data = np.concatenate(blocks) if blocks else np.zeros((0, max(1, channels)))
-    if exact and wanted - count > max(_SHORTFALL_TOLERANCE_S * sample_rate, 0.01 * wanted):
+    if wanted - count > max(_SHORTFALL_TOLERANCE_S * sample_rate, 0.01 * wanted):
         raise AudioError(f"{name}: the file is truncated: its header promises {wanted / sample_rate:.2f} s but only "
                          f"{count / sample_rate:.2f} s decode; re-export or re-download it")
-    if count < wanted or exact:  # read to the end, or the header is exact
+    if count < wanted or exact:  # read to the end (a small shortfall is codec padding), or the header is exact
         return data, sample_rate, count if count < wanted else header_total
     return data, sample_rate, _count_frames(fileobj, sample_rate) or header_total
 

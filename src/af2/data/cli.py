@@ -17,6 +17,8 @@ def register(subparsers) -> None:
                        help="audio root (default: the corpus root two levels above each manifest folder)")
     check.add_argument("--tolerance", type=float, default=0.5, help="allowed duration mismatch in seconds")
     check.add_argument("--examples", type=int, default=3, help="examples printed per problem kind")
+    check.add_argument("--allow-outside-root", action="store_true",
+                       help="open audio paths that resolve outside --data-root (refused and counted by default)")
     check.set_defaults(func=_check)
 
     qa = data_sub.add_parser("qa", help="generate QA pairs from clip metadata (templates or an LLM)")
@@ -61,18 +63,21 @@ def _check(args: argparse.Namespace) -> int:
     from af2.data.check import check_manifests
 
     root = args.data_root or _default_root(args.manifests[0])
-    report = check_manifests(args.manifests, root, args.tolerance)
+    report = check_manifests(args.manifests, root, args.tolerance, allow_outside_root=args.allow_outside_root)
     print(report.format(args.examples))
     return 0 if report.ok else 1
 
 
 def _qa(args: argparse.Namespace) -> int:
-    import json
-
     from af2.data.manifest import ManifestItem, write_manifest
+    from af2.errors import ManifestError
+    from af2.jsonl import read_jsonl
     from af2.data.qa.templates import build_pools, template_qa
 
-    metas = [json.loads(line) for line in args.metadata.read_text(encoding="utf-8").splitlines() if line.strip()]
+    metas = [m for _, m in read_jsonl(args.metadata, error=ManifestError).records]
+    bad = next((n for n, m in enumerate(metas, 1) if not isinstance(m, dict) or "id" not in m), None)
+    if bad is not None:
+        raise ManifestError(f"{args.metadata}: record {bad} is not an object with an 'id'")
     if args.backend == "templates":
         pools = build_pools(metas)
         per_item = [template_qa(m, pools, args.seed) for m in metas]

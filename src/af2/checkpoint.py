@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,8 +27,9 @@ from safetensors import SafetensorError
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from af2.errors import CheckpointError  # noqa: F401  (re-exported: raised here, defined in af2.errors)
-from af2.config import AF2Config, config_from_dict, config_to_dict
+from af2.errors import CheckpointError, ConfigError  # noqa: F401  (CheckpointError is re-exported)
+from af2.config import AF2Config, check_sizes, config_from_dict, config_to_dict
+from af2.jsonl import atomic_path, atomic_write_text, read_json
 from af2.model.af2 import AF2Model
 from af2.model.htsat import OFFICIAL_CLAP_PREFIX as CLAP_PREFIX, clap_state_dict_from_official
 
@@ -48,6 +51,9 @@ _ALIASES = (
      r"lang_encoder.model.layers.\1.gated_cross_attn_layer_sound."),
 )
 _TIED = ("lang_encoder.lm_head.weight", "lang_encoder.model.embed_tokens.weight")
+# A chunk name in metadata.json: a plain file stem inside safe_ckpt/, never a path.
+_CHUNK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}")
+_DOWNLOAD = "hf download nvidia/audio-flamingo-2-0.5B --local-dir DIR"
 
 
 def official_to_ours(key: str) -> str:
@@ -85,13 +91,14 @@ def read_official_chunks(ckpt_dir: str | Path) -> Mapping[str, torch.Tensor]:
     meta_path = safe / "metadata.json"
     if not meta_path.is_file():
         raise CheckpointError(f"{meta_path}: not found; an official AF2 checkpoint folder holds safe_ckpt/metadata.json "
-                              "(download it with `huggingface-cli download nvidia/audio-flamingo-2-0.5B --local-dir DIR`)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from exc
+                              f"(download it with `{_DOWNLOAD}`)")
+    meta = read_json(meta_path, CheckpointError, max_bytes=1 << 20)
     if not isinstance(meta, dict) or not meta:
         raise CheckpointError(f"{meta_path}: expected a non-empty JSON object whose keys are chunk names")
+    bad = [name for name in meta if not _CHUNK_NAME.fullmatch(name) or ".." in name]
+    if bad:
+        raise CheckpointError(f"{meta_path}: chunk name {bad[0][:80]!r} is not a file name inside safe_ckpt/; "
+                              "refusing to read outside the checkpoint folder (re-download the checkpoint)")
     return LazyChunks([safe / f"{chunk}.safetensors" for chunk in meta], meta_path)
 
 
@@ -127,6 +134,10 @@ class LazyChunks(Mapping):
         except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"{path}: cannot read tensor {key!r} ({exc}); re-download it") from exc
 
+    def shape(self, key: str) -> tuple[int, ...]:
+        """A tensor's shape from the file header, without reading the tensor."""
+        return tuple(self._handles[self._where[key]].get_slice(key).get_shape())
+
     def __iter__(self):
         return iter(self._where)
 
@@ -141,13 +152,19 @@ def read_official_clap(ckpt_dir: str | Path) -> tuple[dict[str, torch.Tensor], P
     if not files:
         return None
     path = files[-1]
+    with open(path, "rb") as f:
+        first = f.read(1)
+    if not zipfile.is_zipfile(path) and first != b"\x80":  # a torch zip archive or a pickle
+        raise CheckpointError(f"{path}: not a torch checkpoint ({path.stat().st_size} bytes, neither a torch zip "
+                              "archive nor a legacy torch pickle); re-download clap_ckpt/")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"{path}: refused to unpickle: it holds objects other than tensors and plain "
                               f"containers, which could run code ({str(exc).splitlines()[0]})") from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{path}: unreadable torch checkpoint ({exc})") from exc
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{path}: unreadable torch checkpoint ({str(exc).splitlines()[0][:200]}); "
+                              "re-download clap_ckpt/") from exc
     if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
         raise CheckpointError(f"{path}: expected a dict with a 'state_dict' entry (an AF-CLAP training checkpoint)")
     kept, _ignored = clap_state_dict_from_official(obj["state_dict"])
@@ -203,7 +220,9 @@ def convert_official_state_dict(official: Mapping[str, torch.Tensor], model: AF2
         if keys:
             problems.append(f"{len(keys)} {label}: " + ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else ""))
     if problems:
-        raise CheckpointError(f"{source}: does not match the model: " + "; ".join(problems))
+        raise CheckpointError(f"{source}: does not match the model: " + "; ".join(problems) + ". If it is not the "
+                              "released architecture, pass --config with its sizes (htsat.embed_dim, htsat.depths, "
+                              "audio_transformer.*, xattn.*)")
     return out
 
 
@@ -270,10 +289,9 @@ def save_pretrained(model: AF2Model, out_dir: str | Path, tokenizer=None) -> Pat
     out.mkdir(parents=True, exist_ok=True)
     tied = tied_aliases(model)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in tied}
-    tmp = out / "model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt", "af2": "1"})
-    tmp.replace(out / "model.safetensors")
-    (out / "config.json").write_text(json.dumps({"af2_version": 1, **config_to_dict(model.cfg)}, indent=1))
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "af2": "1"})
+    atomic_write_text(out / "config.json", json.dumps({"af2_version": 1, **config_to_dict(model.cfg)}, indent=1))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
     return out
@@ -283,12 +301,32 @@ def read_config(model_dir: str | Path) -> AF2Config:
     path = Path(model_dir) / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{path}: not found; expected a folder written by af2 (save_pretrained or `af2 convert`)")
-    data = json.loads(path.read_text())
+    data = read_json(path, CheckpointError, max_bytes=1 << 24)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object (an AF2Config), got {type(data).__name__}")
     data.pop("af2_version", None)
-    return config_from_dict(AF2Config, data)
+    try:
+        cfg = config_from_dict(AF2Config, data)
+        check_sizes(cfg, "config")
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    return cfg
 
 
-def load_pretrained_weights(model: AF2Model, model_dir: str | Path) -> None:
+def check_finite(state: Mapping[str, torch.Tensor], source: str, strict: bool = False) -> list[str]:
+    """Names of tensors holding NaN or Inf: a warning naming them, or a CheckpointError if ``strict``."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        message = (f"{source}: {len(bad)} tensor(s) hold NaN or Inf values, e.g. {', '.join(bad[:5])}; "
+                   "the checkpoint is damaged or diverged, answers will be garbage")
+        if strict:
+            raise CheckpointError(message)
+        warnings.warn(message, stacklevel=3)
+    return bad
+
+
+def load_pretrained_weights(model: AF2Model, model_dir: str | Path, strict: bool = False) -> None:
+    """Load ``model.safetensors`` strictly; NaN/Inf weights warn (``strict``: raise)."""
     path = Path(model_dir) / "model.safetensors"
     if not path.is_file():
         raise CheckpointError(f"{path}: not found")
@@ -301,6 +339,7 @@ def load_pretrained_weights(model: AF2Model, model_dir: str | Path) -> None:
            for k, v in state.items() if k in expected and expected[k].shape != v.shape]
     if bad:
         raise CheckpointError(f"{path}: wrong shapes: {bad[:8]}")
+    check_finite(state, str(path), strict)
     load_state_dict_strict(model, state, str(path))
 
 
@@ -314,11 +353,12 @@ def load_tokenizer(path: str | Path):
 
     try:
         return AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # tokenizers/transformers raise many types (even bare Exception) for bad files
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise CheckpointError(
-            f"cannot load the tokenizer from {path!s} ({str(exc).splitlines()[0]}). Point --base-lm at a local "
+            f"cannot load the tokenizer from {path!s} ({first}). Point --base-lm at a local "
             "Qwen2.5 folder (config.json + tokenizer files) or download it: "
-            "`huggingface-cli download Qwen/Qwen2.5-0.5B --local-dir DIR`") from exc
+            "`hf download Qwen/Qwen2.5-0.5B --local-dir DIR`") from exc
 
 
 def read_lm_config(path: str | Path) -> dict:
@@ -327,7 +367,10 @@ def read_lm_config(path: str | Path) -> dict:
     if p.is_dir():
         p = p / "config.json"
     if p.is_file():
-        return json.loads(p.read_text())
+        data = read_json(p, CheckpointError, max_bytes=1 << 24)
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{p}: expected the base LM's config as a JSON object, got {type(data).__name__}")
+        return data
     from transformers import AutoConfig
 
     try:
@@ -335,7 +378,17 @@ def read_lm_config(path: str | Path) -> dict:
     except (OSError, ValueError) as exc:
         raise CheckpointError(
             f"cannot find the base LM config at {path!s} ({str(exc).splitlines()[0]}); pass a local folder "
-            "holding the Qwen2.5 config.json, or download it with `huggingface-cli download Qwen/Qwen2.5-0.5B`") from exc
+            "holding the Qwen2.5 config.json, or download it with `hf download Qwen/Qwen2.5-0.5B`") from exc
+
+
+def official_lm_width(ckpt_dir: str | Path) -> int:
+    """The base LM's hidden size, read from the shape of the embedding in ``safe_ckpt/`` (no tensor is read)."""
+    chunks = read_official_chunks(ckpt_dir)
+    key = _TIED[1]
+    if key not in chunks:
+        raise CheckpointError(f"{Path(ckpt_dir) / 'safe_ckpt'}: no {key}; cannot tell which base LM it was trained on, "
+                              "pass --base-lm")
+    return chunks.shape(key)[-1]
 
 
 def official_config(ckpt_dir: str | Path, base_lm: str | Path | None, vocab_size: int,
@@ -350,11 +403,16 @@ def official_config(ckpt_dir: str | Path, base_lm: str | Path | None, vocab_size
                               "or a local folder) so its config and tokenizer can be read")
     lm = {k: v for k, v in read_lm_config(source).items() if not k.startswith("_") and k not in
           ("torch_dtype", "dtype", "transformers_version", "use_cache")}
-    return dataclasses.replace(base or AF2Config(), lm=lm, vocab_size=vocab_size)
+    cfg = dataclasses.replace(base or AF2Config(), lm=lm, vocab_size=vocab_size)
+    try:
+        check_sizes(cfg, str(source if source != base_lm else f"base LM {base_lm}"))
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    return cfg
 
 
 def load_official(ckpt_dir: str | Path, *, base_lm: str | Path | None = None, cfg: AF2Config | None = None,
-                  dtype: torch.dtype = torch.float32):
+                  dtype: torch.dtype = torch.float32, strict: bool = False):
     """Build an AF2 model from NVIDIA's released layout; return (model, tokenizer, SpecialTokens).
 
     ``base_lm``: the Qwen2.5 base (local folder or hub id) for its config and tokenizer when the
@@ -378,5 +436,6 @@ def load_official(ckpt_dir: str | Path, *, base_lm: str | Path | None = None, cf
         model = AF2Model(cfg)
     state = convert_official_state_dict(official, model, source=str(ckpt / "safe_ckpt"),
                                         clap=clap[0] if clap else None, clap_source=str(clap[1]) if clap else "")
+    check_finite(state, str(ckpt), strict)
     load_state_dict_strict(model, state, str(ckpt), assign=True)
     return model.to(dtype).eval(), tokenizer, special

@@ -11,6 +11,7 @@ attention layer's audio keys and values are computed once per request; decoding 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -24,7 +25,8 @@ import torch
 
 from af2.audio import AudioError, AudioSource, load_audio, make_windows, pad_windows
 from af2.config import AF2Config
-from af2.checkpoint import CheckpointError, load_official, load_pretrained_weights, load_tokenizer, read_config
+from af2.checkpoint import (CheckpointError, load_official, load_pretrained_weights, load_tokenizer, official_lm_width,
+                            read_config)
 from af2.errors import DeviceError, RequestError
 from af2.generate import GenerationConfig, left_pad, stream_tokens
 from af2.model.af2 import AF2Model
@@ -268,10 +270,27 @@ def resolve_model_dir(path_or_id: str | Path) -> Path:
     try:
         return Path(snapshot_download(str(path_or_id), local_files_only=offline))
     except Exception as exc:  # the hub client raises many types; all mean "not available here"
+        base = _BASE_LM.get(next((s for s in _BASE_LM if str(path_or_id).lower().endswith(f"-{s.lower()}")), ""))
+        also = f" and `hf download {base}` (its base LM)" if base else ""
         how = ("it is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading; "
-               f"run `hf download {path_or_id}` on a machine with internet" if offline
+               f"run `hf download {path_or_id}`{also} on a machine with internet" if offline
                else f"download failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
         raise CheckpointError(f"cannot get model {path_or_id}: {how}") from exc
+
+
+def official_base_lm(folder: Path) -> str:
+    """The Qwen2.5 base of an official checkpoint, from its embedding width (not from the folder's
+    name, which users choose); logged so the choice is visible."""
+    from af2.config import qwen25_lm_config
+
+    width = official_lm_width(folder)
+    size = next((s for s in _BASE_LM if qwen25_lm_config(s.lower())["hidden_size"] == width), None)
+    if size is None:
+        raise CheckpointError(f"{folder}: its LM is {width} wide, which is no Qwen2.5 base AF2 was released with "
+                              f"({', '.join(_BASE_LM.values())}); pass --base-lm")
+    logging.getLogger("af2").info("%s: base LM %s (hidden size %d read from the checkpoint)", folder,
+                                  _BASE_LM[size], width)
+    return _BASE_LM[size]
 
 
 def load(path_or_id: str | Path = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
@@ -292,11 +311,10 @@ def load(path_or_id: str | Path = DEFAULT_MODEL, *, device: str | torch.device =
                       "here; use dtype='float32'", stacklevel=2)
     if (folder / "safe_ckpt").is_dir():
         if base_lm is None and not (folder / "lm_config.json").is_file():
-            size = next((s for s in _BASE_LM if str(path_or_id).endswith(f"-{s}")), "3B")
-            base_lm = _BASE_LM[size]
+            base_lm = official_base_lm(folder)
         model, tokenizer, special = load_official(folder, base_lm=base_lm, cfg=config)
     elif (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
-        cfg = read_config(folder)
+        cfg = read_config(folder)  # sizes checked before the model is allocated
         model = AF2Model(cfg)
         load_pretrained_weights(model, folder)
         tokenizer = load_tokenizer(folder)

@@ -49,7 +49,8 @@ def parse_json(text: str | bytes, where: str, error: type[AF2Error] = RequestErr
     try:
         return json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
-        raise error(f"{where}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        raise error(f"{where}: not valid JSON (malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg})")\
+            from None
     except RecursionError:
         raise error(f"{where}: JSON nested too deeply to be an af2 file") from None
     except ValueError as exc:  # an int longer than sys.get_int_max_str_digits, NaN, Infinity

@@ -69,7 +69,11 @@ def prompt_ids(tokenizer, question: str, special: SpecialTokens) -> list[int]:
     so for ordinary questions this equals tokenising the whole prompt string.
     """
     body = tokenizer(question.lower().strip(), add_special_tokens=False, split_special_tokens=True)["input_ids"]
-    return [special.audio, *body, special.sep]
+    # A vocabulary that also holds a special token as an ordinary word (word-level tokenizers do) could
+    # still map the text to it: such ids are dropped, so the prompt's structure never depends on the text.
+    banned = {special.audio, special.end_of_chunk, special.pad, special.sep, special.eos,
+              *getattr(tokenizer, "all_special_ids", ())}
+    return [special.audio, *(i for i in body if i not in banned), special.sep]
 
 
 def training_text(prompt: str, answer: str, cfg: TokensConfig = TokensConfig()) -> str:

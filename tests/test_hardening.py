@@ -190,7 +190,7 @@ def test_ask_refuses_bad_audio_and_output_before_loading(no_model, clip, tmp_pat
     ('{"audio": 123, "question": "q"}', "'audio' must be a non-empty string, got int"),
     ('{"audio": ["x"], "question": "q"}', "'audio' must be a non-empty string, got list"),
     ('{"audio": "a.wav", "question": 5}', "'question' must be a non-empty string, got int"),
-    ('{"audio": "a.wav", "question": "q", "id": {"a": 1}}', "'id' must be a string or an integer"),
+    ('{"audio": "a.wav", "question": "q", "id": {"a": 1}}', "'id' must be a non-empty string or an integer"),
     ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
     (b'{"audio": "a\xff.wav", "question": "q"}', "not UTF-8"),
     ("5", "expected an object"),

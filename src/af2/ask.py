@@ -173,8 +173,9 @@ def read_requests(path: Path) -> list[dict]:
                 raise RequestError(f"{where}: '{key}' must be a non-empty string, got {got}")
         item.setdefault("id", f"line-{n}")
         rid = record_id(item)
-        if rid is None:
-            raise RequestError(f"{where}: 'id' must be a string or an integer, got {type(item['id']).__name__}")
+        if rid is None or not rid.strip():
+            raise RequestError(f"{where}: 'id' must be a non-empty string or an integer, got "
+                               f"{type(item['id']).__name__} {json.dumps(item['id'])[:40]}")
         if rid in seen:
             raise RequestError(f"{where}: duplicate id {rid!r}")
         seen.add(rid)

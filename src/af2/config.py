@@ -199,10 +199,10 @@ def config_to_dict(cfg: Any) -> Any:
     return cfg
 
 
-def _unknown_key(cls: type, key: str, names: list[str]) -> ValueError:
+def _unknown_key(cls: type, key: str, names: list[str]) -> ConfigError:
     close = difflib.get_close_matches(key, names, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else f" (valid keys: {', '.join(names)})"
-    return ValueError(f"unknown config key {key!r} for {cls.__name__}{hint}")
+    return ConfigError(f"unknown config key {key!r} for {cls.__name__}{hint}")
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:

@@ -451,3 +451,25 @@ def test_jsonl_module_round_trip(tmp_path):
     with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
         append_jsonl(path, [{"id": 3, "v": float("nan")}])
     assert isinstance(RequestError("x"), AF2Error)
+
+
+# ---------------------------------------------------------------------------------------------
+# af2 train from the command line
+
+
+def test_train_offline_and_empty_base_lm_are_one_line_errors(tmp_path, capsys):
+    assert main(["train", "--config", "stage1_pretrain", f"output_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "hf download" in err and "Traceback" not in err
+    assert main(["train", "--config", "stage1_pretrain", "base_lm=", f"output_dir={tmp_path / 'run'}"]) == 2
+    assert "tokenizer is required" in capsys.readouterr().err
+
+
+def test_resume_of_a_finished_run_says_it_is_complete(tmp_path, monkeypatch, capsys):
+    from af2.train import run as train_run
+    from af2.train.engine import TrainResult
+
+    monkeypatch.setattr(train_run, "run", lambda cfg: TrainResult(tmp_path, cfg.max_steps, [], None, 0))
+    assert main(["train", "--config", "stage1_pretrain", "max_steps=7", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "already complete at step 7" in out and "nan" not in out

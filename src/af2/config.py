@@ -275,6 +275,9 @@ def parse_cli_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.subkey=value")
         key, raw = item.split("=", 1)
+        if not raw.strip():  # `base_lm=` means "none": an empty string, not YAML's null
+            out[key.strip()] = ""
+            continue
         try:
             out[key.strip()] = yaml.safe_load(raw)
         except yaml.YAMLError as exc:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoTokenizer
 
 from af2.config import AF2Config, af2_config, apply_overrides, tiny_config
 from af2.errors import CheckpointError, ConfigError
@@ -33,7 +32,12 @@ def model_config(cfg: TrainConfig) -> AF2Config:
 def load_tokenizer(path: str, what: str):
     if not path:
         raise ConfigError(f"{what} is required: a local tokenizer folder")
-    return AutoTokenizer.from_pretrained(path)
+    from af2.checkpoint import load_tokenizer as load  # one loader: offline failures are one-line errors
+
+    try:
+        return load(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{what}: {exc}") from None
 
 
 def load_base_lm(path: str, arch: AF2Config, vocab_size: int):

@@ -473,3 +473,30 @@ def test_resume_of_a_finished_run_says_it_is_complete(tmp_path, monkeypatch, cap
     assert main(["train", "--config", "stage1_pretrain", "max_steps=7", "--resume"]) == 0
     out = capsys.readouterr().out
     assert "already complete at step 7" in out and "nan" not in out
+
+
+def test_convert_without_config_reads_the_architecture_from_shapes(fixture_dir, tmp_path, capsys):
+    import torch
+
+    from af2.checkpoint import load_official, load_pretrained_weights, read_config
+    from af2.model.af2 import AF2Model
+    from af2.parity import fixture_config
+
+    # The fixture's audio side is tiny (HTSAT 16 wide, depths 1-1-2-1, 2 transformation layers of 2
+    # heads), not the released one; nothing but the shapes says so. Its head count is the one size
+    # the shapes leave open (2 and 4 both fit): the error says in one line what to pass.
+    assert main(["convert", str(fixture_dir / "checkpoint"), str(tmp_path / "ours")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pass --config with audio_transformer.n_head" in err
+    (tmp_path / "heads.yaml").write_text("audio_transformer: {n_head: 2}\n")
+    assert main(["convert", str(fixture_dir / "checkpoint"), str(tmp_path / "ours"), "--max-windows", "12",
+                 "--config", str(tmp_path / "heads.yaml")]) == 0
+    assert "htsat.embed_dim=16" in capsys.readouterr().err
+    expected = fixture_config(fixture_dir)
+    converted = read_config(tmp_path / "ours")
+    assert converted.htsat == expected.htsat and converted.audio_transformer == expected.audio_transformer
+    assert converted.audio.max_windows == 12
+    reference, _, _ = load_official(fixture_dir / "checkpoint", cfg=expected)
+    again = AF2Model(converted)
+    load_pretrained_weights(again, tmp_path / "ours")
+    assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), again.state_dict().values()))

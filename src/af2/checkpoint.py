@@ -416,9 +416,11 @@ def load_official(ckpt_dir: str | Path, *, base_lm: str | Path | None = None, cf
     """Build an AF2 model from NVIDIA's released layout; return (model, tokenizer, SpecialTokens).
 
     ``base_lm``: the Qwen2.5 base (local folder or hub id) for its config and tokenizer when the
-    checkpoint folder has no ``lm_config.json`` / ``tokenizer/``. ``cfg`` (optional) overrides
-    the architecture (HTSAT size, window limits...); its ``lm``/``vocab_size`` are filled here.
+    checkpoint folder has no ``lm_config.json`` / ``tokenizer/``. ``cfg`` (optional) gives the
+    architecture (window limits, head counts...); every audio-side size the tensor shapes determine
+    is read from them. Its ``lm``/``vocab_size`` are filled here.
     """
+    from af2.official_shapes import infer_official_config
     from af2.tokens import add_special_tokens
 
     ckpt = Path(ckpt_dir)
@@ -429,9 +431,12 @@ def load_official(ckpt_dir: str | Path, *, base_lm: str | Path | None = None, cf
         raise CheckpointError(f"{ckpt}: no tokenizer/ inside; pass the base LM (--base-lm) for its tokenizer")
     tokenizer = load_tokenizer(tok_source)
     special = add_special_tokens(tokenizer, (cfg or AF2Config()).tokens)
-    cfg = official_config(ckpt, base_lm, len(tokenizer), cfg)
     official = read_official_chunks(ckpt)
     clap = read_official_clap(ckpt)
+    shapes = {k: official.shape(k) for k in official}
+    shapes.update({k: tuple(v.shape) for k, v in (clap[0] if clap else {}).items() if k not in shapes})
+    cfg = infer_official_config(shapes, cfg or AF2Config(), str(ckpt))
+    cfg = official_config(ckpt, base_lm, len(tokenizer), cfg)
     with torch.device("meta"):  # no random init, no second copy: the checkpoint's tensors are adopted
         model = AF2Model(cfg)
     state = convert_official_state_dict(official, model, source=str(ckpt / "safe_ckpt"),

@@ -111,9 +111,9 @@ def read_jsonl(path: str | os.PathLike, *, strict: bool = True, error: type[AF2E
     return out
 
 
-def dumps_line(record: Any) -> str:
-    """One JSONL line (no newline); NaN/Infinity are refused since they are not JSON."""
-    return json.dumps(record, ensure_ascii=False, allow_nan=False)
+def dumps_line(record: Any, *, sort_keys: bool = False, allow_nan: bool = False) -> str:
+    """One JSONL line (no newline); NaN/Infinity are refused (they are not JSON) unless ``allow_nan``."""
+    return json.dumps(record, ensure_ascii=False, sort_keys=sort_keys, allow_nan=allow_nan)
 
 
 def append_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> None:
@@ -155,9 +155,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
-def write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> Path:
-    """Replace ``path`` atomically with one line per record."""
-    return atomic_write_text(path, "".join(dumps_line(r) + "\n" for r in records))
+def write_jsonl(path: str | os.PathLike, records: Iterable[Any], **dump_options: bool) -> Path:
+    """Replace ``path`` atomically with one line per record (``dump_options``: see ``dumps_line``)."""
+    return atomic_write_text(path, "".join(dumps_line(r, **dump_options) + "\n" for r in records))
 
 
 def record_id(record: Any, key: str = "id") -> str | None:

@@ -35,6 +35,7 @@ from af2.data.qa import QAPair, SKILLS
 from af2.data.qa.templates import build_pools, caption_qa, template_qa
 from af2.data.sources import RESERVED, BuildContext, Clip, LongTrack, ReservedSourceError, SourceUnavailableError
 from af2.errors import ConfigError, ManifestError
+from af2.jsonl import write_jsonl
 
 TASKS = {"skills": "AF2Corpus-AudioSkills", "caption": "AF2Corpus-AudioCaptioning", "long": "AF2Corpus-LongAudio"}
 
@@ -182,9 +183,7 @@ def build_corpus(opts: BuildOptions) -> dict[str, Any]:
                               flamingo_task=task)
         manifests.append(str(path.relative_to(out)))
     (out / "metadata").mkdir(exist_ok=True)
-    with (out / "metadata" / "clips.jsonl").open("w", encoding="utf-8") as f:
-        for meta in metas + scene_metas:
-            f.write(json.dumps(meta, ensure_ascii=False, sort_keys=True) + "\n")
+    write_jsonl(out / "metadata" / "clips.jsonl", metas + scene_metas, sort_keys=True)
     report = check_manifests([out / m for m in manifests], out)
     if not report.ok:
         raise ManifestError(f"the corpus failed its own check:\n{report.format()}")

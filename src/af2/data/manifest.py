@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from af2.errors import ManifestError  # noqa: F401  (re-exported: raised here, defined in af2.errors)
-from af2.jsonl import read_json, read_jsonl
+from af2.jsonl import atomic_write_text, read_json, read_jsonl
 
 _ENTRY_FIELDS = ("id", "name", "prompt", "output", "duration", "audio_start")
 _SPLIT_FIELDS = ("split", "split_path", "flamingo_task")
@@ -184,10 +184,8 @@ def write_manifest(path: str | os.PathLike, items: Iterable[ManifestItem], *, sp
         for item in items:
             header = {"split": split, "split_path": split_path, "flamingo_task": flamingo_task}
             lines.append(_dumps({**item.entry(), **header}))
-        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        return path
+        return atomic_write_text(path, "".join(line + "\n" for line in lines))
     body = ",\n".join(f"{_dumps(str(i))}:{_dumps(item.entry())}" for i, item in enumerate(items))
     head = _dumps({"split": split, "split_path": split_path, "flamingo_task": flamingo_task,
                    "total_num": len(items)})[:-1]
-    path.write_text(f"{head},\"data\":{{\n{body}\n}}}}\n", encoding="utf-8")
-    return path
+    return atomic_write_text(path, f"{head},\"data\":{{\n{body}\n}}}}\n")

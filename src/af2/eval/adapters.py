@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from af2.errors import CheckpointError, RequestError
+from af2.jsonl import read_jsonl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,14 +106,11 @@ class PredictionsAdapter:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.table: dict[str, str] = {}
-        with self.path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    row = json.loads(line)
-                    if "id" not in row or "prediction" not in row:
-                        raise RequestError(f"{self.path}: line {lineno} needs 'id' and 'prediction'")
-                    key = f"{row['task']}/{row['id']}" if "task" in row else str(row["id"])
-                    self.table[key] = str(row["prediction"])
+        for lineno, row in read_jsonl(self.path, error=RequestError).records:
+            if not isinstance(row, dict) or "id" not in row or "prediction" not in row:
+                raise RequestError(f"{self.path}: line {lineno} needs 'id' and 'prediction'")
+            key = f"{row['task']}/{row['id']}" if "task" in row else str(row["id"])
+            self.table[key] = str(row["prediction"])
 
     def answer(self, requests: Sequence[Request]) -> list[str]:
         keys = [f"{r.task}/{r.id}" if f"{r.task}/{r.id}" in self.table else r.id for r in requests]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
+from af2 import jsonl
 from af2.errors import RequestError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
@@ -22,10 +22,7 @@ def find_file(root: Path, names: tuple[str, ...], task: str) -> Path:
 
 
 def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise RequestError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+    return jsonl.read_json(path, RequestError)
 
 
 def read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:

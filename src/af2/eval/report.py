@@ -14,6 +14,7 @@ import af2
 from af2.eval import judge as judge_module
 from af2.eval.captioning import resolve_tokenizer
 from af2.eval.tasks import Task
+from af2.jsonl import write_jsonl
 
 
 def _fmt(value: Any) -> str:
@@ -127,9 +128,7 @@ def _dump(path: Path, doc: Any) -> None:
 def write_all(config, description: dict, tasks: dict[str, Task], results: dict[str, Any]) -> dict[str, Any]:
     out = config.out_dir
     for name, r in results.items():
-        with (out / name / "examples.jsonl").open("w", encoding="utf-8") as f:
-            for row in r["rows"]:
-                f.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
+        write_jsonl(out / name / "examples.jsonl", r["rows"], sort_keys=True, allow_nan=True)
     summary = {"tasks": {n: {k: v for k, v in r.items() if k != "rows"} for n, r in results.items()}}
     card_doc = card(config, description, tasks, results)
     _dump(out / "summary.json", summary)

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 from af2.data.qa import SKILLS, QAPair
 from af2.errors import ConfigError
+from af2.jsonl import atomic_write_text
 
 PROMPT_ID = "audioskills-v1"
 SYSTEM_PROMPT = (
@@ -204,10 +205,7 @@ class LLMGenerator:
                     self.stats.rejected[exc.reason] += 1
                 continue
             if cache is not None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache.with_suffix(".tmp")
-                tmp.write_text(json.dumps({"content": content}, ensure_ascii=False), encoding="utf-8")
-                tmp.replace(cache)
+                atomic_write_text(cache, json.dumps({"content": content}, ensure_ascii=False))
             return self._accept(meta, pairs)
         with self._lock:
             self.stats.failed_items += 1

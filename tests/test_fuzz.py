@@ -299,13 +299,17 @@ def _corrupt_and_load(pristine, which: str, name: str, content: bytes, work: Pat
     _timed("checkpoints", _load_each, which, folder, pristine["cfg"])
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")
-def test_fuzz_listed_checkpoint_corruptions(pristine, tmp_path, capsys):
+def _listed(pristine, work: Path, capsys) -> None:
     TRIED["checkpoints"] = 0
     for which, name, content in _listed_corruptions():
-        _corrupt_and_load(pristine, which, name, content, tmp_path)
+        _corrupt_and_load(pristine, which, name, content, work)
     with capsys.disabled():
         print(f"\nfuzz checkpoints: {TRIED['checkpoints']} listed corruptions, 0 exceptions outside AF2Error")
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_fuzz_listed_checkpoint_corruptions(pristine, tmp_path, capsys):
+    _listed(pristine, tmp_path, capsys)
 
 
 def _checkpoint_property(pristine, work: Path):
@@ -339,6 +343,7 @@ def test_fuzz_checkpoints(pristine, tmp_path, capsys):
 @pytest.mark.fuzz
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_fuzz_checkpoints_campaign(pristine, tmp_path, capsys):
+    _listed(pristine, tmp_path, capsys)
     _run(_checkpoint_property(pristine, tmp_path), 500, "checkpoints", capsys)
 
 

@@ -500,3 +500,16 @@ def test_convert_without_config_reads_the_architecture_from_shapes(fixture_dir, 
     again = AF2Model(converted)
     load_pretrained_weights(again, tmp_path / "ours")
     assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), again.state_dict().values()))
+
+
+def test_stream_reports_truncation(official_model, tmp_path, capsys):
+    from af2.checkpoint import save_pretrained
+
+    model, tokenizer, _ = official_model
+    folder = save_pretrained(model, tmp_path / "tiny-af2", tokenizer)
+    long = tmp_path / "long.wav"
+    sf.write(long, 0.1 * np.sin(np.arange(16000 * 45) / 16000 * 2 * np.pi * 440), 16000)
+    assert main(["ask", "--model", str(folder), str(long), "w1 w2", "--stream", "--max-new-tokens", "2",
+                 "--max-audio-seconds", "30"]) == 0
+    err = capsys.readouterr().err
+    assert "15.0 s truncated" in err  # said once, in one line, not dropped silently

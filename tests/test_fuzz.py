@@ -103,6 +103,9 @@ RATES = st.one_of(st.integers(-10, 2_000_000), st.sampled_from([0, 999, 1000, 76
 ARRAYS = hnp.arrays(dtype=st.sampled_from([np.float32, np.float64, np.int16, np.int8, np.uint8, np.int32, np.bool_,
                                            np.complex64]),
                     shape=hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=64))
+# Paths as users mistype them: devices, folders, NUL bytes, over-long names, non-audio files.
+PATHS = st.one_of(st.sampled_from(["/dev/zero", "/dev/null", "/proc/self/environ", "/", ".", "a\x00b.wav", "x" * 5000,
+                                   "/etc/passwd", "", "~", "missing.wav"]), st.text(max_size=30))
 MAX_SECONDS = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.001, 1, 300]))
 
 
@@ -116,7 +119,7 @@ def _audio_property():
     from af2.audio import load_audio, make_windows
     from af2.config import AudioConfig
 
-    @given(source=st.one_of(mutated_audio(), st.tuples(ARRAYS, RATES), st.binary(max_size=256)),
+    @given(source=st.one_of(mutated_audio(), st.tuples(ARRAYS, RATES), st.binary(max_size=256), PATHS),
            max_seconds=MAX_SECONDS)
     def prop(source, max_seconds):
         audio = _timed("audio", load_audio, source, max_seconds=max_seconds)

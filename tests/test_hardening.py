@@ -513,3 +513,13 @@ def test_stream_reports_truncation(official_model, tmp_path, capsys):
                  "--max-audio-seconds", "30"]) == 0
     err = capsys.readouterr().err
     assert "15.0 s truncated" in err  # said once, in one line, not dropped silently
+
+
+def test_nul_bytes_in_paths_are_input_errors(tmp_path):
+    from af2.data.check import check_manifests
+
+    with pytest.raises(AudioError, match="NUL"):
+        load_audio(str(tmp_path / "a\x00.wav"))
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"id": "a", "name": "nul\x00.wav", "prompt": "p", "output": "o", "duration": 1}))
+    assert check_manifests([path], tmp_path).counts["malformed_entry"] == 1

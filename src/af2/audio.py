@@ -17,6 +17,7 @@ import functools
 import io
 import math
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence, Union
@@ -210,18 +211,25 @@ def _read_ffmpeg(fileobj, max_seconds: float | None, name: str):
 
 
 def check_audio_path(path: str | Path) -> None:
-    """Raise AudioError unless ``path`` is a non-empty, readable file (cheap: no decoding)."""
+    """Raise AudioError unless ``path`` is a non-empty, readable regular file (cheap: no decoding)."""
     p = Path(path)
-    if p.is_dir():
-        raise AudioError(f"{p}: is a folder, not an audio file; pass one file (or use --input for many)")
-    if not p.exists():
-        raise AudioError(f"{p}: no such audio file; check the path")
-    if not p.is_file():
-        raise AudioError(f"{p}: not a regular file; pass an audio file")
-    if p.stat().st_size == 0:
-        raise AudioError(f"{p}: the file is empty (0 bytes); re-export or re-download it")
+    shown = str(p) if len(str(p)) <= 200 else str(p)[:200] + "..."
+    if "\x00" in str(p):
+        raise AudioError(f"{shown!r}: a path cannot hold a NUL byte")
+    try:
+        info = p.stat()
+    except FileNotFoundError:
+        raise AudioError(f"{shown}: no such audio file; check the path") from None
+    except OSError as exc:  # a name too long, a loop of links, a folder we may not enter
+        raise AudioError(f"{shown}: cannot be opened ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise AudioError(f"{shown}: is a folder, not an audio file; pass one file (or use --input for many)")
+    if not stat.S_ISREG(info.st_mode):
+        raise AudioError(f"{shown}: not a regular file (a device or a pipe); pass an audio file")
+    if info.st_size == 0:
+        raise AudioError(f"{shown}: the file is empty (0 bytes); re-export or re-download it")
     if not os.access(p, os.R_OK):
-        raise AudioError(f"{p}: not readable (permission denied)")
+        raise AudioError(f"{shown}: not readable (permission denied)")
 
 
 def _decode(source: AudioSource, max_seconds: float | None, name: str):

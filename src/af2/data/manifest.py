@@ -57,7 +57,7 @@ class ManifestItem:
         root = Path(data_root).resolve()
         try:
             path = (root / self.split_path / self.name).resolve()
-        except (OSError, RuntimeError) as exc:  # a symlink loop, a name the OS refuses
+        except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL byte, a name the OS refuses
             raise ManifestError(f"item {self.id!r}: audio path {self.split_path}/{self.name} cannot be resolved "
                                 f"({exc})") from None
         if not allow_outside_root and not path.is_relative_to(root):

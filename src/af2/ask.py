@@ -39,7 +39,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=os.environ.get(DEFAULT_MODEL_ENV, "nvidia/audio-flamingo-2-0.5B"),
                    help="af2 model folder, official AF2 checkpoint folder, or hub id "
                         f"(default: ${DEFAULT_MODEL_ENV} or nvidia/audio-flamingo-2-0.5B)")
-    p.add_argument("--base-lm", help="Qwen2.5 base (folder or hub id) for official checkpoints")
+    p.add_argument("--base-lm", help="Qwen2.5 base (folder or hub id) for official checkpoints (default: the size "
+                                      "read from the checkpoint's embedding width)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ... (default cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--max-audio-seconds", type=float, default=300.0,

@@ -297,9 +297,10 @@ def load(path_or_id: str | Path = DEFAULT_MODEL, *, device: str | torch.device =
          dtype: str | torch.dtype = "float32", base_lm: str | Path | None = None, max_audio_seconds: float = 300.0,
          strict_length: bool = False, config: AF2Config | None = None) -> AF2:
     """Load an AF2 model: our format (config.json + model.safetensors), NVIDIA's released layout
-    (safe_ckpt/ + clap_ckpt/; the Qwen2.5 base LM comes from ``base_lm`` or is inferred from the
-    id), a local folder or a hub id (honours HF_HUB_OFFLINE). ``config`` overrides the architecture
-    of an official checkpoint (default: the released AF2 with HTSAT-large)."""
+    (safe_ckpt/ + clap_ckpt/; the Qwen2.5 base LM comes from ``base_lm`` or from the width of the
+    checkpoint's embedding), a local folder or a hub id (honours HF_HUB_OFFLINE). ``config`` gives
+    the architecture of an official checkpoint where its tensor shapes do not (default: the
+    released AF2). Bad arguments, devices and files raise AF2Errors before weights are read."""
     check_device(device)
     torch_dtype = _dtype(dtype)
     folder = resolve_model_dir(path_or_id)

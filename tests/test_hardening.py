@@ -246,6 +246,9 @@ def test_resume_keeps_one_valid_record_per_id(tmp_path, monkeypatch, capsys):
     requests, answers = tmp_path / "q.jsonl", tmp_path / "a.jsonl"
     rows = [{"id": f"q{i}", "audio": f"clip{i}.wav", "question": f"question {i}"} for i in range(4)]
     rows[3]["error"] = "a field the user's file happens to have"
+    for i in range(4):
+        sf.write(tmp_path / f"clip{i}.wav", np.zeros(160), 16000)
+    rows.append({"id": "q4", "audio": "missing.wav", "question": "never asked"})  # refused before any load
     requests.write_text("".join(json.dumps(r) + "\n" for r in rows))
     # Junk a previous run or a user left: a bare number, null, a corrupt middle line, a torn last line.
     answers.write_text('5\nnull\n{"id": "q1", "answer": "old", "finish_reason": "stop"}\n{corrupt\n'
@@ -256,15 +259,16 @@ def test_resume_keeps_one_valid_record_per_id(tmp_path, monkeypatch, capsys):
     assert main(argv) == 1  # q0 failed
     assert main(argv) == 1  # q0 retried and failed again
     model.failing.clear()
-    assert main(argv) == 0
-    assert main(argv) == 0  # nothing left: nothing asked again
+    assert main(argv) == 1  # q4's audio is still missing
+    assert main(argv) == 1  # nothing left to ask: q4 is refused again without loading the model
     lines = answers.read_text().splitlines()
     records = [json.loads(line) for line in lines]  # every line is valid JSON
-    assert sorted(r["id"] for r in records) == ["q0", "q1", "q2", "q3"]
+    assert sorted(r["id"] for r in records) == ["q0", "q1", "q2", "q3", "q4"]
     by_id = {r["id"]: r for r in records}
     assert by_id["q1"]["answer"] == "old" and by_id["q2"]["answer"] == "kept"  # later lines were not lost
     assert "error" not in by_id["q0"] and "error" not in by_id["q3"]
     assert model.asked.count("question 3") == 1 and "question 1" not in model.asked and "question 2" not in model.asked
+    assert "never asked" not in model.asked and "no such audio file" in by_id["q4"]["error"]
     assert model.asked[-1] == "question 0"  # the fourth run asked nothing
 
 

@@ -201,9 +201,25 @@ def _open_output(path: Path) -> int:
             from None
 
 
-def run_jsonl(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def _precheck_audio(todo: list[dict], output: Path) -> tuple[int, list[dict]]:
+    """Record requests whose audio file is missing, empty or a folder without loading the model;
+    return (how many failed, the requests left)."""
+    from af2.audio import check_audio_path
 
+    failed, left = [], []
+    for r in todo:
+        try:
+            check_audio_path(r["audio"])
+            left.append(r)
+        except AF2Error as exc:
+            failed.append({**r, "error": str(exc)})
+    if failed:
+        append_jsonl(output, failed)
+        compact(output)
+    return len(failed), left
+
+
+def run_jsonl(args: argparse.Namespace) -> int:
     requests = read_requests(args.input)
     options = _check_common(args)
     dropped = _open_output(args.output)
@@ -213,8 +229,18 @@ def run_jsonl(args: argparse.Namespace) -> int:
     todo = [r for r in requests if r["id"] not in done]
     print(f"{len(requests)} requests, {len(requests) - len(todo)} already answered, {len(todo)} to do",
           file=sys.stderr)
-    if not todo:
-        return 0
+    failures, todo = _precheck_audio(todo, args.output)
+    if todo:
+        failures += _answer(args, todo, options)
+    if failures:
+        print(f"{failures} request(s) failed; see their 'error' field in {args.output}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _answer(args: argparse.Namespace, todo: list[dict], options: dict) -> int:
+    """Answer ``todo`` in batches, appending each batch's records; returns how many failed."""
+    from tqdm import tqdm
+
     model = _load(args)
     failures = 0
     with tqdm(total=len(todo), unit="q", desc="af2 ask") as bar, warnings.catch_warnings():
@@ -235,6 +261,4 @@ def run_jsonl(args: argparse.Namespace) -> int:
             append_jsonl(args.output, records)
             bar.update(len(chunk))
     compact(args.output)  # a retried id that failed before keeps only its latest record
-    if failures:
-        print(f"{failures} request(s) failed; see their 'error' field in {args.output}", file=sys.stderr)
-    return 1 if failures else 0
+    return failures

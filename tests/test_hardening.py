@@ -527,3 +527,26 @@ def test_nul_bytes_in_paths_are_input_errors(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text(json.dumps({"id": "a", "name": "nul\x00.wav", "prompt": "p", "output": "o", "duration": 1}))
     assert check_manifests([path], tmp_path).counts["malformed_entry"] == 1
+
+
+def test_offline_message_names_hf_download_of_model_and_base_lm(monkeypatch):
+    from af2.inference import resolve_model_dir
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", "/nonexistent-af2-cache")
+    with pytest.raises(CheckpointError) as info:
+        resolve_model_dir("nvidia/audio-flamingo-2-0.5B")
+    message = str(info.value)
+    assert "`hf download nvidia/audio-flamingo-2-0.5B`" in message and "`hf download Qwen/Qwen2.5-0.5B`" in message
+    assert "huggingface-cli" not in message
+
+
+def test_every_command_the_readme_names_exists():
+    import re
+
+    from af2.cli import build_parser
+
+    commands = set(build_parser()._subparsers._group_actions[0].choices)
+    readme = (SRC.parents[1] / "README.md").read_text()
+    named = set(re.findall(r"(?:^|`|-m )af2 ([a-z][a-z-]+)", readme, flags=re.M))  # code, not prose
+    assert named and named <= commands, named - commands

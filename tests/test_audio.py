@@ -219,7 +219,8 @@ def test_eight_hour_file_is_read_only_up_to_the_limit(tmp_path):
 
 
 def test_eight_hour_array_is_bounded():
-    audio = load_audio((np.ones(8 * 3600 * 10, dtype=np.float32), 10), max_seconds=300)
+    # 1 kHz is the lowest accepted rate (MIN_SAMPLE_RATE); a 10 Hz "8-hour" array is now refused.
+    audio = load_audio((np.ones(8 * 3600 * 1000, dtype=np.int8), 1000), max_seconds=300)
     assert audio.kept_s == 300.0 and audio.truncated_s == 8 * 3600 - 300.0
     assert audio.num_samples == 300 * 16000
 

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from af2.data.blend import blend_counts, blend_epoch, epoch_indices, pass_order
+from af2.errors import ConfigError
 
 
 def _reference(name, n, weight, global_weight, epoch):
@@ -43,5 +44,5 @@ def test_blend_epoch_and_counts():
     pairs = blend_epoch(sizes, weights, 0.5, 0)
     assert [p for p in pairs if p[0] == "a"] == [("a", int(i)) for i in epoch_indices("a", 10, 1.0, 0.5, 0)]
     assert blend_counts(sizes, weights, 0.5, [0, 1]) == {"a": 10, "b": 10}
-    with pytest.raises(KeyError, match="no weight"):
+    with pytest.raises(ConfigError, match="no weight"):
         blend_epoch({"c": 3}, weights, 0.5, 0)

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from af2.cli import main
-from af2.errors import RequestError as UserError
+from af2.errors import RequestError
 from af2.eval.adapters import FirstChoiceAdapter, PredictionsAdapter, Request
 from af2.eval.runner import RunConfig, run
 from af2.eval.scoring import ScoringOptions
@@ -236,7 +236,7 @@ def test_sharded_ranks_merge_on_rank0(bench, tmp_path):
 
 
 def test_rank0_waits_then_fails_loudly_without_other_ranks(bench, tmp_path):
-    with pytest.raises(UserError, match="did not finish"):
+    with pytest.raises(RequestError, match="did not finish"):
         run(FirstChoiceAdapter(), _config(bench, tmp_path / "w", rank=0, world_size=2, merge_timeout_s=0))
 
 
@@ -245,7 +245,7 @@ def test_resume_refuses_answers_of_another_model(bench, tmp_path):
     table = tmp_path / "preds.jsonl"
     table.write_text("".join(json.dumps({"task": "mmau-test-mini", "id": f"m{i}", "prediction": "Man"}) + "\n"
                              for i in range(3)))
-    with pytest.raises(UserError, match="another model"):
+    with pytest.raises(RequestError, match="another model"):
         run(PredictionsAdapter(table), _config(bench, tmp_path / "m"))
 
 
@@ -271,16 +271,16 @@ def test_loud_errors(bench, tmp_path, capsys):
     assert main(["eval", "--adapter", "first-choice", "--tasks", "nope", "--data-root", str(bench),
                  "--out", str(tmp_path)]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(RequestError, match="does not exist"):
         get_task("gtzan").load(tmp_path / "missing")
     bad = tmp_path / "mmau"
     _json(bad / "mmau-test-mini.json", [{"id": "x", "audio_id": "gone.wav", "question": "q", "choices": ["a", "b"],
                                          "answer": "a", "task": "sound"}])
-    with pytest.raises(UserError, match="gone.wav does not exist"):
+    with pytest.raises(RequestError, match="gone.wav does not exist"):
         get_task("mmau-test-mini").load(bad)
     _json(bad / "mmau-test-mini.json", [{"id": "x", "audio_id": "gone.wav", "question": "q", "choices": ["a", "b"],
                                          "answer": "c"}])
-    with pytest.raises(UserError, match="must be a list that contains 'answer'"):
+    with pytest.raises(RequestError, match="must be a list that contains 'answer'"):
         get_task("mmau-test-mini").load(bad)
 
 
@@ -347,5 +347,5 @@ def test_rank_from_env(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert rank_from_env() == (3, 4)
     monkeypatch.setenv("RANK", "4")
-    with pytest.raises(UserError, match="RANK=4"):
+    with pytest.raises(RequestError, match="RANK=4"):
         rank_from_env()

@@ -9,7 +9,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from af2.cli import UserError
+from af2.errors import AF2Error, RequestError
+from af2.jsonl import answered_ids, append_jsonl, compact, read_jsonl, record_id
 from af2.registry import DEFAULT_MODEL
 
 DEFAULT_MODEL_ENV = "AF2_MODEL"
@@ -39,7 +40,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=os.environ.get(DEFAULT_MODEL_ENV, DEFAULT_MODEL),
                    help="af2 model folder, official AF2 checkpoint folder, or hub id "
                         f"(default: ${DEFAULT_MODEL_ENV} or {DEFAULT_MODEL}, shipped with af2)")
-    p.add_argument("--base-lm", help="Qwen2.5 base (folder or hub id) for official checkpoints")
+    p.add_argument("--base-lm", help="Qwen2.5 base (folder or hub id) for official checkpoints (default: the size "
+                                      "read from the checkpoint's embedding width)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ... (default cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--max-audio-seconds", type=float, default=300.0,
@@ -56,9 +58,34 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _gen_options(args: argparse.Namespace) -> dict:
+    """Generation options from the flags, refusing values that are wrong or would be ignored."""
+    if args.max_new_tokens < 1:
+        raise RequestError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not args.temperature >= 0:  # also NaN
+        raise RequestError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise RequestError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.top_k < 0:
+        raise RequestError(f"--top-k must be >= 0 (0 = off), got {args.top_k}")
     sample = args.temperature > 0
+    if not sample:
+        unused = [flag for flag, value, default in (("--top-p", args.top_p, 1.0), ("--top-k", args.top_k, 0),
+                                                     ("--seed", args.seed, None)) if value != default]
+        if unused:
+            raise RequestError(f"{', '.join(unused)} only matter when sampling, and --temperature 0 decodes "
+                               "greedily; pass --temperature > 0 (e.g. 0.7) to sample")
     return {"max_new_tokens": args.max_new_tokens, "do_sample": sample, "temperature": args.temperature if sample
             else 1.0, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed, "stop": tuple(args.stop)}
+
+
+def _check_common(args: argparse.Namespace) -> dict:
+    """Everything that can be checked without the model, so a bad flag fails in a second, not after a load."""
+    from af2.inference import check_device
+
+    if not args.max_audio_seconds > 0:
+        raise RequestError(f"--max-audio-seconds must be positive, got {args.max_audio_seconds}")
+    check_device(args.device)
+    return _gen_options(args)
 
 
 def _load(args: argparse.Namespace):
@@ -85,22 +112,27 @@ def _print(answer, as_json: bool) -> None:
 
 
 def _one(args: argparse.Namespace, question: str) -> int:
-    from af2.audio import AudioError
+    from af2.audio import check_audio_path
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # truncation is reported below, once, in one line
-        try:
-            model = _load(args)
-            if getattr(args, "stream", False):
-                opts = _gen_options(args)
-                for piece in model.stream(args.audio, question, **opts):
-                    print(piece, end="", flush=True)
-                print()
-                return 0
-            answer = model.ask(args.audio, question, **_gen_options(args))
-        except AudioError as exc:
-            raise UserError(str(exc)) from None
-    _print(answer, args.json)
+    if not question.strip():
+        raise RequestError("the question is empty; ask something about the audio")
+    if getattr(args, "stream", False) and args.json:
+        raise RequestError("--stream prints text as it comes and --json one object at the end; pass one of them")
+    options = _check_common(args)
+    check_audio_path(args.audio)
+    stream = getattr(args, "stream", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = _load(args)
+        if stream:
+            for piece in model.stream(args.audio, question, **options):
+                print(piece, end="", flush=True)
+            print()
+        else:
+            _print(model.ask(args.audio, question, **options), args.json)
+    for w in caught:  # one line each, after the answer; _print already reported truncation
+        if isinstance(w.message, UserWarning) and (stream or "truncated" not in str(w.message)):
+            print(f"note: {' '.join(str(w.message).split())}", file=sys.stderr)
     return 0
 
 
@@ -113,93 +145,121 @@ def _caption(args: argparse.Namespace) -> int:
 def _ask(args: argparse.Namespace) -> int:
     if args.input is not None:
         if args.output is None:
-            raise UserError("--input needs --output (answers are appended there; a rerun resumes)")
+            raise RequestError("--input needs --output (answers are appended there; a rerun resumes)")
         return run_jsonl(args)
     if not args.audio or not args.question:
-        raise UserError('give AUDIO and "QUESTION", or --input FILE.jsonl --output FILE.jsonl')
+        raise RequestError('give AUDIO and "QUESTION", or --input FILE.jsonl --output FILE.jsonl')
     return _one(args, args.question)
 
 
+# Fields an answer record writes; a request's own fields of these names are not copied into it.
+_ANSWER_FIELDS = ("answer", "finish_reason", "duration_s", "kept_s", "truncated_s", "windows", "first_token_s",
+                  "new_tokens", "error")
+
+
 def read_requests(path: Path) -> list[dict]:
+    """The requests of a JSONL file, each checked; errors name ``file:line`` and the field."""
+    if path.is_dir():
+        raise RequestError(f"{path}: is a folder; --input takes a JSONL file")
+    if not path.is_file():
+        raise RequestError(f"{path}: no such request file")
     requests, seen = [], set()
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            if not isinstance(item, dict) or not item.get("audio") or not str(item.get("question", "")).strip():
-                raise UserError(f"{path}:{n}: each line needs non-empty 'audio' and 'question'")
-            item.setdefault("id", f"line-{n}")
-            item["id"] = str(item["id"])
-            if item["id"] in seen:
-                raise UserError(f"{path}:{n}: duplicate id {item['id']!r}")
-            seen.add(item["id"])
-            audio = Path(item["audio"])
-            item["audio"] = str(audio if audio.is_absolute() else path.parent / audio)
-            requests.append(item)
+    for n, item in read_jsonl(path, error=RequestError).records:
+        where = f"{path}:{n}"
+        if not isinstance(item, dict):
+            raise RequestError(f"{where}: expected an object with 'audio' and 'question', got {type(item).__name__}")
+        for key in ("audio", "question"):
+            value = item.get(key)
+            if not isinstance(value, str) or not value.strip():
+                got = "missing" if value is None else f"{type(value).__name__} {json.dumps(value)[:40]}"
+                raise RequestError(f"{where}: '{key}' must be a non-empty string, got {got}")
+        item.setdefault("id", f"line-{n}")
+        rid = record_id(item)
+        if rid is None or not rid.strip():
+            raise RequestError(f"{where}: 'id' must be a non-empty string or an integer, got "
+                               f"{type(item['id']).__name__} {json.dumps(item['id'])[:40]}")
+        if rid in seen:
+            raise RequestError(f"{where}: duplicate id {rid!r}")
+        seen.add(rid)
+        audio = Path(item["audio"])
+        request = {k: v for k, v in item.items() if k not in _ANSWER_FIELDS}
+        request.update(id=rid, audio=str(audio if audio.is_absolute() else path.parent / audio))
+        requests.append(request)
     return requests
 
 
-def answered_ids(path: Path) -> set[str]:
-    """Ids already written to ``path``; a torn last line (killed mid-write) is dropped."""
-    if not path.exists():
-        return set()
-    done, good_bytes = set(), 0
-    with open(path, "rb") as f:
-        for raw in f:
-            try:
-                record = json.loads(raw)
-                if "error" not in record:  # failed lines are retried on the next run
-                    done.add(str(record["id"]))
-                good_bytes += len(raw)
-            except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
-                break
-    if good_bytes < path.stat().st_size:
-        with open(path, "r+b") as f:
-            f.truncate(good_bytes)
-    return done
+def _open_output(path: Path) -> int:
+    """Make the output file valid JSONL with one record per id (the latest); fail early if unwritable."""
+    if path.is_dir():
+        raise RequestError(f"{path}: is a folder; --output takes a JSONL file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8"):
+            pass
+        return compact(path)
+    except OSError as exc:
+        raise RequestError(f"{path}: cannot write the answers here ({exc.strerror or exc}); pick another --output")\
+            from None
+
+
+def _precheck_audio(todo: list[dict], output: Path) -> tuple[int, list[dict]]:
+    """Record requests whose audio file is missing, empty or a folder without loading the model;
+    return (how many failed, the requests left)."""
+    from af2.audio import check_audio_path
+
+    failed, left = [], []
+    for r in todo:
+        try:
+            check_audio_path(r["audio"])
+            left.append(r)
+        except AF2Error as exc:
+            failed.append({**r, "error": str(exc)})
+    if failed:
+        append_jsonl(output, failed)
+        compact(output)
+    return len(failed), left
 
 
 def run_jsonl(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from af2.audio import AudioError
-
     requests = read_requests(args.input)
+    options = _check_common(args)
+    dropped = _open_output(args.output)
+    if dropped:
+        print(f"{args.output}: dropped {dropped} unreadable, id-less or superseded line(s)", file=sys.stderr)
     done = answered_ids(args.output)
     todo = [r for r in requests if r["id"] not in done]
     print(f"{len(requests)} requests, {len(requests) - len(todo)} already answered, {len(todo)} to do",
           file=sys.stderr)
-    if not todo:
-        return 0
+    failures, todo = _precheck_audio(todo, args.output)
+    if todo:
+        failures += _answer(args, todo, options)
+    if failures:
+        print(f"{failures} request(s) failed; see their 'error' field in {args.output}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _answer(args: argparse.Namespace, todo: list[dict], options: dict) -> int:
+    """Answer ``todo`` in batches, appending each batch's records; returns how many failed."""
+    from tqdm import tqdm
+
     model = _load(args)
-    options = _gen_options(args)
     failures = 0
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.output, "a") as out, tqdm(total=len(todo), unit="q", desc="af2 ask") as bar, \
-            warnings.catch_warnings():
+    with tqdm(total=len(todo), unit="q", desc="af2 ask") as bar, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # truncation goes into each record instead
         for start in range(0, len(todo), max(1, args.batch_size)):
             chunk = todo[start:start + args.batch_size]
             try:
                 answers = model.ask_batch([r["audio"] for r in chunk], [r["question"] for r in chunk], **options)
                 records = [{**r, **answer_record(a)} for r, a in zip(chunk, answers)]
-            except (AudioError, ValueError):
+            except AF2Error:
                 records = []  # one bad file must not sink its batch: answer its members one by one
                 for r in chunk:
                     try:
                         records.append({**r, **answer_record(model.ask(r["audio"], r["question"], **options))})
-                    except (AudioError, ValueError) as exc:
+                    except AF2Error as exc:
                         failures += 1
                         records.append({**r, "error": str(exc)})
-            for record in records:
-                out.write(json.dumps(record) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
+            append_jsonl(args.output, records)
             bar.update(len(chunk))
-    if failures:
-        print(f"{failures} request(s) failed; see their 'error' field in {args.output}", file=sys.stderr)
-    return 1 if failures else 0
+    compact(args.output)  # a retried id that failed before keeps only its latest record
+    return failures

@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 import io
 import math
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence, Union
@@ -34,6 +36,14 @@ INT16_MAX = 32767  # np.iinfo(np.int16).max: the official round trip multiplies 
 RESAMPLE_QUALITY = "HQ"  # librosa 0.11 default res_type 'soxr_hq'
 # A decode that yields fewer frames than the header promised, by more than this, is a truncated file.
 _SHORTFALL_TOLERANCE_S = 0.1
+# Sample rates outside this range are refused: a header claiming 2**31 Hz would make the resampler
+# run for minutes, and below 1 kHz nothing AF2 listens for survives.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 768_000
+# Read at most this much of any input, even with max_seconds=None (4 hours at 768 kHz is 85 GB).
+MAX_READ_SECONDS = 3600.0
+_BLOCK_FRAMES = 1 << 16
+# libsndfile subtypes whose frame count in the header is only an estimate (no sample-exact index).
+_INEXACT_SUBTYPES = frozenset({"MPEG_LAYER_I", "MPEG_LAYER_II", "MPEG_LAYER_III", "VORBIS", "OPUS"})
 # soundfile cannot read these; FFmpeg (PyAV) can. Anything else tries soundfile first.
 _FFMPEG_SUFFIXES = frozenset({".m4a", ".aac", ".mp4", ".m4b", ".3gp", ".webm", ".wma", ".mka", ".mkv", ".amr"})
 
@@ -82,12 +92,16 @@ def _describe(source: AudioSource) -> str:
     return "<array>"
 
 
-def _max_frames(max_seconds: float | None, sample_rate: int) -> int | None:
-    if max_seconds is None:
-        return None
-    if not max_seconds > 0:
+def _max_frames(max_seconds: float | None, sample_rate: int, name: str = "audio") -> int:
+    """Frames to read at ``sample_rate``: ``max_seconds`` worth, never more than MAX_READ_SECONDS."""
+    if not (isinstance(sample_rate, (int, np.integer)) and not isinstance(sample_rate, bool)
+            and MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE):
+        raise AudioError(f"{name}: sample rate {sample_rate!r} Hz is outside {MIN_SAMPLE_RATE:,}-{MAX_SAMPLE_RATE:,} Hz; "
+                         "resample the audio (e.g. ffmpeg -i IN -ar 16000 OUT.wav)")
+    if max_seconds is not None and not max_seconds > 0:
         raise AudioError(f"max_seconds must be positive, got {max_seconds!r}")
-    return int(max_seconds * sample_rate)  # official: int((start + duration) * sr) with start = 0
+    seconds = MAX_READ_SECONDS if max_seconds is None else min(float(max_seconds), MAX_READ_SECONDS)
+    return int(seconds * sample_rate)  # official: int((start + duration) * sr) with start = 0
 
 
 def _int_to_float(data: np.ndarray) -> np.ndarray:
@@ -104,7 +118,7 @@ def _int_to_float(data: np.ndarray) -> np.ndarray:
 
 def _start_frame(start_seconds: float, sample_rate: int, total: int | None, name: str) -> int:
     """The frame a read starts at (official: ``seek(int(start * sr))``); past the end is an error."""
-    if not start_seconds >= 0:
+    if not (start_seconds >= 0 and math.isfinite(start_seconds)):
         raise AudioError(f"{name}: start must be >= 0 s, got {start_seconds!r}; fix the manifest's audio_start")
     frame = int(start_seconds * sample_rate)
     if total is not None and frame >= total and frame > 0:
@@ -122,33 +136,58 @@ def _read_array(array: np.ndarray, sample_rate: int, max_seconds: float | None, 
         raise AudioError(f"{name}: audio array must be (frames,) or (frames, channels), got shape {data.shape}")
     if data.shape[1] > 16 and data.shape[0] <= 16:
         raise AudioError(f"{name}: array of shape {data.shape} looks like (channels, frames); pass array.T")
-    if not (isinstance(sample_rate, (int, np.integer)) and sample_rate > 0):
-        raise AudioError(f"{name}: sample rate must be a positive int, got {sample_rate!r}")
+    if data.shape[1] == 0:
+        raise AudioError(f"{name}: audio array of shape {data.shape} has no channels")
+    limit = _max_frames(max_seconds, sample_rate, name)
     total = data.shape[0]
     start = _start_frame(start_seconds, int(sample_rate), total, name)
-    limit = _max_frames(max_seconds, int(sample_rate))
-    data = _int_to_float(data[start:start + limit] if limit is not None else data[start:])
-    return data, int(sample_rate), total
+    return _int_to_float(data[start:start + limit]), int(sample_rate), total
 
 
 def _read_soundfile(fileobj, max_seconds: float | None, name: str, start_seconds: float = 0.0):
     with sf.SoundFile(fileobj) as f:  # an open failure lets the caller try FFmpeg instead
-        sample_rate, total = f.samplerate, f.frames
-        start = _start_frame(start_seconds, sample_rate, total, name)
-        limit = _max_frames(max_seconds, sample_rate)
+        sample_rate, header_total, channels = f.samplerate, f.frames, f.channels
+        limit = _max_frames(max_seconds, sample_rate, name)
+        start = _start_frame(start_seconds, sample_rate, header_total, name)
+        exact = f.subtype not in _INEXACT_SUBTYPES
         # Official: seek(start), then read min(limit, len) frames; near the end fewer come back.
-        wanted = min(total if limit is None else min(limit, total), total - start)
-        try:
+        wanted = min(limit, header_total - start)
+        blocks, count = [], 0
+        try:  # in blocks, so a header that lies about its length cannot make us allocate it
             if start:
                 f.seek(start)
-            data = f.read(frames=wanted, dtype="float64", always_2d=True)
+            while count < wanted:
+                block = f.read(frames=min(_BLOCK_FRAMES, wanted - count), dtype="float64", always_2d=True)
+                if block.shape[0] == 0:
+                    break
+                blocks.append(block)
+                count += block.shape[0]
         except sf.LibsndfileError as exc:
             raise AudioError(f"{name}: decoding failed part-way ({exc}); the file is truncated or corrupt, "
                              "re-export or re-download it") from exc
-    if wanted - data.shape[0] > max(_SHORTFALL_TOLERANCE_S * sample_rate, 0.01 * wanted):
+    data = np.concatenate(blocks) if blocks else np.zeros((0, max(1, channels)))
+    if wanted - count > max(_SHORTFALL_TOLERANCE_S * sample_rate, 0.01 * wanted):
         raise AudioError(f"{name}: the file is truncated: its header promises {wanted / sample_rate:.2f} s but only "
-                         f"{data.shape[0] / sample_rate:.2f} s decode; re-export or re-download it")
-    return data, sample_rate, total
+                         f"{count / sample_rate:.2f} s decode; re-export or re-download it")
+    if count < wanted or exact:  # read to the end (a small shortfall is codec padding), or the header is exact
+        return data, sample_rate, start + count if count < wanted else header_total
+    return data, sample_rate, _count_frames(fileobj, sample_rate) or header_total
+
+
+def _count_frames(fileobj, sample_rate: int) -> int | None:
+    """Frames of the first audio stream by demuxing only (no decoding): the sum of packet durations,
+    which for compressed codecs is what a full decode yields. None when the container does not say."""
+    if isinstance(fileobj, io.BytesIO):
+        fileobj.seek(0)
+    try:
+        with av.open(fileobj, mode="r") as container:
+            stream = container.streams.audio[0]
+            ticks = sum(p.duration or 0 for p in container.demux(stream))
+            if not ticks or stream.time_base is None:
+                return None
+            return int(round(float(ticks * stream.time_base) * sample_rate))
+    except (av.FFmpegError, IndexError, OSError):
+        return None
 
 
 def _frame_to_array(frame: av.AudioFrame) -> np.ndarray:
@@ -164,32 +203,52 @@ def _read_ffmpeg(fileobj, max_seconds: float | None, name: str, start_seconds: f
         if not container.streams.audio:
             raise RuntimeError("it holds no audio stream")
         stream = container.streams.audio[0]
+        if stream.codec_context is None:  # FFmpeg knows the container but has no decoder for the codec
+            raise RuntimeError("FFmpeg has no decoder for its codec")
         sample_rate = stream.codec_context.sample_rate or stream.rate
         if not sample_rate:
             raise RuntimeError("its audio stream has no sample rate")
-        limit = _max_frames(max_seconds, sample_rate)
+        limit = _max_frames(max_seconds, sample_rate, name)
         start = _start_frame(start_seconds, sample_rate, None, name)
         chunks, count, stopped_early = [], 0, False
         for frame in container.decode(stream):
+            if frame.sample_rate and frame.sample_rate != sample_rate:
+                raise AudioError(f"{name}: the sample rate changes mid-stream ({sample_rate} -> {frame.sample_rate} "
+                                 "Hz); convert it to wav first")
             chunks.append(_frame_to_array(frame))
             count += frame.samples
-            if limit is not None and count >= start + limit:  # do not decode a long file to the end
+            if count >= start + limit:  # do not decode a long file to the end
                 stopped_early = True
                 break
-        if stream.duration is not None and stream.time_base is not None:
-            header_s = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            header_s = container.duration / av.time_base
-        else:
-            header_s = None
     if not chunks:
         return np.zeros((0, 1)), sample_rate, 0
-    data = np.concatenate(chunks)[start:start + limit if limit is not None else None]
-    if not stopped_early or header_s is None:
-        total = count if not stopped_early else None
-    else:
-        total = max(int(round(header_s * sample_rate)), start + data.shape[0])
-    return data, sample_rate, total
+    data = np.concatenate(chunks)[start:start + limit]
+    if not stopped_early:
+        return data, sample_rate, count
+    total = _count_frames(fileobj, sample_rate)
+    return data, sample_rate, None if total is None else max(total, start + data.shape[0])
+
+
+def check_audio_path(path: str | Path) -> None:
+    """Raise AudioError unless ``path`` is a non-empty, readable regular file (cheap: no decoding)."""
+    p = Path(path)
+    shown = str(p) if len(str(p)) <= 200 else str(p)[:200] + "..."
+    if "\x00" in str(p):
+        raise AudioError(f"{shown!r}: a path cannot hold a NUL byte")
+    try:
+        info = p.stat()
+    except FileNotFoundError:
+        raise AudioError(f"{shown}: no such audio file; check the path") from None
+    except OSError as exc:  # a name too long, a loop of links, a folder we may not enter
+        raise AudioError(f"{shown}: cannot be opened ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise AudioError(f"{shown}: is a folder, not an audio file; pass one file (or use --input for many)")
+    if not stat.S_ISREG(info.st_mode):
+        raise AudioError(f"{shown}: not a regular file (a device or a pipe); pass an audio file")
+    if info.st_size == 0:
+        raise AudioError(f"{shown}: the file is empty (0 bytes); re-export or re-download it")
+    if not os.access(p, os.R_OK):
+        raise AudioError(f"{shown}: not readable (permission denied)")
 
 
 def _decode(source: AudioSource, max_seconds: float | None, name: str, start_seconds: float = 0.0):
@@ -203,12 +262,8 @@ def _decode(source: AudioSource, max_seconds: float | None, name: str, start_sec
         if not payload:
             raise AudioError(f"{name}: no audio bytes (0 bytes)")
     elif isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise AudioError(f"{name}: no such audio file; check the path")
-        if path.stat().st_size == 0:
-            raise AudioError(f"{name}: the file is empty (0 bytes); re-export or re-download it")
-        payload, suffix = None, path.suffix.lower()
+        check_audio_path(source)
+        payload, suffix = None, Path(source).suffix.lower()
     else:
         raise AudioError(f"unsupported audio source of type {type(source).__name__}; "
                          "pass a path, raw bytes or a (samples, sample_rate) tuple")

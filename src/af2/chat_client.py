@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from af2.errors import RequestError
+from af2.jsonl import atomic_write_text
 
 
 class ChatError(RequestError):
@@ -144,10 +145,7 @@ class ChatClient:
                 self._count("rejected", exc.reason)
                 continue
             if cache is not None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache.with_suffix(f".tmp{threading.get_ident()}")
-                tmp.write_text(json.dumps({"content": content}, ensure_ascii=False), encoding="utf-8")
-                tmp.replace(cache)
+                atomic_write_text(cache, json.dumps({"content": content}, ensure_ascii=False))
             return content
         raise ChatError(last.reason, f"{self.url}: no usable reply after {self.config.max_attempts} tries "
                         f"(last: {last})", last.content)

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pickle
 import re
+import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,9 @@ from safetensors import SafetensorError
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from af2.errors import CheckpointError  # noqa: F401  (re-exported: raised here, defined in af2.errors)
-from af2.config import AF2Config, config_from_dict, config_to_dict
+from af2.errors import CheckpointError, ConfigError  # noqa: F401  (CheckpointError is re-exported)
+from af2.config import AF2Config, check_sizes, config_from_dict, config_to_dict
+from af2.jsonl import atomic_path, atomic_write_text, read_json
 from af2.model.af2 import AF2Model
 from af2.model.htsat import OFFICIAL_CLAP_PREFIX as CLAP_PREFIX, clap_state_dict_from_official
 
@@ -55,6 +57,9 @@ _ALIASES = (
      r"lang_encoder.model.layers.\1.gated_cross_attn_layer_sound."),
 )
 _TIED = ("lang_encoder.lm_head.weight", "lang_encoder.model.embed_tokens.weight")
+# A chunk name in metadata.json: a plain file stem inside safe_ckpt/, never a path.
+_CHUNK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}")
+_DOWNLOAD = "hf download nvidia/audio-flamingo-2-0.5B --local-dir DIR"
 
 
 def official_to_ours(key: str) -> str:
@@ -92,13 +97,14 @@ def read_official_chunks(ckpt_dir: str | Path) -> Mapping[str, torch.Tensor]:
     meta_path = safe / "metadata.json"
     if not meta_path.is_file():
         raise CheckpointError(f"{meta_path}: not found; an official AF2 checkpoint folder holds safe_ckpt/metadata.json "
-                              "(download it with `huggingface-cli download nvidia/audio-flamingo-2-0.5B --local-dir DIR`)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from exc
+                              f"(download it with `{_DOWNLOAD}`)")
+    meta = read_json(meta_path, CheckpointError, max_bytes=1 << 20)
     if not isinstance(meta, dict) or not meta:
         raise CheckpointError(f"{meta_path}: expected a non-empty JSON object whose keys are chunk names")
+    bad = [name for name in meta if not _CHUNK_NAME.fullmatch(name) or ".." in name]
+    if bad:
+        raise CheckpointError(f"{meta_path}: chunk name {bad[0][:80]!r} is not a file name inside safe_ckpt/; "
+                              "refusing to read outside the checkpoint folder (re-download the checkpoint)")
     return LazyChunks([safe / f"{chunk}.safetensors" for chunk in meta], meta_path)
 
 
@@ -134,6 +140,10 @@ class LazyChunks(Mapping):
         except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"{path}: cannot read tensor {key!r} ({exc}); re-download it") from exc
 
+    def shape(self, key: str) -> tuple[int, ...]:
+        """A tensor's shape from the file header, without reading the tensor."""
+        return tuple(self._handles[self._where[key]].get_slice(key).get_shape())
+
     def __iter__(self):
         return iter(self._where)
 
@@ -148,13 +158,19 @@ def read_official_clap(ckpt_dir: str | Path) -> tuple[dict[str, torch.Tensor], P
     if not files:
         return None
     path = files[-1]
+    with open(path, "rb") as f:
+        first = f.read(1)
+    if not zipfile.is_zipfile(path) and first != b"\x80":  # a torch zip archive or a pickle
+        raise CheckpointError(f"{path}: not a torch checkpoint ({path.stat().st_size} bytes, neither a torch zip "
+                              "archive nor a legacy torch pickle); re-download clap_ckpt/")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"{path}: refused to unpickle: it holds objects other than tensors and plain "
                               f"containers, which could run code ({str(exc).splitlines()[0]})") from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{path}: unreadable torch checkpoint ({exc})") from exc
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{path}: unreadable torch checkpoint ({str(exc).splitlines()[0][:200]}); "
+                              "re-download clap_ckpt/") from exc
     if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
         raise CheckpointError(f"{path}: expected a dict with a 'state_dict' entry (an AF-CLAP training checkpoint)")
     kept, _ignored = clap_state_dict_from_official(obj["state_dict"])
@@ -210,7 +226,9 @@ def convert_official_state_dict(official: Mapping[str, torch.Tensor], model: AF2
         if keys:
             problems.append(f"{len(keys)} {label}: " + ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else ""))
     if problems:
-        raise CheckpointError(f"{source}: does not match the model: " + "; ".join(problems))
+        raise CheckpointError(f"{source}: does not match the model: " + "; ".join(problems) + ". If it is not the "
+                              "released architecture, pass --config with its sizes (htsat.embed_dim, htsat.depths, "
+                              "audio_transformer.*, xattn.*)")
     return out
 
 
@@ -316,11 +334,10 @@ def save_pretrained(model: AF2Model, out_dir: str | Path, tokenizer=None, base: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = model_state_to_save(model.state_dict() if state is None else state, tied_aliases(model), base)
-    tmp = out / f".model.safetensors.tmp-{os.getpid()}"
-    save_file(tensors, str(tmp), metadata={"format": "pt", "af2": "2" if base else "1"})
-    os.replace(tmp, out / "model.safetensors")
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "af2": "2" if base else "1"})
     header = {"af2_version": 2, "base_lm": dataclasses.asdict(base)} if base else {"af2_version": 1}
-    (out / "config.json").write_text(json.dumps({**header, **config_to_dict(cfg or model.cfg)}, indent=1))
+    atomic_write_text(out / "config.json", json.dumps({**header, **config_to_dict(cfg or model.cfg)}, indent=1))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
     return out
@@ -331,24 +348,34 @@ def read_model_folder_config(model_dir: str | Path) -> tuple[AF2Config, BaseRef 
     path = Path(model_dir) / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{path}: not found; expected a folder written by af2 (save_pretrained or `af2 convert`)")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    data = read_json(path, CheckpointError, max_bytes=1 << 24)
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: top level must be an object, got {type(data).__name__}")
+        raise CheckpointError(f"{path}: expected a JSON object (an AF2Config), got {type(data).__name__}")
     data.pop("af2_version", None)
     base = data.pop("base_lm", None)
     try:
         cfg = config_from_dict(AF2Config, data)
+        check_sizes(cfg, "config")
         ref = BaseRef(**base) if base else None
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: {exc}") from exc
+    except (TypeError, ValueError) as exc:  # ConfigError is a ValueError
+        raise CheckpointError(f"{path}: {exc}") from None
     return cfg, ref
 
 
 def read_config(model_dir: str | Path) -> AF2Config:
     return read_model_folder_config(model_dir)[0]
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str, strict: bool = False) -> list[str]:
+    """Names of tensors holding NaN or Inf: a warning naming them, or a CheckpointError if ``strict``."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        message = (f"{source}: {len(bad)} tensor(s) hold NaN or Inf values, e.g. {', '.join(bad[:5])}; "
+                   "the checkpoint is damaged or diverged, answers will be garbage")
+        if strict:
+            raise CheckpointError(message)
+        warnings.warn(message, stacklevel=3)
+    return bad
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -360,15 +387,19 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from exc
 
 
-def load_pretrained_weights(model: AF2Model, model_dir: str | Path, base: BaseRef | None = None) -> None:
+def load_pretrained_weights(model: AF2Model, model_dir: str | Path, base: BaseRef | None = None,
+                            strict: bool = False) -> None:
     """Load a folder's ``model.safetensors`` strictly; with ``base`` the model already holds the base LM
-    and the file must hold exactly the rest (plus the extra embedding rows)."""
+    and the file must hold exactly the rest (plus the extra embedding rows). NaN/Inf weights warn
+    (``strict``: raise)."""
     path = Path(model_dir) / "model.safetensors"
-    load_model_state(model, read_safetensors(path), str(path), base)
+    load_model_state(model, read_safetensors(path), str(path), base, strict)
 
 
-def load_model_state(model: AF2Model, state: dict[str, torch.Tensor], source: str, base: BaseRef | None = None) -> None:
+def load_model_state(model: AF2Model, state: dict[str, torch.Tensor], source: str, base: BaseRef | None = None,
+                     strict: bool = False) -> None:
     """Strictly load ``state`` as ``model_state_to_save`` wrote it (the base LM's tensors already in ``model``)."""
+    check_finite(state, source, strict)
     state = expand_saved_state(model, state, source, base)
     expected = model.state_dict()
     bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
@@ -410,11 +441,12 @@ def load_tokenizer(path: str | Path):
 
     try:
         return AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # tokenizers/transformers raise many types (even bare Exception) for bad files
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise CheckpointError(
-            f"cannot load the tokenizer from {path!s} ({str(exc).splitlines()[0]}). Point --base-lm at a local "
+            f"cannot load the tokenizer from {path!s} ({first}). Point --base-lm at a local "
             "Qwen2.5 folder (config.json + tokenizer files) or download it: "
-            "`huggingface-cli download Qwen/Qwen2.5-0.5B --local-dir DIR`") from exc
+            "`hf download Qwen/Qwen2.5-0.5B --local-dir DIR`") from exc
 
 
 def read_lm_config(path: str | Path) -> dict:
@@ -423,7 +455,10 @@ def read_lm_config(path: str | Path) -> dict:
     if p.is_dir():
         p = p / "config.json"
     if p.is_file():
-        return json.loads(p.read_text())
+        data = read_json(p, CheckpointError, max_bytes=1 << 24)
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{p}: expected the base LM's config as a JSON object, got {type(data).__name__}")
+        return data
     from transformers import AutoConfig
 
     try:
@@ -431,7 +466,17 @@ def read_lm_config(path: str | Path) -> dict:
     except (OSError, ValueError) as exc:
         raise CheckpointError(
             f"cannot find the base LM config at {path!s} ({str(exc).splitlines()[0]}); pass a local folder "
-            "holding the Qwen2.5 config.json, or download it with `huggingface-cli download Qwen/Qwen2.5-0.5B`") from exc
+            "holding the Qwen2.5 config.json, or download it with `hf download Qwen/Qwen2.5-0.5B`") from exc
+
+
+def official_lm_width(ckpt_dir: str | Path) -> int:
+    """The base LM's hidden size, read from the shape of the embedding in ``safe_ckpt/`` (no tensor is read)."""
+    chunks = read_official_chunks(ckpt_dir)
+    key = _TIED[1]
+    if key not in chunks:
+        raise CheckpointError(f"{Path(ckpt_dir) / 'safe_ckpt'}: no {key}; cannot tell which base LM it was trained on, "
+                              "pass --base-lm")
+    return chunks.shape(key)[-1]
 
 
 def official_config(ckpt_dir: str | Path, base_lm: str | Path | None, vocab_size: int,
@@ -446,17 +491,24 @@ def official_config(ckpt_dir: str | Path, base_lm: str | Path | None, vocab_size
                               "or a local folder) so its config and tokenizer can be read")
     lm = {k: v for k, v in read_lm_config(source).items() if not k.startswith("_") and k not in
           ("torch_dtype", "dtype", "transformers_version", "use_cache")}
-    return dataclasses.replace(base or AF2Config(), lm=lm, vocab_size=vocab_size)
+    cfg = dataclasses.replace(base or AF2Config(), lm=lm, vocab_size=vocab_size)
+    try:
+        check_sizes(cfg, str(source if source != base_lm else f"base LM {base_lm}"))
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    return cfg
 
 
 def load_official(ckpt_dir: str | Path, *, base_lm: str | Path | None = None, cfg: AF2Config | None = None,
-                  dtype: torch.dtype = torch.float32):
+                  dtype: torch.dtype = torch.float32, strict: bool = False):
     """Build an AF2 model from NVIDIA's released layout; return (model, tokenizer, SpecialTokens).
 
     ``base_lm``: the Qwen2.5 base (local folder or hub id) for its config and tokenizer when the
-    checkpoint folder has no ``lm_config.json`` / ``tokenizer/``. ``cfg`` (optional) overrides
-    the architecture (HTSAT size, window limits...); its ``lm``/``vocab_size`` are filled here.
+    checkpoint folder has no ``lm_config.json`` / ``tokenizer/``. ``cfg`` (optional) gives the
+    architecture (window limits, head counts...); every audio-side size the tensor shapes determine
+    is read from them. Its ``lm``/``vocab_size`` are filled here.
     """
+    from af2.official_shapes import infer_official_config
     from af2.tokens import add_special_tokens
 
     ckpt = Path(ckpt_dir)
@@ -467,12 +519,16 @@ def load_official(ckpt_dir: str | Path, *, base_lm: str | Path | None = None, cf
         raise CheckpointError(f"{ckpt}: no tokenizer/ inside; pass the base LM (--base-lm) for its tokenizer")
     tokenizer = load_tokenizer(tok_source)
     special = add_special_tokens(tokenizer, (cfg or AF2Config()).tokens)
-    cfg = official_config(ckpt, base_lm, len(tokenizer), cfg)
     official = read_official_chunks(ckpt)
     clap = read_official_clap(ckpt)
+    shapes = {k: official.shape(k) for k in official}
+    shapes.update({k: tuple(v.shape) for k, v in (clap[0] if clap else {}).items() if k not in shapes})
+    cfg = infer_official_config(shapes, cfg or AF2Config(), str(ckpt))
+    cfg = official_config(ckpt, base_lm, len(tokenizer), cfg)
     with torch.device("meta"):  # no random init, no second copy: the checkpoint's tensors are adopted
         model = AF2Model(cfg)
     state = convert_official_state_dict(official, model, source=str(ckpt / "safe_ckpt"),
                                         clap=clap[0] if clap else None, clap_source=str(clap[1]) if clap else "")
+    check_finite(state, str(ckpt), strict)
     load_state_dict_strict(model, state, str(ckpt), assign=True)
     return model.to(dtype).eval(), tokenizer, special

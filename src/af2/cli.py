@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
-from af2.errors import AF2Error, RequestError
+from af2 import __version__
+from af2.errors import AF2Error
 
 # One line per area; each module's register() adds its sub-commands.
 _COMMAND_MODULES = (
@@ -23,12 +25,9 @@ _COMMAND_MODULES = (
 )
 
 
-# Kept as the name the command modules raise; it is the library's request error.
-UserError = RequestError
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="af2", description="Audio Flamingo 2: ask questions about audio.")
+    parser.add_argument("--version", action="version", version=f"af2 {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -37,10 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    log = logging.getLogger("af2")  # the library's notes (e.g. which base LM was chosen), on stderr
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("af2: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
     try:
         return int(args.func(args) or 0)
-    except (AF2Error, FileNotFoundError, ValueError) as exc:
-        print(f"af2 {args.command}: error: {exc}", file=sys.stderr)
+    except AF2Error as exc:  # anything else is a bug and keeps its traceback
+        message = " ".join(str(exc).split())  # one line, whatever the message holds
+        print(f"af2 {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"af2 {args.command}: interrupted", file=sys.stderr)

@@ -36,10 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base-lm", help="Qwen2.5 base LM (local folder or hub id) for its config and tokenizer, "
                                       "when OFFICIAL_DIR has no lm_config.json/tokenizer/ "
                                       "(e.g. Qwen/Qwen2.5-0.5B for audio-flamingo-2-0.5B)")
-    p.add_argument("--config", type=Path, help="YAML overriding the architecture (default: the released AF2 "
-                                                "with HTSAT-large; only needed for non-standard checkpoints)")
+    p.add_argument("--config", type=Path, help="YAML giving the architecture (default: the released AF2, with "
+                                                "the audio-side sizes read from the checkpoint's tensor shapes)")
     p.add_argument("--max-windows", type=int, default=None,
-                   help="audio window limit stored in the converted config (default 30 = 5 minutes)")
+                   help="audio windows (10 s each) stored in the converted config (default: the value in "
+                        "--config, else 30 = 5 minutes; NVIDIA's shipped inference config uses 12 = 2 minutes)")
+    p.add_argument("--strict", action="store_true", help="refuse weights holding NaN or Inf (default: warn)")
     p.set_defaults(func=_convert)
 
 
@@ -74,12 +76,17 @@ def _convert(args: argparse.Namespace) -> int:
     import dataclasses
 
     from af2.checkpoint import load_official, save_pretrained
-    from af2.config import AF2Config, load_config_yaml
+    from af2.config import load_config_yaml
+    from af2.inference import official_base_lm
 
-    cfg = load_config_yaml(args.config) if args.config else AF2Config()
-    if args.max_windows is not None:
-        cfg = dataclasses.replace(cfg, audio=dataclasses.replace(cfg.audio, max_windows=args.max_windows))
-    model, tokenizer, _ = load_official(args.official_dir, base_lm=args.base_lm, cfg=cfg)
+    cfg = load_config_yaml(args.config) if args.config else None  # None: sizes read from the shapes
+    if args.base_lm is None and (args.official_dir / "safe_ckpt").is_dir() and \
+            not (args.official_dir / "lm_config.json").is_file():
+        args.base_lm = official_base_lm(args.official_dir)
+    model, tokenizer, _ = load_official(args.official_dir, base_lm=args.base_lm, cfg=cfg, strict=args.strict)
+    if args.max_windows is not None:  # how much audio the model listens to: no weight depends on it
+        model.cfg = dataclasses.replace(model.cfg, audio=dataclasses.replace(model.cfg.audio,
+                                                                             max_windows=args.max_windows))
     out = save_pretrained(model, args.out_dir, tokenizer)
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {out} ({n:,} parameters)", file=sys.stderr)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from af2.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ _QWEN25 = {
 def qwen25_lm_config(size: str) -> dict[str, Any]:
     """The Hugging Face config dict of the Qwen2.5 base LM of AF2-``size``."""
     if size not in _QWEN25:
-        raise ValueError(f"unknown AF2 size {size!r}; choose one of {sorted(_QWEN25)}")
+        raise ConfigError(f"unknown AF2 size {size!r}; choose one of {sorted(_QWEN25)}")
     return {
         "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": 151_936,
         "tie_word_embeddings": True, "rope_theta": 1_000_000.0, "rms_norm_eps": 1e-6,
@@ -222,31 +223,35 @@ def config_to_dict(cfg: Any) -> Any:
     return cfg
 
 
-def _unknown_key(cls: type, key: str, names: list[str]) -> ValueError:
+def _unknown_key(cls: type, key: str, names: list[str]) -> ConfigError:
     close = difflib.get_close_matches(key, names, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else f" (valid keys: {', '.join(names)})"
-    return ValueError(f"unknown config key {key!r} for {cls.__name__}{hint}")
+    return ConfigError(f"unknown config key {key!r} for {cls.__name__}{hint}")
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
         return config_from_dict(tp, value, where)
     if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {str(value)[:40]}")
         return tuple(value)
     if origin in (types.UnionType, typing.Union):
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float, str, bool) and not isinstance(value, tp):
-        raise ValueError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {str(value)[:40]}")
     return value
 
 
 def config_from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     """Build dataclass ``cls`` from ``data``; unknown keys raise with a suggestion."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -292,16 +297,89 @@ def parse_cli_overrides(items: list[str]) -> dict[str, Any]:
     out = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key.subkey=value")
+            raise ConfigError(f"override {item!r} must look like key.subkey=value")
         key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw)
+        if not raw.strip():  # `base_lm=` means "none": an empty string, not YAML's null
+            out[key.strip()] = ""
+            continue
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({' '.join(str(exc).split())[:120]})")\
+                from None
     return out
 
 
 def load_config_yaml(path: str | Path, base: Any | None = None) -> Any:
     """Apply the YAML file at ``path`` as overrides on ``base`` (default: ``AF2Config()``)."""
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return apply_overrides(base if base is not None else AF2Config(), data)
+
+
+# --------------------------------------------------------------------------------------------
+# sizes, checked before anything is allocated
+
+# Refuse configs implying more parameters than this (AF2-3B has about 3.5e9); raise it with the
+# environment variable AF2_MAX_PARAMETERS for a genuinely larger model.
+MAX_PARAMETERS = 50_000_000_000
+_LM_SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+
+
+def _positive_ints(where: str, **values: Any) -> None:
+    for key, value in values.items():
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        if not items or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in items):
+            raise ConfigError(f"{where}{key}: expected positive integer(s), got {str(value)[:40]}")
+
+
+def estimate_parameters(cfg: AF2Config) -> int:
+    """Roughly how many parameters ``AF2Model(cfg)`` has, after checking every size is a positive int."""
+    h, a, t, x = cfg.htsat, cfg.audio_transformer, cfg.xattn, cfg.lm
+    _positive_ints("htsat.", embed_dim=h.embed_dim, depths=h.depths, num_heads=h.num_heads, window_size=h.window_size,
+                   patch_size=h.patch_size, spec_size=h.spec_size, mel_bins=h.mel_bins, num_classes=h.num_classes)
+    _positive_ints("audio_transformer.", n_layers=a.n_layers, n_head=a.n_head, d_inner=a.d_inner)
+    _positive_ints("xattn.", every_n_layers=t.every_n_layers, heads=t.heads, dim_head=t.dim_head, ff_mult=t.ff_mult)
+    _positive_ints("audio.", max_windows=cfg.audio.max_windows, n_fft=cfg.audio.n_fft, n_mels=cfg.audio.n_mels,
+                   hop_length=cfg.audio.hop_length, win_length=cfg.audio.win_length)
+    _positive_ints("", vocab_size=cfg.vocab_size)
+    if len(h.depths) != len(h.num_heads) or len(h.depths) > 8:
+        raise ConfigError(f"htsat.depths {h.depths} and htsat.num_heads {h.num_heads}: same length, at most 8")
+    if not isinstance(x, dict) or not isinstance(x.get("model_type"), str):
+        raise ConfigError("lm: expected the base LM's config with a 'model_type' string (e.g. 'qwen2')")
+    _positive_ints("lm.", **{k: x.get(k) for k in _LM_SIZES}, num_key_value_heads=x.get("num_key_value_heads", 1))
+    H, inter, L = x["hidden_size"], x["intermediate_size"], x["num_hidden_layers"]
+    if H % x["num_attention_heads"]:
+        raise ConfigError(f"lm.hidden_size {H} is not a multiple of lm.num_attention_heads {x['num_attention_heads']}")
+    htsat = sum(d * 12 * (h.embed_dim * 2 ** i) ** 2 for i, d in enumerate(h.depths))
+    A = cfg.audio_dim
+    transformer = a.n_layers * (4 * A * A + 2 * A * a.d_inner)
+    inner = t.heads * t.dim_head
+    xattn = (L // t.every_n_layers) * (2 * H * inner + 2 * A * inner + 2 * t.ff_mult * H * H)
+    lm = cfg.vocab_size * H + L * (4 * H * H + 3 * H * inter)
+    return htsat + transformer + xattn + lm
+
+
+def check_sizes(cfg: AF2Config, where: str) -> int:
+    """``estimate_parameters`` bounded by MAX_PARAMETERS (or $AF2_MAX_PARAMETERS): a config that
+    claims 10**9 layers fails here in microseconds instead of allocating for hours."""
+    import os
+
+    try:
+        limit = int(float(os.environ.get("AF2_MAX_PARAMETERS", MAX_PARAMETERS)))
+        n = estimate_parameters(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except ValueError:
+        raise ConfigError(f"AF2_MAX_PARAMETERS={os.environ['AF2_MAX_PARAMETERS']!r} is not a number") from None
+    if n > limit:
+        raise ConfigError(f"{where}: these sizes imply about {n:.3g} parameters, more than the {limit:.3g} allowed; "
+                          "fix the config, or raise the limit with AF2_MAX_PARAMETERS if the model is really that big")
+    return n

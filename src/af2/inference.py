@@ -11,6 +11,7 @@ attention layer's audio keys and values are computed once per request; decoding 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -25,12 +26,13 @@ import torch
 
 from af2.audio import AudioError, AudioSource, load_audio, make_windows, pad_windows
 from af2.config import AF2Config
-from af2.checkpoint import (CheckpointError, load_official, load_pretrained_weights, load_tokenizer,
+from af2.checkpoint import (CheckpointError, load_official, load_pretrained_weights, load_tokenizer, official_lm_width,
                             read_model_folder_config)
+from af2.errors import DeviceError, RequestError
 from af2.registry import DEFAULT_MODEL, model_entry
 from af2.generate import GenerationConfig, left_pad, stream_tokens
 from af2.model.af2 import AF2Model
-from af2.tokens import SpecialTokens, add_special_tokens, clean_answer, inference_prompt, special_token_ids
+from af2.tokens import SpecialTokens, add_special_tokens, clean_answer, prompt_ids, special_token_ids
 
 CAPTION_PROMPT = "Caption the input audio."
 # The official release names the Qwen2.5 base of each AF2 size only in its README.
@@ -85,7 +87,7 @@ class AF2:
     def set_max_audio_seconds(self, seconds: float) -> None:
         """Listen to at most ``seconds`` of each input (300 = 5 minutes, AF2's advertised limit)."""
         if seconds <= 0:
-            raise ValueError(f"max_audio_seconds must be positive, got {seconds}")
+            raise RequestError(f"max_audio_seconds must be positive, got {seconds}")
         audio = self.model.cfg.audio
         windows = max(1, math.ceil(seconds / audio.window_seconds - 1e-9))
         self.audio_cfg = dataclasses.replace(audio, max_windows=windows)
@@ -106,12 +108,14 @@ class AF2:
         return windows, facts
 
     def _prompt_ids(self, question: str) -> list[int]:
-        if not isinstance(question, str) or not question.strip():
-            raise ValueError("the question is empty; ask something about the audio")
-        ids = self.tokenizer(inference_prompt(question, self.model.cfg.tokens), add_special_tokens=False)["input_ids"]
+        if not isinstance(question, str):
+            raise RequestError(f"the question must be text, got {type(question).__name__}")
+        if not question.strip():
+            raise RequestError("the question is empty; ask something about the audio")
+        ids = prompt_ids(self.tokenizer, question, self.special)
         limit = self.model.cfg.tokens.max_tokens
         if len(ids) > limit:
-            raise ValueError(f"the question is {len(ids)} tokens long; the model takes at most {limit}")
+            raise RequestError(f"the question is {len(ids)} tokens long; the model takes at most {limit}")
         return ids
 
     def _stream(self, audios: Sequence[AudioSource], questions: Sequence[str], gen: GenerationConfig,
@@ -213,7 +217,7 @@ def _dtype(dtype: str | torch.dtype) -> torch.dtype:
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
     if dtype not in table:
-        raise ValueError(f"unknown dtype {dtype!r}; use float32 or bfloat16")
+        raise RequestError(f"unknown dtype {dtype!r}; use float32 or bfloat16")
     return table[dtype]
 
 
@@ -222,6 +226,25 @@ def default_encoder_chunk(device: torch.device | str) -> int:
     cache (measured here: 0.87 s/window against 1.08 s/window for 8 at a time); accelerators want
     large batches."""
     return 2 if torch.device(device).type == "cpu" else 64
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """The device, if this torch can use it; otherwise a DeviceError saying what is available."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DeviceError(f"--device {device!r} is not a device name ({exc}); use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {device!s}: this torch ({torch.__version__}) has no usable CUDA GPU; "
+                              "use --device cpu or install a CUDA build of torch")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {device!s}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device {device!s}: MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"device {device!s}: af2 runs on cpu, cuda or mps")
+    return dev
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -261,35 +284,53 @@ def resolve_model_dir(path_or_id: str | Path) -> Path:
     try:
         return Path(snapshot_download(str(path_or_id), local_files_only=offline))
     except Exception as exc:  # the hub client raises many types; all mean "not available here"
+        base = _BASE_LM.get(next((s for s in _BASE_LM if str(path_or_id).lower().endswith(f"-{s.lower()}")), ""))
+        also = f" and `hf download {base}` (its base LM)" if base else ""
         how = ("it is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading; "
-               f"run `huggingface-cli download {path_or_id}` on a machine with internet" if offline
+               f"run `hf download {path_or_id}`{also} on a machine with internet" if offline
                else f"download failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
         raise CheckpointError(f"cannot get model {path_or_id}: {how}") from exc
+
+
+def official_base_lm(folder: Path) -> str:
+    """The Qwen2.5 base of an official checkpoint, from its embedding width (not from the folder's
+    name, which users choose); logged so the choice is visible."""
+    from af2.config import qwen25_lm_config
+
+    width = official_lm_width(folder)
+    size = next((s for s in _BASE_LM if qwen25_lm_config(s.lower())["hidden_size"] == width), None)
+    if size is None:
+        raise CheckpointError(f"{folder}: its LM is {width} wide, which is no Qwen2.5 base AF2 was released with "
+                              f"({', '.join(_BASE_LM.values())}); pass --base-lm")
+    logging.getLogger("af2").info("%s: base LM %s (hidden size %d read from the checkpoint)", folder,
+                                  _BASE_LM[size], width)
+    return _BASE_LM[size]
 
 
 def load(path_or_id: str | Path = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
          dtype: str | torch.dtype = "float32", base_lm: str | Path | None = None, max_audio_seconds: float = 300.0,
          strict_length: bool = False, config: AF2Config | None = None) -> AF2:
     """Load an AF2 model: our format (config.json + model.safetensors), NVIDIA's released layout
-    (safe_ckpt/ + clap_ckpt/; the Qwen2.5 base LM comes from ``base_lm`` or is inferred from the
-    id), a local folder or a hub id (honours HF_HUB_OFFLINE). ``config`` overrides the architecture
-    of an official checkpoint (default: the released AF2 with HTSAT-large)."""
-    folder = resolve_model_dir(path_or_id)
+    (safe_ckpt/ + clap_ckpt/; the Qwen2.5 base LM comes from ``base_lm`` or from the width of the
+    checkpoint's embedding), a local folder or a hub id (honours HF_HUB_OFFLINE). ``config`` gives
+    the architecture of an official checkpoint where its tensor shapes do not (default: the
+    released AF2). Bad arguments, devices and files raise AF2Errors before weights are read."""
+    check_device(device)
     torch_dtype = _dtype(dtype)
+    folder = resolve_model_dir(path_or_id)
     if torch.device(device).type == "cpu" and torch_dtype == torch.float16:
-        raise ValueError("float16 has no fast path on CPUs; use bfloat16 or float32")
+        raise DeviceError("float16 has no fast path on CPUs; use bfloat16 or float32")
     if torch.device(device).type == "cpu" and torch_dtype == torch.bfloat16 and not cpu_has_fast_bf16():
         warnings.warn(f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bfloat16 matrix "
                       "instructions (AVX512-BF16 or AMX): bfloat16 runs emulated and much slower than float32 "
                       "here; use dtype='float32'", stacklevel=2)
     if (folder / "safe_ckpt").is_dir():
         if base_lm is None and not (folder / "lm_config.json").is_file():
-            entry = model_entry(str(path_or_id))
-            size = next((s for s in _BASE_LM if str(path_or_id).endswith(f"-{s}")), "3B")
-            base_lm = entry.base_lm if entry is not None else _BASE_LM[size]
+            entry = model_entry(str(path_or_id))  # a registry name names its base; else the embedding width
+            base_lm = entry.base_lm if entry is not None else official_base_lm(folder)
         model, tokenizer, special = load_official(folder, base_lm=base_lm, cfg=config)
     elif (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
-        cfg, base = read_model_folder_config(folder)
+        cfg, base = read_model_folder_config(folder)  # sizes checked before the model is allocated
         if base is not None:  # the frozen LM comes from the base LM named in config.json
             from af2.base_lm import load_base_lm
 

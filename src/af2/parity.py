@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from af2.audio import log_mel, pad_windows, prepare
 from af2.checkpoint import (CheckpointError, load_official, load_state_dict_strict, read_official_clap)
 from af2.config import (AF2Config, AudioConfig, AudioTransformerConfig, HTSATConfig, XAttnConfig)
+from af2.errors import CheckpointError
 from af2.generate import GenerationConfig, generate, left_pad
 from af2.model.htsat import HTSAT
 from af2.tokens import encode_training_batch, inference_prompt
@@ -73,7 +74,7 @@ def fixture_config(fixture: Path) -> AF2Config:
     unsupported = {k: h[k] for k, ok in (("ape", False), ("patch_norm", True), ("norm_before_mlp", "ln"))
                    if h.get(k, ok) != ok}
     if unsupported or m.get("power", 2.0) != 2.0 or m.get("mel_scale", "htk") != "htk":
-        raise ValueError(f"{fixture}/config.json: unsupported settings {unsupported or m}")
+        raise CheckpointError(f"{fixture}/config.json: unsupported settings {unsupported or m}")
     audio = AudioConfig(sample_rate=c["sample_rate"], window_seconds=clap["window_length"],
                         window_overlap_seconds=clap["window_overlap"], max_windows=clap["max_num_window"],
                         n_fft=m["n_fft"], win_length=m["win_length"], hop_length=m["hop_length"], n_mels=m["n_mels"],
@@ -91,7 +92,7 @@ def fixture_config(fixture: Path) -> AF2Config:
                         ff_mult=x["ff_mult"], layernorm_eps=x["layernorm_eps"])
     cfg = AF2Config(audio=audio, htsat=htsat, audio_transformer=transformer, xattn=xattn)
     if cfg.audio_dim != at["d_model"] or cfg.audio_dim != x["dim_audio"]:
-        raise ValueError(f"{fixture}/config.json: audio width {cfg.audio_dim} disagrees with d_model/dim_audio")
+        raise CheckpointError(f"{fixture}/config.json: audio width {cfg.audio_dim} disagrees with d_model/dim_audio")
     return cfg
 
 
@@ -100,7 +101,7 @@ def run_parity(fixture_dir: str | Path, log: Callable[[str], None] = print) -> l
     fixture = Path(fixture_dir)
     for name in ("config.json", "cases.json", "expected.safetensors", "checkpoint"):
         if not (fixture / name).exists():
-            raise FileNotFoundError(f"{fixture / name}: missing; is {fixture} a golden fixture folder?")
+            raise CheckpointError(f"{fixture / name}: missing; is {fixture} a golden fixture folder?")
     cases = json.loads((fixture / "cases.json").read_text())
     expected = load_file(str(fixture / "expected.safetensors"))
     base = fixture_config(fixture)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from af2.config import TokensConfig
+from af2.errors import CheckpointError
 
 IGNORE_INDEX = -100
 
@@ -50,13 +51,29 @@ def special_token_ids(tokenizer, cfg: TokensConfig = TokensConfig()) -> SpecialT
     vocab = tokenizer.get_vocab()
     missing = [t for t in (cfg.audio, cfg.end_of_chunk, cfg.pad, cfg.sep, cfg.eos) if t not in vocab]
     if missing:
-        raise ValueError(f"tokenizer lacks AF2 special tokens {missing}; call af2.tokens.add_special_tokens first")
+        raise CheckpointError(f"tokenizer lacks AF2 special tokens {missing}; call af2.tokens.add_special_tokens first")
     return SpecialTokens(audio=vocab[cfg.audio], end_of_chunk=vocab[cfg.end_of_chunk], pad=vocab[cfg.pad],
                          sep=vocab[cfg.sep], eos=vocab[cfg.eos])
 
 
 def inference_prompt(question: str, cfg: TokensConfig = TokensConfig()) -> str:
     return f"{cfg.audio}{question.lower().strip()}{cfg.sep}"
+
+
+def prompt_ids(tokenizer, question: str, special: SpecialTokens) -> list[int]:
+    """Ids of ``inference_prompt(question)``: ``<audio>`` + the question + ``<SEP>``.
+
+    The question is user text: it is tokenised with special-token matching off, so a question that
+    contains ``<audio>``, ``<|endofchunk|>`` or ``<|endoftext|>`` is read as those characters and
+    can never add an audio slot or end the prompt. Added tokens split the text before the BPE runs,
+    so for ordinary questions this equals tokenising the whole prompt string.
+    """
+    body = tokenizer(question.lower().strip(), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    # A vocabulary that also holds a special token as an ordinary word (word-level tokenizers do) could
+    # still map the text to it: such ids are dropped, so the prompt's structure never depends on the text.
+    banned = {special.audio, special.end_of_chunk, special.pad, special.sep, special.eos,
+              *getattr(tokenizer, "all_special_ids", ())}
+    return [special.audio, *(i for i in body if i not in banned), special.sep]
 
 
 def training_text(prompt: str, answer: str, cfg: TokensConfig = TokensConfig()) -> str:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from af2.errors import AudioError
 
 SAMPLE_RATE = 16_000  # AF2's input rate (spec 1.1); the corpus stores everything at this rate
 
@@ -39,7 +40,7 @@ def load_mono_16k(path: str | os.PathLike) -> np.ndarray:
         chunks = [f.to_ndarray().reshape(-1) for frame in container.decode(stream) for f in resampler.resample(frame)]
         chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
     if not chunks:
-        raise ValueError(f"{path}: no audio decoded")
+        raise AudioError(f"{path}: no audio decoded")
     return np.concatenate(chunks).astype(np.float32)
 
 

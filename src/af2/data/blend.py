@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import numpy as np
+from af2.errors import ConfigError
 
 
 def _seed(text: str) -> int:
@@ -30,7 +31,7 @@ def epoch_indices(name: str, n: int, weight: float, global_weight: float, epoch:
     if n <= 0:
         return np.zeros(0, dtype=np.int64)
     if weight < 0 or global_weight <= 0 or epoch < 0:
-        raise ValueError(f"blend {name!r}: need weight >= 0, global_weight > 0, epoch >= 0 "
+        raise ConfigError(f"blend {name!r}: need weight >= 0, global_weight > 0, epoch >= 0 "
                          f"(got {weight}, {global_weight}, {epoch})")
     w = global_weight * weight
     start, end = int(epoch * n * w), int((epoch + 1) * n * w)
@@ -50,7 +51,7 @@ def blend_epoch(sizes: Mapping[str, int], weights: Mapping[str, float], global_w
     """The (dataset name, item index) pairs of one epoch, datasets in ``sizes`` order."""
     missing = [name for name in sizes if name not in weights]
     if missing:
-        raise KeyError(f"blend: no weight for dataset(s) {missing}; add them to dataset_blending_config")
+        raise ConfigError(f"blend: no weight for dataset(s) {missing}; add them to dataset_blending_config")
     out: list[tuple[str, int]] = []
     for name, n in sizes.items():
         out.extend((name, int(i)) for i in epoch_indices(name, n, weights[name], global_weight, epoch))

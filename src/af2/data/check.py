@@ -3,6 +3,8 @@
 Problems found (each counted, with examples naming file, entry and problem):
     malformed_manifest   the file is not valid JSON / not the AF2 layout / a bad line in JSONL
     malformed_entry      an entry lacks a field or has the wrong type
+    outside_root         the audio path leaves the data root (``..``, an absolute path, a symlink
+                         pointing out); it is not opened unless allow_outside_root is set
     missing_audio        the resolved audio file does not exist
     unreadable_audio     the file exists but neither libsndfile nor FFmpeg can read its header
     empty_prompt         prompt is empty or whitespace
@@ -12,20 +14,22 @@ Problems found (each counted, with examples naming file, entry and problem):
                          by more than the tolerance
     duplicate_id         an id seen before (across all manifests checked together)
 
-Audio is probed from its header (soundfile, then PyAV), never fully decoded.
+Audio is probed from its header (soundfile, then PyAV), never fully decoded, and only inside the
+data root.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from af2.data.manifest import ManifestError, _item_from_entry
+from af2.jsonl import read_json, read_jsonl
 
-PROBLEM_KINDS = ("malformed_manifest", "malformed_entry", "missing_audio", "unreadable_audio", "empty_prompt",
+PROBLEM_KINDS = ("malformed_manifest", "malformed_entry", "outside_root", "missing_audio", "unreadable_audio", "empty_prompt",
                  "empty_output", "bad_duration", "duplicate_id")
 
 
@@ -88,48 +92,58 @@ def audio_duration(path: str | os.PathLike) -> float:
 
 def _entries(path: Path, report: CheckReport):
     """Yield (entry key, raw entry, header) from a JSON or JSONL manifest, recording layout problems."""
-    text = path.read_text(encoding="utf-8")
+    def bad(entry: str, message: str) -> None:
+        report.problems.append(Problem("malformed_manifest", str(path), entry, message))
+
     if path.suffix == ".jsonl":
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as exc:
-                report.problems.append(Problem("malformed_manifest", str(path), f"line {lineno}",
-                                               f"malformed JSON: {exc.msg}"))
-                continue
+        try:
+            found = read_jsonl(path, strict=False, error=ManifestError)
+        except ManifestError as exc:
+            bad("-", str(exc).split(": ", 1)[-1])
+            return
+        for lineno, message in found.bad_lines:
+            bad(f"line {lineno}", message.split(": ", 1)[-1])
+        for lineno, entry in found.records:
             if not isinstance(entry, dict) or "id" not in entry:
                 report.problems.append(Problem("malformed_entry", str(path), f"line {lineno}",
                                                "expected an object with an 'id' field"))
                 continue
-            header = {k: str(entry.get(k, d)) for k, d in
+            header = {k: entry.get(k, d) for k, d in
                       (("split", path.stem), ("split_path", ""), ("flamingo_task", path.parent.name))}
             yield f"line {lineno}", entry, header
         return
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        report.problems.append(Problem("malformed_manifest", str(path), "-",
-                                       f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"))
+        doc = read_json(path, ManifestError)
+    except ManifestError as exc:
+        bad("-", str(exc).split(": ", 1)[-1])
         return
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), dict):
-        report.problems.append(Problem("malformed_manifest", str(path), "-",
-                                       "expected an object with a 'data' object (AF2 manifest format)"))
+        bad("-", "expected an object with a 'data' object (AF2 manifest format)")
         return
-    header = {"split": str(doc.get("split", path.stem)), "split_path": str(doc.get("split_path", "")),
-              "flamingo_task": str(doc.get("flamingo_task", path.parent.name))}
+    header = {"split": doc.get("split", path.stem), "split_path": doc.get("split_path", ""),
+              "flamingo_task": doc.get("flamingo_task", path.parent.name)}
     keys = list(doc["data"])
     if sorted(keys, key=lambda k: (len(k), k)) != [str(i) for i in range(len(keys))]:
-        report.problems.append(Problem("malformed_manifest", str(path), "-",
-                                       f"keys of 'data' must be \"0\"..\"{len(keys) - 1}\""))
+        bad("-", f"keys of 'data' must be \"0\"..\"{len(keys) - 1}\"")
     for key in keys:
         yield key, doc["data"][key], header
 
 
+def _probe(audio: Path) -> float | Exception:
+    """The file's duration, or the reason it has none (missing, unreadable)."""
+    try:
+        if not audio.is_file():  # also keeps FIFOs and devices from being opened
+            return FileNotFoundError(str(audio))
+        seconds = audio_duration(audio)
+        return seconds if math.isfinite(seconds) and seconds >= 0 else ValueError(f"header length {seconds}")
+    except Exception as exc:  # any decoder failure means "unreadable"; it is reported, not raised
+        return exc
+
+
 def check_manifests(paths: list[str | os.PathLike], data_root: str | os.PathLike,
-                    duration_tolerance: float = 0.5) -> CheckReport:
-    """Check every entry of every manifest; audio resolves as ``data_root/split_path/name``."""
+                    duration_tolerance: float = 0.5, *, allow_outside_root: bool = False) -> CheckReport:
+    """Check every entry of every manifest; audio resolves as ``data_root/split_path/name`` and is
+    only opened inside ``data_root`` unless ``allow_outside_root``."""
     report = CheckReport()
     seen_ids: dict[str, str] = {}
     durations: dict[Path, float | Exception] = {}  # one probe per audio file, however many QA items
@@ -141,6 +155,10 @@ def check_manifests(paths: list[str | os.PathLike], data_root: str | os.PathLike
         for key, raw, header in _entries(path, report):
             report.items += 1
             where = str(path)
+            if not all(isinstance(v, str) for v in header.values()):
+                report.problems.append(Problem("malformed_entry", where, key,
+                                               "'split', 'split_path' and 'flamingo_task' must be strings"))
+                continue
             try:
                 item = _item_from_entry(raw, f"entry {key}", split=header["split"], split_path=header["split_path"],
                                         task=header["flamingo_task"],
@@ -161,15 +179,14 @@ def check_manifests(paths: list[str | os.PathLike], data_root: str | os.PathLike
                 report.problems.append(Problem("bad_duration", where, key,
                                                f"duration {item.duration} / audio_start {item.audio_start} "
                                                "must be positive / non-negative"))
-            audio = item.audio_path(data_root)
+            try:
+                audio = item.resolve_audio(data_root, allow_outside_root=allow_outside_root)
+            except ManifestError as exc:
+                kind = "outside_root" if "outside the data root" in str(exc) else "malformed_entry"
+                report.problems.append(Problem(kind, where, key, str(exc).split(": ", 1)[-1]))
+                continue
             if audio not in durations:
-                if not audio.is_file():
-                    durations[audio] = FileNotFoundError(str(audio))
-                else:
-                    try:
-                        durations[audio] = audio_duration(audio)
-                    except Exception as exc:  # any decoder failure means "unreadable"; it is reported
-                        durations[audio] = exc
+                durations[audio] = _probe(audio)
             real = durations[audio]
             if isinstance(real, FileNotFoundError):
                 report.problems.append(Problem("missing_audio", where, key, f"audio not found: {audio}"))

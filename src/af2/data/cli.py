@@ -19,6 +19,8 @@ def register(subparsers) -> None:
     check.add_argument("--examples", type=int, default=3, help="examples printed per problem kind")
     check.add_argument("--strict-giveaways", action="store_true",
                        help="exit 1 when a multiple-choice template gives its answer away in the text")
+    check.add_argument("--allow-outside-root", action="store_true",
+                       help="open audio paths that resolve outside --data-root (refused and counted by default)")
     check.set_defaults(func=_check)
 
     base = data_sub.add_parser("giveaway-baseline",
@@ -83,7 +85,7 @@ def _check(args: argparse.Namespace) -> int:
     from af2.data.giveaway import format_report, giveaway_report
 
     root = args.data_root or _default_root(args.manifests[0])
-    report = check_manifests(args.manifests, root, args.tolerance)
+    report = check_manifests(args.manifests, root, args.tolerance, allow_outside_root=args.allow_outside_root)
     print(report.format(args.examples))
     giveaways = giveaway_report(_items(args.manifests), args.examples)
     print(format_report(giveaways, args.examples))
@@ -128,12 +130,15 @@ def _baseline(args: argparse.Namespace) -> int:
 
 
 def _qa(args: argparse.Namespace) -> int:
-    import json
-
     from af2.data.manifest import ManifestItem, write_manifest
+    from af2.errors import ManifestError
+    from af2.jsonl import read_jsonl
     from af2.data.qa.templates import build_pools, template_qa
 
-    metas = [json.loads(line) for line in args.metadata.read_text(encoding="utf-8").splitlines() if line.strip()]
+    metas = [m for _, m in read_jsonl(args.metadata, error=ManifestError).records]
+    bad = next((n for n, m in enumerate(metas, 1) if not isinstance(m, dict) or "id" not in m), None)
+    if bad is not None:
+        raise ManifestError(f"{args.metadata}: record {bad} is not an object with an 'id'")
     if args.backend == "templates":
         pools = build_pools(metas)
         per_item = [template_qa(m, pools, args.seed) for m in metas]
@@ -159,7 +164,7 @@ def _qa(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from af2.cli import UserError
+    from af2.errors import RequestError
     from af2.data.catalog import DEFAULT_SOURCES
     from af2.data.corpus import BuildOptions, build_corpus
     from af2.data.sources import ReservedSourceError, SourceUnavailableError
@@ -176,7 +181,7 @@ def _build(args: argparse.Namespace) -> int:
     try:
         sheet = build_corpus(opts)
     except (ReservedSourceError, SourceUnavailableError) as exc:
-        raise UserError(str(exc)) from exc
+        raise RequestError(str(exc)) from exc
     print(f"corpus written to {args.out} in {time.time() - t0:.0f} s: {sheet['clips']['count']} clips, "
           f"{sheet['scenes']['count']} scenes, {sheet['long']['composed']} composed long recordings "
           f"({sheet['long']['composed_1_to_5_min']} of 1-5 min), {sheet['long']['real']} real, "

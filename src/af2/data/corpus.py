@@ -37,6 +37,8 @@ from af2.data.manifest import ManifestItem, write_manifest
 from af2.data.qa import QAPair, SKILLS
 from af2.data.qa.templates import build_pools, caption_qa, template_qa
 from af2.data.sources import RESERVED, BuildContext, Clip, LongTrack, ReservedSourceError, SourceUnavailableError
+from af2.errors import ConfigError, ManifestError
+from af2.jsonl import write_jsonl
 
 TASKS = {"skills": "AF2Corpus-AudioSkills", "caption": "AF2Corpus-AudioCaptioning", "long": "AF2Corpus-LongAudio"}
 
@@ -65,7 +67,7 @@ def resolve_sources(names: Sequence[str]) -> list[str]:
         if name in RESERVED:
             raise ReservedSourceError(f"source {name!r} is reserved for evaluation and never enters the corpus")
         if name not in SOURCES:
-            raise ValueError(f"unknown source {name!r}; choose from {', '.join(SOURCES)}")
+            raise ConfigError(f"unknown source {name!r}; choose from {', '.join(SOURCES)}")
         out.append(name)
     missing = [n for n in out if not SOURCES[n].probe()]
     if missing:
@@ -105,10 +107,10 @@ def _collect(opts: BuildOptions, names: list[str]) -> tuple[list[Clip], list[Lon
         for reason, n in sorted(ctx.skipped.items()):
             print(f"corpus: source {name}: skipped {n} ({reason})", file=sys.stderr)
     if not clips:
-        raise ValueError("no clips collected; pick at least one clip source with --sources")
+        raise ConfigError("no clips collected; pick at least one clip source with --sources")
     dup = [k for k, n in Counter(c.id for c in clips).items() if n > 1]
     if dup:
-        raise ValueError(f"duplicate clip ids {dup[:5]}: two source files would share one audio path")
+        raise ManifestError(f"duplicate clip ids {dup[:5]}: two source files would share one audio path")
     return clips, tracks, per_source
 
 
@@ -315,12 +317,11 @@ def _finish(opts, clips, scenes, timelines, rows, per_source, split_of) -> dict[
                               flamingo_task=task)
         manifests.append(str(path.relative_to(out)))
     (out / "metadata").mkdir(exist_ok=True)
-    with (out / "metadata" / "clips.jsonl").open("w", encoding="utf-8") as f:
-        for meta in [c.meta() for c in clips] + [s.meta() for s in scenes]:
-            f.write(json.dumps({**meta, "split": split_of[meta["id"]]}, ensure_ascii=False, sort_keys=True) + "\n")
+    metas = [c.meta() for c in clips] + [s.meta() for s in scenes]
+    write_jsonl(out / "metadata" / "clips.jsonl", [{**m, "split": split_of[m["id"]]} for m in metas], sort_keys=True)
     report = check_manifests([out / m for m in manifests], out)
     if not report.ok:
-        raise ValueError(f"the corpus failed its own check:\n{report.format()}")
+        raise ManifestError(f"the corpus failed its own check:\n{report.format()}")
     giveaways = giveaway_report(it for lst in rows.values() for it in lst)
     flagged = {t: s.giveaways() for t, s in giveaways.items() if s.giveaways()}
     if flagged:

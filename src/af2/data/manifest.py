@@ -18,12 +18,14 @@ JSONL; in JSON it defaults to ``<flamingo_task>/<split>/<key>``.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from af2.errors import ManifestError  # noqa: F401  (re-exported: raised here, defined in af2.errors)
+from af2.jsonl import atomic_write_text, read_json, read_jsonl
 
 _ENTRY_FIELDS = ("id", "name", "prompt", "output", "duration", "audio_start")
 _SPLIT_FIELDS = ("split", "split_path", "flamingo_task")
@@ -47,6 +49,21 @@ class ManifestItem:
     def audio_path(self, data_root: str | os.PathLike) -> Path:
         """Where the loader opens the audio: ``data_root / split_path / name``."""
         return Path(data_root) / self.split_path / self.name
+
+    def resolve_audio(self, data_root: str | os.PathLike, *, allow_outside_root: bool = False) -> Path:
+        """``audio_path`` with symlinks and ``..`` resolved; a path that leaves ``data_root`` (an
+        absolute name or split_path, ``../``, a symlink pointing out) is a ManifestError unless
+        ``allow_outside_root``."""
+        root = Path(data_root).resolve()
+        try:
+            path = (root / self.split_path / self.name).resolve()
+        except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL byte, a name the OS refuses
+            raise ManifestError(f"item {self.id!r}: audio path {self.split_path}/{self.name} cannot be resolved "
+                                f"({exc})") from None
+        if not allow_outside_root and not path.is_relative_to(root):
+            raise ManifestError(f"item {self.id!r}: audio {self.split_path!r}/{self.name!r} resolves to {path}, "
+                                f"outside the data root {root}; fix the entry or pass --allow-outside-root")
+        return path
 
     def entry(self) -> dict[str, Any]:
         """The ``data`` entry as written: official fields first, then extras sorted by key."""
@@ -75,6 +92,13 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int with hundreds of digits
+        return False
+
+
 def _item_from_entry(entry: Any, where: str, *, split: str, split_path: str, task: str,
                      default_id: str | None) -> ManifestItem:
     if not isinstance(entry, dict):
@@ -89,8 +113,8 @@ def _item_from_entry(entry: Any, where: str, *, split: str, split_path: str, tas
             raise ManifestError(f"{where}: field {key!r} must be a string, got {type(entry[key]).__name__}")
     for key in ("duration", "audio_start"):
         value = entry.get(key, 0.0)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ManifestError(f"{where}: field {key!r} must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+            raise ManifestError(f"{where}: field {key!r} must be a finite number of seconds, got {str(value)[:40]}")
     item_id = entry.get("id", default_id)
     if not isinstance(item_id, str) or not item_id:
         raise ManifestError(f"{where}: field 'id' must be a non-empty string")
@@ -105,10 +129,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     path = Path(path)
     if path.suffix == ".jsonl":
         return _read_jsonl(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+    doc = read_json(path, ManifestError)
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), dict):
         raise ManifestError(f"{path}: expected an object with a 'data' object (AF2 manifest format, spec 6.4)")
     split = str(doc.get("split", path.stem))
@@ -129,23 +150,20 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
 
 def _read_jsonl(path: Path) -> Manifest:
     items = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}: line {lineno}"
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"{where}: malformed JSON: {exc.msg}") from exc
-            if not isinstance(entry, dict):
-                raise ManifestError(f"{where}: expected an object")
-            if "id" not in entry:
-                raise ManifestError(f"{where}: missing field 'id' (required in JSONL manifests)")
-            items.append(_item_from_entry(entry, where, split=str(entry.get("split", path.stem)),
-                                          split_path=str(entry.get("split_path", "")),
-                                          task=str(entry.get("flamingo_task", path.parent.name)),
-                                          default_id=None))
+    if not path.is_file():
+        raise ManifestError(f"{path}: no such manifest file")
+    for lineno, entry in read_jsonl(path, error=ManifestError).records:
+        where = f"{path}: line {lineno}"
+        if not isinstance(entry, dict):
+            raise ManifestError(f"{where}: expected an object")
+        if "id" not in entry:
+            raise ManifestError(f"{where}: missing field 'id' (required in JSONL manifests)")
+        header = {k: entry.get(k, d) for k, d in (("split", path.stem), ("split_path", ""),
+                                                    ("flamingo_task", path.parent.name))}
+        if not all(isinstance(v, str) for v in header.values()):
+            raise ManifestError(f"{where}: 'split', 'split_path' and 'flamingo_task' must be strings")
+        items.append(_item_from_entry(entry, where, split=header["split"], split_path=header["split_path"],
+                                      task=header["flamingo_task"], default_id=None))
     first = items[0] if items else None
     return Manifest(path=path, split=first.split if first else path.stem,
                     split_path=first.split_path if first else "",
@@ -166,10 +184,8 @@ def write_manifest(path: str | os.PathLike, items: Iterable[ManifestItem], *, sp
         for item in items:
             header = {"split": split, "split_path": split_path, "flamingo_task": flamingo_task}
             lines.append(_dumps({**item.entry(), **header}))
-        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        return path
+        return atomic_write_text(path, "".join(line + "\n" for line in lines))
     body = ",\n".join(f"{_dumps(str(i))}:{_dumps(item.entry())}" for i, item in enumerate(items))
     head = _dumps({"split": split, "split_path": split_path, "flamingo_task": flamingo_task,
                    "total_num": len(items)})[:-1]
-    path.write_text(f"{head},\"data\":{{\n{body}\n}}}}\n", encoding="utf-8")
-    return path
+    return atomic_write_text(path, f"{head},\"data\":{{\n{body}\n}}}}\n")

@@ -17,6 +17,7 @@ import numpy as np
 
 from af2.data.audio_io import load_mono_16k, normalise_peak, trim_silence
 from af2.data.sources import BuildContext, Clip, check_not_reserved
+from af2.errors import SourceError
 
 SOUNDFONTS = (Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"), Path("/usr/share/sounds/sf2/TimGM6mb.sf2"))
 INSTRUMENTS = {  # GM program -> (name, family)
@@ -36,7 +37,7 @@ def soundfont(small: bool) -> Path:
     for sf in (SOUNDFONTS[::-1] if small else SOUNDFONTS):
         if sf.is_file():
             return sf
-    raise FileNotFoundError("no General MIDI soundfont; run scripts/install-corpus-sources.sh")
+    raise SourceError("no General MIDI soundfont; run scripts/install-corpus-sources.sh")
 
 
 def tempo_word(bpm: int) -> str:
@@ -309,7 +310,7 @@ def collect_tts(ctx: BuildContext, per_voice: int = 150, engines: tuple[str, ...
         check_not_reserved(f"tts-{engine}")  # espeak-ng voices are reserved for evaluation
     voices = [v for v in available_voices() if v[0] in engines]
     if not voices:
-        raise FileNotFoundError("no TTS engine found (flite/festival/piper); run scripts/install-corpus-sources.sh")
+        raise SourceError("no TTS engine found (flite/festival/piper); run scripts/install-corpus-sources.sh")
     n_all = per_voice if ctx.limit is None else min(per_voice, max(1, ctx.limit // len(voices)))
     genders = Counter(v[2] for v in voices)
     with tempfile.TemporaryDirectory(dir=ctx.workdir) as tmp:

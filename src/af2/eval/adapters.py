@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
+from af2.errors import CheckpointError, RequestError
+from af2.jsonl import read_jsonl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +40,7 @@ def hash_model(path: str | Path) -> str:
     suffixes = (".safetensors", ".json", ".bin", ".pt", ".yaml", ".model", ".txt")
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in suffixes)
     if not files:
-        raise ValueError(f"no model files under {path}")
+        raise CheckpointError(f"no model files under {path}")
     digest = hashlib.sha256()
     for f in files:
         digest.update(str(f.relative_to(path) if path.is_dir() else f.name).encode("utf-8"))
@@ -108,20 +109,17 @@ class PredictionsAdapter:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.table: dict[str, str] = {}
-        with self.path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    row = json.loads(line)
-                    if "id" not in row or "prediction" not in row:
-                        raise ValueError(f"{self.path}: line {lineno} needs 'id' and 'prediction'")
-                    key = f"{row['task']}/{row['id']}" if "task" in row else str(row["id"])
-                    self.table[key] = str(row["prediction"])
+        for lineno, row in read_jsonl(self.path, error=RequestError).records:
+            if not isinstance(row, dict) or "id" not in row or "prediction" not in row:
+                raise RequestError(f"{self.path}: line {lineno} needs 'id' and 'prediction'")
+            key = f"{row['task']}/{row['id']}" if "task" in row else str(row["id"])
+            self.table[key] = str(row["prediction"])
 
     def answer(self, requests: Sequence[Request]) -> list[str]:
         keys = [f"{r.task}/{r.id}" if f"{r.task}/{r.id}" in self.table else r.id for r in requests]
         missing = [k for k in keys if k not in self.table]
         if missing:
-            raise ValueError(f"{self.path} has no prediction for {missing[:5]}")
+            raise RequestError(f"{self.path} has no prediction for {missing[:5]}")
         return [self.table[k] for k in keys]
 
     def describe(self) -> dict[str, Any]:

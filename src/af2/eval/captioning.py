@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Sequence
+from af2.errors import ConfigError
 
 UNAVAILABLE = {
     "spice": "unavailable: SPICE needs Stanford CoreNLP 3.6.0 jars, which are not installed "
@@ -41,9 +42,9 @@ def resolve_tokenizer(name: str) -> str:
     if name == "auto":
         return "ptb" if java_available() else "simple"
     if name not in ("ptb", "simple"):
-        raise ValueError(f"caption tokenizer must be auto, ptb or simple, not {name!r}")
+        raise ConfigError(f"caption tokenizer must be auto, ptb or simple, not {name!r}")
     if name == "ptb" and not java_available():
-        raise ValueError("caption tokenizer 'ptb' needs Java on PATH (apt-get install default-jre-headless)")
+        raise ConfigError("caption tokenizer 'ptb' needs Java on PATH (apt-get install default-jre-headless)")
     return name
 
 

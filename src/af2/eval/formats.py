@@ -7,11 +7,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import csv
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from af2 import jsonl
 from af2.errors import RequestError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
@@ -47,23 +47,16 @@ def find_file(root: Path, names: tuple[str, ...], task: str) -> Path:
 
 def read_json(path: Path) -> Any:
     note_read(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise RequestError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+    return jsonl.read_json(path, RequestError)
 
 
 def read_jsonl(path: Path) -> list[Any]:
-    """One JSON value per non-empty line."""
+    """One JSON value per non-empty line; any unreadable line (the last one too) names ``file:line``."""
     note_read(path)
-    out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise RequestError(f"{path}: line {lineno} is not JSON: {exc.msg}") from exc
-    return out
+    found = jsonl.read_jsonl(path, error=RequestError)
+    if found.torn:
+        raise RequestError(f"{path}: its last line is not valid JSON; fix or remove it")
+    return [value for _, value in found.records]
 
 
 def read_records(path: Path) -> list[Any]:

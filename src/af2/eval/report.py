@@ -17,6 +17,7 @@ from af2.errors import RequestError
 from af2.eval import paper, stats
 from af2.eval.captioning import resolve_tokenizer
 from af2.eval.registry import Benchmark, Task
+from af2.jsonl import atomic_write_text, read_json, write_jsonl
 
 PERCENT_METRICS = ("accuracy", "accuracy_exact", "similarity", "judge")  # 0-100 scales; the rest are raw
 INTERVAL_NOTE = (f"95 % intervals: Wilson score intervals for accuracies; percentile bootstrap over items "
@@ -220,14 +221,14 @@ def _rounded(doc: Any) -> Any:
 
 
 def _dump(path: Path, doc: Any) -> None:
-    path.write_text(json.dumps(_rounded(doc), indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(_rounded(doc), indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def _earlier(out: Path, card_doc: dict, names: set[str]) -> tuple[dict, dict]:
     """Summaries and card entries of tasks an earlier run wrote into ``out`` and this run did not redo."""
     if not (out / "summary.json").is_file() or not (out / "card.json").is_file():
         return {}, {}
-    summary, old_card = (json.loads((out / f).read_text(encoding="utf-8")) for f in ("summary.json", "card.json"))
+    summary, old_card = (read_json(out / f, RequestError) for f in ("summary.json", "card.json"))
     kept = {n: r for n, r in summary.get("tasks", {}).items() if n not in names}
     if kept and old_card.get("model", {}).get("model_sha256") != card_doc["model"].get("model_sha256"):
         raise RequestError(f"{out}/summary.json holds results of another model ({sorted(kept)}); use a new --out")
@@ -238,9 +239,7 @@ def write_all(config, description: dict, loaded: dict[str, tuple[Task, Benchmark
               results: dict[str, Any]) -> dict[str, Any]:
     out = config.out_dir
     for name, r in results.items():
-        with (out / name / "examples.jsonl").open("w", encoding="utf-8") as f:
-            for row in r["rows"]:
-                f.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
+        write_jsonl(out / name / "examples.jsonl", r["rows"], sort_keys=True, allow_nan=True)
     tasks = {n: {**{k: v for k, v in r.items() if k != "rows"},
                  "paper": paper.beside_ours(n, r) if config.paper_comparison else []}
              for n, r in results.items()}

@@ -15,7 +15,6 @@ error, not silently mixed.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from typing import Any
 from tqdm import tqdm
 
 from af2.errors import RequestError
+from af2.jsonl import append_jsonl, read_jsonl, record_id
 from af2.eval.adapters import Adapter, Request
 from af2.eval.benchmarks import get_task
 from af2.eval.registry import Benchmark, Example, Task
@@ -65,18 +65,17 @@ def _done_path(task_dir: Path, rank: int, world: int) -> Path:
 
 def _read_shard(path: Path, model_sha: str) -> dict[str, dict]:
     """Answers already in a shard file; drops (and rewrites without) a truncated last line."""
-    if not path.exists():
-        return {}
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    found = read_jsonl(path, strict=False, error=RequestError)
+    if found.bad_lines:
+        raise RequestError(f"{path}: line {found.bad_lines[0][0]} is not JSON; delete the file to answer its examples "
+                           "again")
+    if found.torn:
+        with path.open("r+b") as f:
+            f.truncate(found.good_bytes)
     rows: dict[str, dict] = {}
-    for i, line in enumerate(lines):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if i != len(lines) - 1:
-                raise RequestError(f"{path}: line {i + 1} is not JSON; delete the file to answer its examples again")
-            path.write_text("".join(lines[:-1]), encoding="utf-8")
-            break
+    for _, row in found.records:
+        if not isinstance(row, dict) or record_id(row) is None:
+            raise RequestError(f"{path}: a line is not a prediction record; delete the file to answer again")
         if row.get("model_sha256") != model_sha:
             raise RequestError(f"{path}: written by another model ({row.get('model_sha256')}); use a new --out")
         rows[row["id"]] = row
@@ -101,16 +100,14 @@ def answer_shard(adapter: Adapter, task: Task, examples: Sequence[Example], conf
             todo.append((e, prompt))
     bar = tqdm(total=len(shard), initial=len(shard) - len(todo), desc=f"{task.name} [rank {config.rank}]",
                disable=not config.progress, position=config.rank, leave=config.rank == 0)
-    with path.open("a", encoding="utf-8") as out:
-        for start in range(0, len(todo), config.batch_size):
-            batch = todo[start : start + config.batch_size]
-            answers = adapter.answer([Request(task.name, e.id, e.audio, p) for e, p in batch])
-            if len(answers) != len(batch):
-                raise ValueError(f"adapter returned {len(answers)} answers for {len(batch)} requests")
-            for (e, p), a in zip(batch, answers):
-                out.write(json.dumps({"id": e.id, "prompt": p, "prediction": a, "model_sha256": model_sha}) + "\n")
-            out.flush()
-            bar.update(len(batch))
+    for start in range(0, len(todo), config.batch_size):
+        batch = todo[start : start + config.batch_size]
+        answers = adapter.answer([Request(task.name, e.id, e.audio, p) for e, p in batch])
+        if len(answers) != len(batch):
+            raise ValueError(f"adapter returned {len(answers)} answers for {len(batch)} requests")
+        append_jsonl(path, [{"id": e.id, "prompt": p, "prediction": a, "model_sha256": model_sha}
+                            for (e, p), a in zip(batch, answers)])
+        bar.update(len(batch))
     bar.close()
     _done_path(task_dir, config.rank, config.world_size).write_text("done\n", encoding="utf-8")
     return path

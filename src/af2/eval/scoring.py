@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from af2.errors import ConfigError
 from af2.eval import captioning, choice, labels, stats
 from af2.eval.judge import Judge
 from af2.eval.registry import Example
@@ -210,7 +211,7 @@ SCORERS: dict[str, Scorer] = {
 
 def get_scorer(name: str) -> Scorer:
     if name not in SCORERS:
-        raise ValueError(f"unknown scorer {name!r}; known: {', '.join(sorted(SCORERS))}")
+        raise ConfigError(f"unknown scorer {name!r}; known: {', '.join(sorted(SCORERS))}")
     return SCORERS[name]
 
 

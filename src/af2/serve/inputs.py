@@ -11,10 +11,10 @@ import urllib.request
 
 import torch
 
+from af2 import tokens
 from af2.audio import load_audio, make_windows
 from af2.errors import AudioError
 from af2.inference import AF2, AudioFacts
-from af2.tokens import inference_prompt
 from af2.serve.protocol import ApiError, AudioRef, bad
 
 _FETCH_TIMEOUT_S = 10.0
@@ -62,8 +62,9 @@ def prepare(api: AF2, data: bytes, param: str, *, strict_length: bool) -> tuple[
 
 
 def prompt_ids(api: AF2, question: str) -> list[int]:
-    """The question in AF2's inference template, tokenised; 400 when it is too long."""
-    ids = api.tokenizer(inference_prompt(question, api.model.cfg.tokens), add_special_tokens=False)["input_ids"]
+    """The question in AF2's inference template, tokenised (its text never becomes special tokens);
+    400 when it is too long."""
+    ids = tokens.prompt_ids(api.tokenizer, question, api.special)
     limit = api.model.cfg.tokens.max_tokens
     if len(ids) > limit:
         raise bad("messages", f"the question is {len(ids)} tokens long; the model takes at most {limit}",

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from af2.errors import CheckpointError
 from af2.train.distributed import DistInfo, barrier, gather_objects, unwrap
 from af2.train.lora import join_lora_state, split_lora_state
 from af2.checkpoint import expand_saved_state, load_state_dict_strict, read_model_folder_config, tied_aliases
@@ -65,7 +66,7 @@ def resolve_weights(path: str | Path) -> Path:
         latest = latest_checkpoint(path)
         path = (latest if latest is not None else path) / "model.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(f"no weights at {path}; pass a model.safetensors or a checkpoint directory")
+        raise CheckpointError(f"no weights at {path}; pass a model.safetensors or a checkpoint directory")
     return path
 
 
@@ -156,7 +157,7 @@ def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     scheduler.load_state_dict(trainer["scheduler"])
     rngs = trainer["rng"]
     if len(rngs) != info.world_size:
-        raise ValueError(f"{ckpt}: saved by {len(rngs)} ranks, resumed with {info.world_size}; an exact "
+        raise CheckpointError(f"{ckpt}: saved by {len(rngs)} ranks, resumed with {info.world_size}; an exact "
                          "resume needs the same number of ranks (load the weights with init_checkpoint instead)")
     set_rng_state(rngs[info.rank])
     trainer["position"] = Position(**trainer["position"])

@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModel
 
 from af2.audio import log_mel
 from af2.config import AudioConfig, HTSATConfig
+from af2.errors import ConfigError
 from af2.model.htsat import HTSAT
 from af2.train.checkpoint import save_weights
 from af2.train.config import ClapConfig
@@ -45,7 +46,7 @@ def build_text_encoder(cfg: ClapConfig) -> nn.Module:
         conf = dict(cfg.text_encoder_config)
         model = AutoModel.from_config(AutoConfig.for_model(conf.pop("model_type"), **conf))
     else:
-        raise ValueError("clap.text_encoder (a local Hugging Face encoder folder, e.g. flan-t5-large) or "
+        raise ConfigError("clap.text_encoder (a local Hugging Face encoder folder, e.g. flan-t5-large) or "
                          "clap.text_encoder_config is required for stage 0")
     return model.get_encoder() if getattr(model.config, "is_encoder_decoder", False) else model
 

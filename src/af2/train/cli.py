@@ -25,7 +25,12 @@ def _main(args: argparse.Namespace) -> int:
     overrides = parse_cli_overrides(args.overrides)
     if args.resume:
         overrides["resume"] = True
-    result = run(load_train_config(args.config, overrides))
+    cfg = load_train_config(args.config, overrides)
+    result = run(cfg)
+    if not result.losses:
+        print(f"{result.run_dir}: already complete at step {result.step} of max_steps={cfg.max_steps}; nothing to do "
+              f"(pass a larger max_steps=N with --resume to train further)")
+        return 0
     print(f"{result.run_dir}: {result.step} steps, last loss {result.losses[-1] if result.losses else float('nan'):.4f}, "
           f"checkpoint {result.checkpoint}, skipped samples {result.skipped}")
     return 0

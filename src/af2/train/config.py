@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from af2.config import apply_overrides, config_from_dict, config_to_dict
+from af2.errors import ConfigError
 
 STAGE_KINDS = ("clap", "alm")
 SCHEDULES = ("constant_with_warmup", "cosine")
@@ -178,22 +179,22 @@ class TrainConfig:
         _check_choice("embedding_grad_rows", self.embedding_grad_rows, EMBEDDING_GRAD_ROWS)
         _check_choice("optim.decay_params", self.optim.decay_params, DECAY_PARAMS)
         if not 0.0 <= self.audio_attn_dropout < 1.0:
-            raise ValueError(f"audio_attn_dropout must be in [0, 1), got {self.audio_attn_dropout}")
+            raise ConfigError(f"audio_attn_dropout must be in [0, 1), got {self.audio_attn_dropout}")
         _check_choice("new_rows_init", self.new_rows_init, ("random", "mean"))
         for group in self.optim.group_lr:
             _check_choice("optim.group_lr", group, TRAINABLE_GROUPS + ("gates",))
         for group in self.trainable:
             _check_choice("trainable", group, TRAINABLE_GROUPS)
         if ("lora" in self.trainable) != self.lora.enabled:
-            raise ValueError("trainable lists 'lora' exactly when lora.enabled is true; set both or neither")
+            raise ConfigError("trainable lists 'lora' exactly when lora.enabled is true; set both or neither")
         for name in ("batch_size", "grad_accum", "max_steps", "save_interval", "windows", "xattn_fewshot_tokens"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,11 +212,11 @@ def recipe_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
-            raise FileNotFoundError(f"recipe {path} does not exist")
+            raise ConfigError(f"recipe {path} does not exist")
         return path
     shipped = resources.files("af2") / "recipes" / f"{name_or_path}.yaml"
     if not shipped.is_file():
-        raise ValueError(f"unknown recipe {name_or_path!r}; shipped recipes: {', '.join(recipe_names())}")
+        raise ConfigError(f"unknown recipe {name_or_path!r}; shipped recipes: {', '.join(recipe_names())}")
     return Path(str(shipped))
 
 
@@ -225,12 +226,12 @@ def load_train_config(recipe: str, overrides: dict[str, Any] | None = None) -> T
     with open(path) as f:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     try:
         cfg = config_from_dict(TrainConfig, data)
         return apply_overrides(cfg, overrides) if overrides else cfg
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+        raise ConfigError(f"{path}: {exc}") from exc
 
 
 def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:

@@ -16,6 +16,7 @@ from af2.audio import load_audio, make_windows, max_read_seconds, num_windows, p
 from af2.config import AudioConfig, TokensConfig
 from af2.data.blend import blend_epoch
 from af2.data.manifest import ManifestItem, read_manifest
+from af2.errors import ConfigError, ManifestError
 from af2.tokens import encode_training_batch, fewshot_audio_limit, special_token_ids
 from af2.train.config import DataConfig
 
@@ -33,7 +34,7 @@ def _manifest_file(root: Path, name: str) -> Path:
     for suffix in (".json", ".jsonl"):
         if (root / f"{name}{suffix}").is_file():
             return root / f"{name}{suffix}"
-    raise FileNotFoundError(f"data.blend names {name!r} but neither {root / name}.json nor .jsonl exists; "
+    raise ManifestError(f"data.blend names {name!r} but neither {root / name}.json nor .jsonl exists; "
                             "fix data.dataset_file_root or the blend key")
 
 
@@ -41,7 +42,7 @@ def blended_items(data: DataConfig) -> list[ManifestItem]:
     """Every item the whole blend schedule uses, once per use (spec 6.3): over ``1/global_weight``
     blend epochs each dataset contributes about ``N * weight`` items. The engine shuffles them."""
     if not data.blend:
-        raise ValueError("data.blend is empty: map each manifest (path without .json under "
+        raise ConfigError("data.blend is empty: map each manifest (path without .json under "
                          "data.dataset_file_root) to a weight")
     root = Path(data.dataset_file_root)
     manifests = {name: read_manifest(_manifest_file(root, name)).items for name in data.blend}

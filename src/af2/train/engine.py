@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from af2.errors import CheckpointError, ConfigError
 from af2.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from af2.train.config import TrainConfig, dump_train_config
 from af2.train.distributed import (DistInfo, init_distributed, mean_across_ranks, no_grad_sync, sum_across_ranks,
@@ -65,7 +66,7 @@ def train(cfg: TrainConfig, task: Task, info: DistInfo | None = None,
     model = task.model.to(info.device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise ValueError(f"stage {cfg.stage}: no trainable parameters; check `trainable`")
+        raise ConfigError(f"stage {cfg.stage}: no trainable parameters; check `trainable`")
     model = wrap_model(model, info, cfg.strategy)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg, model)
@@ -77,7 +78,7 @@ def train(cfg: TrainConfig, task: Task, info: DistInfo | None = None,
     if cfg.resume:
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
-            raise FileNotFoundError(f"resume: no checkpoint in {run_dir / 'checkpoints'}; run without --resume")
+            raise CheckpointError(f"resume: no checkpoint in {run_dir / 'checkpoints'}; run without --resume")
         record = load_checkpoint(ckpt, model, optimizer, scheduler, info)
         step, position, counters = record["step"], record["position"], record["counters"]
         if step >= cfg.max_steps:

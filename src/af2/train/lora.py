@@ -12,6 +12,7 @@ import re
 import torch
 from torch import nn
 
+from af2.errors import ConfigError
 from af2.train.config import LoRAConfig
 
 
@@ -49,7 +50,7 @@ def add_lora(model: nn.Module, cfg: LoRAConfig, prefix: str = "lm.") -> list[str
     names = [n for n, m in model.named_modules()
              if isinstance(m, nn.Linear) and n.startswith(prefix) and n.rsplit(".", 1)[-1] in cfg.targets]
     if not names:
-        raise ValueError(f"LoRA: no nn.Linear named {list(cfg.targets)} under {prefix!r}; fix lora.targets")
+        raise ConfigError(f"LoRA: no nn.Linear named {list(cfg.targets)} under {prefix!r}; fix lora.targets")
     for name in names:
         parent_name, child = name.rsplit(".", 1)
         parent = model.get_submodule(parent_name)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoTokenizer
 
 from af2.config import AF2Config, af2_config, apply_overrides, nano_config, tiny_config
 from af2.base_lm import load_base_lm, resolve_base_lm
 from af2.checkpoint import BaseRef, save_pretrained
+from af2.errors import CheckpointError, ConfigError
 from af2.model.af2 import AF2Model
 from af2.tokens import add_special_tokens
 from af2.train.alm import alm_task, with_training_options
@@ -35,8 +35,13 @@ def model_config(cfg: TrainConfig) -> AF2Config:
 
 def load_tokenizer(path: str, what: str):
     if not path:
-        raise ValueError(f"{what} is required: a local tokenizer folder")
-    return AutoTokenizer.from_pretrained(path)
+        raise ConfigError(f"{what} is required: a local tokenizer folder")
+    from af2.checkpoint import load_tokenizer as load  # one loader: offline failures are one-line errors
+
+    try:
+        return load(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{what}: {exc}") from None
 
 
 def audio_tower_file(path: str | Path) -> Path:
@@ -45,7 +50,7 @@ def audio_tower_file(path: str | Path) -> Path:
     if path.is_dir():
         path = (latest_checkpoint(path) or path) / "audio_tower.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(f"audio_tower_checkpoint: no {path}; point it at stage 0's run directory or file")
+        raise CheckpointError(f"audio_tower_checkpoint: no {path}; point it at stage 0's run directory or file")
     return path
 
 
@@ -68,12 +73,12 @@ def build_alm_task(cfg: TrainConfig) -> Task:
         try:
             model.audio_encoder.load_state_dict(load_file(str(tower)))
         except RuntimeError as exc:
-            raise ValueError(f"{tower}: does not match the audio tower of this model: {exc}") from exc
+            raise CheckpointError(f"{tower}: does not match the audio tower of this model: {exc}") from exc
     if cfg.lora.enabled:
         add_lora(model, cfg.lora)
     apply_stage(model, cfg.trainable)
     if len(tokenizer) != arch.vocab_size:
-        raise ValueError(f"tokenizer {cfg.tokenizer} has {len(tokenizer)} tokens with AF2's specials but the "
+        raise CheckpointError(f"tokenizer {cfg.tokenizer} has {len(tokenizer)} tokens with AF2's specials but the "
                          f"model has {arch.vocab_size} embedding rows; fix model or tokenizer")
     # the saved folder answers up to 5 minutes, whatever the stage's training window count
     inference_cfg = replace(arch, audio=replace(arch.audio, max_windows=max(arch.audio.max_windows, 30)))

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from af2.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class BatchPlan:
                  lengths: Sequence[tuple[int, ...]] | None = None, bucket_size: int = 50):
         global_batch = batch_size * world_size
         if n_samples < global_batch:
-            raise ValueError(f"the data has {n_samples} samples, fewer than one global micro-batch "
+            raise ConfigError(f"the data has {n_samples} samples, fewer than one global micro-batch "
                              f"(batch_size {batch_size} x {world_size} ranks); lower batch_size")
         if lengths is not None and len(lengths) != n_samples:
             raise ValueError(f"got {len(lengths)} lengths for {n_samples} samples")

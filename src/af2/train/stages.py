@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
+from af2.errors import ConfigError
 
 GROUP_PATTERNS: dict[str, Callable[[str], bool]] = {
     "clap": lambda n: n.startswith("audio_encoder."),
@@ -50,10 +51,10 @@ def select(names: list[str], groups: tuple[str, ...]) -> dict[str, list[str]]:
     out = {}
     for group in groups:
         if group not in GROUP_PATTERNS:
-            raise ValueError(f"unknown trainable group {group!r}; choose from {', '.join(GROUP_PATTERNS)}")
+            raise ConfigError(f"unknown trainable group {group!r}; choose from {', '.join(GROUP_PATTERNS)}")
         out[group] = [n for n in names if GROUP_PATTERNS[group](n)]
         if not out[group]:
-            raise ValueError(f"trainable group {group!r} matches no parameter of the model")
+            raise ConfigError(f"trainable group {group!r} matches no parameter of the model")
     return out
 
 

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from af2.chat_client import ChatClient, ChatConfig, ChatError
 from af2.data.qa import SKILLS, QAPair
+from af2.errors import ConfigError
 
 PROMPT_ID = "audioskills-v1"
 SYSTEM_PROMPT = (
@@ -93,7 +94,7 @@ class LLMConfig:
                   **{k: v for k, v in overrides.items() if v is not None}}
         for key in ("base_url", "model"):
             if not merged.get(key):
-                raise ValueError(f"LLM back end: no {key}; pass --llm-{key.replace('_', '-')} or set AF2_LLM_{key.upper()}")
+                raise ConfigError(f"LLM back end: no {key}; pass --llm-{key.replace('_', '-')} or set AF2_LLM_{key.upper()}")
         return cls(**merged)
 
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Iterable
 
-
-
 from af2.data.qa import QAPair, item_rng, multiple_choice, number_options
+from af2.errors import ManifestError
 
 GENERATOR = "templates"
 POOL_KEYS = ("label", "instrument", "family", "key", "tempo", "dynamics", "pattern", "composer", "era", "metre",
@@ -234,7 +233,7 @@ _BY_CATEGORY = {"sfx": _sfx, "speech": _speech, "vocalization": _vocalization, "
 def template_qa(meta: dict[str, Any], pools: dict[str, list[str]], seed: int = 0) -> list[QAPair]:
     """All template QA for one clip; deterministic in (meta, pools, seed)."""
     if meta["category"] not in _BY_CATEGORY:
-        raise ValueError(f"clip {meta['id']!r}: unknown category {meta['category']!r}; expected one of {sorted(_BY_CATEGORY)}")
+        raise ManifestError(f"clip {meta['id']!r}: unknown category {meta['category']!r}; expected one of {sorted(_BY_CATEGORY)}")
     b = _Builder(meta, pools, seed)
     _general(b)
     _BY_CATEGORY[meta["category"]](b)

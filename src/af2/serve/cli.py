@@ -74,7 +74,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     _check(args)
     key = _api_key(args.api_key_env)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    fmt = "%(asctime)s %(name)s %(message)s"
+    af2_log = logging.getLogger("af2")
+    if af2_log.handlers:  # the af2 command line already logs the library to stderr: one line each, timestamped
+        for handler in af2_log.handlers:
+            handler.setFormatter(logging.Formatter(fmt))
+    else:
+        logging.basicConfig(level=logging.INFO, format=fmt, stream=sys.stderr)
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback
     except ValueError:

@@ -25,7 +25,8 @@ PROMPT = "w379 w366 w250 w360 w455 w15"
 
 @pytest.fixture(scope="module")
 def api(fixture_dir):
-    return af2.load(fixture_dir / "checkpoint", config=fixture_config(fixture_dir), max_audio_seconds=120)
+    return af2.load(fixture_dir / "checkpoint", config=fixture_config(fixture_dir), max_audio_seconds=120,
+                    dtype="float32")
 
 
 @pytest.fixture(scope="module")

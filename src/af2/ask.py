@@ -40,7 +40,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                         f"(default: ${DEFAULT_MODEL_ENV} or nvidia/audio-flamingo-2-0.5B)")
     p.add_argument("--base-lm", help="Qwen2.5 base (folder or hub id) for official checkpoints")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ... (default cpu)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16", "int8"],
+                   help="default auto: bfloat16 on CPUs with AVX512-BF16/AMX, else float32; int8 = int8 LM weights")
+    p.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     p.add_argument("--max-audio-seconds", type=float, default=300.0,
                    help="listen to at most this much of each file (default 300 = 5 min); longer input is "
                         "truncated with a warning")
@@ -63,8 +65,11 @@ def _gen_options(args: argparse.Namespace) -> dict:
 def _load(args: argparse.Namespace):
     from af2.inference import load
 
-    return load(args.model, device=args.device, dtype=args.dtype, base_lm=args.base_lm,
-                max_audio_seconds=args.max_audio_seconds, strict_length=args.strict_length)
+    api = load(args.model, device=args.device, dtype=args.dtype, base_lm=args.base_lm,
+               max_audio_seconds=args.max_audio_seconds, strict_length=args.strict_length)
+    if not args.quiet and sys.stderr.isatty():
+        print(f"loaded {args.model} ({api.dtype_name}) in {api.load_s:.1f} s", file=sys.stderr)
+    return api
 
 
 def answer_record(answer) -> dict:
@@ -83,22 +88,51 @@ def _print(answer, as_json: bool) -> None:
               f"(heard {answer.audio.kept_s:.1f} s)", file=sys.stderr)
 
 
+class EncodeProgress:
+    """A ``progress(done, total)`` callback drawing a tqdm bar of audio windows on stderr; silent
+    with ``--quiet`` or when stderr is not a terminal."""
+
+    def __init__(self, quiet: bool):
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None or self.bar.total != total or done < self.bar.n:
+            from tqdm import tqdm
+
+            self.close()
+            self.bar = tqdm(total=total, unit="window", desc="encoding audio", file=sys.stderr, leave=False)
+        self.bar.update(done - self.bar.n)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def _one(args: argparse.Namespace, question: str) -> int:
     from af2.audio import AudioError
 
+    progress = EncodeProgress(args.quiet)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # truncation is reported below, once, in one line
         try:
             model = _load(args)
             if getattr(args, "stream", False):
                 opts = _gen_options(args)
-                for piece in model.stream(args.audio, question, **opts):
+                for piece in model.stream(args.audio, question, progress=progress, **opts):
                     print(piece, end="", flush=True)
                 print()
                 return 0
-            answer = model.ask(args.audio, question, **_gen_options(args))
+            answer = model.ask(args.audio, question, progress=progress, **_gen_options(args))
         except AudioError as exc:
             raise UserError(str(exc)) from None
+        finally:
+            progress.close()
     _print(answer, args.json)
     return 0
 
@@ -178,7 +212,7 @@ def run_jsonl(args: argparse.Namespace) -> int:
     options = _gen_options(args)
     failures = 0
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.output, "a") as out, tqdm(total=len(todo), unit="q", desc="af2 ask") as bar, \
+    with open(args.output, "a") as out, tqdm(total=len(todo), unit="q", desc="af2 ask", disable=args.quiet) as bar, \
             warnings.catch_warnings():
         warnings.simplefilter("ignore")  # truncation goes into each record instead
         for start in range(0, len(todo), max(1, args.batch_size)):

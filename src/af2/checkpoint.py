@@ -21,14 +21,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from af2.errors import CheckpointError  # noqa: F401  (re-exported: raised here, defined in af2.errors)
 from af2.config import AF2Config, config_from_dict, config_to_dict
 from af2.model.af2 import AF2Model
 from af2.model.htsat import OFFICIAL_CLAP_PREFIX as CLAP_PREFIX, clap_state_dict_from_official
+from af2.tensorfile import TensorFile
 
 
 # Official Flamingo key prefix → ours. Both CLAP namings exist: the HF inference code calls the
@@ -79,8 +78,9 @@ def alias_target(key: str) -> str | None:
     return _TIED[1] if key == _TIED[0] else None
 
 
-def read_official_chunks(ckpt_dir: str | Path) -> Mapping[str, torch.Tensor]:
-    """Merge every chunk listed by ``safe_ckpt/metadata.json`` into one state dict."""
+def read_official_chunks(ckpt_dir: str | Path, dtype: torch.dtype | None = None) -> LazyChunks:
+    """Merge every chunk listed by ``safe_ckpt/metadata.json`` into one (lazy) state dict whose
+    floating-point tensors come out in ``dtype`` (default: as stored)."""
     safe = Path(ckpt_dir) / "safe_ckpt"
     meta_path = safe / "metadata.json"
     if not meta_path.is_file():
@@ -92,46 +92,52 @@ def read_official_chunks(ckpt_dir: str | Path) -> Mapping[str, torch.Tensor]:
         raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from exc
     if not isinstance(meta, dict) or not meta:
         raise CheckpointError(f"{meta_path}: expected a non-empty JSON object whose keys are chunk names")
-    return LazyChunks([safe / f"{chunk}.safetensors" for chunk in meta], meta_path)
+    return LazyChunks([safe / f"{chunk}.safetensors" for chunk in meta], meta_path, dtype)
 
 
 class LazyChunks(Mapping):
     """The merged state dict of safetensors chunks, each tensor read only when asked for.
 
-    Released chunks hold every key twice over (alias registrations) in fp32: reading them all at
-    once would double the memory a load needs (7.2 GB for AF2-0.5B instead of 4.3 GB).
+    Released chunks hold every decoder key twice over (alias registrations) in fp32: reading all
+    of them would double the memory a load needs (7.2 GB for AF2-0.5B instead of 4.3 GB). Aliases
+    are compared with their primary on disk (``same_bytes``), and each tensor is read straight
+    into ``dtype``.
     """
 
-    def __init__(self, paths: list[Path], listed_in: Path):
-        self._where: dict[str, Path] = {}
-        self._handles = {}
+    def __init__(self, paths: list[Path], listed_in: Path, dtype: torch.dtype | None = None):
+        self._where: dict[str, TensorFile] = {}
+        self.dtype = dtype
         for path in paths:
             if not path.is_file():
                 raise CheckpointError(f"{path}: chunk {path.stem!r} listed in {listed_in.name} is missing; "
                                       "re-download it")
-            try:
-                handle = safe_open(str(path), framework="pt")
-                keys = list(handle.keys())
-            except (SafetensorError, OSError) as exc:
-                raise CheckpointError(f"{path}: unreadable safetensors file ({exc}); re-download it") from exc
-            overlap = self._where.keys() & set(keys)
+            handle = TensorFile(path)
+            overlap = self._where.keys() & set(handle.keys())
             if overlap:
                 raise CheckpointError(f"{path}: keys also present in an earlier chunk: {sorted(overlap)[:5]}")
-            self._handles[path] = handle
-            self._where.update(dict.fromkeys(keys, path))
+            self._where.update(dict.fromkeys(handle.keys(), handle))
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        path = self._where[key]
-        try:
-            return self._handles[path].get_tensor(key)
-        except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"{path}: cannot read tensor {key!r} ({exc}); re-download it") from exc
+        return self._where[key].read(key, self.dtype)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._where[key].shape(key)
+
+    def same_bytes(self, key: str, other: str) -> bool:
+        return self._where[key].same_bytes(key, self._where[other], other)
 
     def __iter__(self):
         return iter(self._where)
 
     def __len__(self) -> int:
         return len(self._where)
+
+
+def _same_tensor(state: Mapping[str, torch.Tensor], key: str, other: str) -> bool:
+    """Whether ``state[key]`` equals ``state[other]``, on disk when ``state`` can (LazyChunks)."""
+    if isinstance(state, LazyChunks):
+        return state.same_bytes(key, other)
+    return state[key].shape == state[other].shape and torch.equal(state[key], state[other])
 
 
 def read_official_clap(ckpt_dir: str | Path) -> tuple[dict[str, torch.Tensor], Path] | None:
@@ -142,7 +148,7 @@ def read_official_clap(ckpt_dir: str | Path) -> tuple[dict[str, torch.Tensor], P
         return None
     path = files[-1]
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _torch_load(path)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"{path}: refused to unpickle: it holds objects other than tensors and plain "
                               f"containers, which could run code ({str(exc).splitlines()[0]})") from exc
@@ -152,6 +158,17 @@ def read_official_clap(ckpt_dir: str | Path) -> tuple[dict[str, torch.Tensor], P
         raise CheckpointError(f"{path}: expected a dict with a 'state_dict' entry (an AF-CLAP training checkpoint)")
     kept, _ignored = clap_state_dict_from_official(obj["state_dict"])
     return kept, path
+
+
+def _torch_load(path: Path):
+    """``torch.load`` of tensors and plain containers only; memory-mapped when the file allows it,
+    so that the parts of the AF-CLAP checkpoint af2 does not use (the text tower) are never read."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):  # only the legacy (non-zip) format cannot be mapped
+            raise
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def convert_official_state_dict(official: Mapping[str, torch.Tensor], model: AF2Model, *, source: str,
@@ -166,12 +183,12 @@ def convert_official_state_dict(official: Mapping[str, torch.Tensor], model: AF2
     expected = model.state_dict()
     out: dict[str, torch.Tensor] = {}
     unexpected, mismatched, alias_errors = [], [], []
-    for key, value in official.items():
+    for key in official:  # by key: an alias is compared, never read whole
         target = alias_target(key)
         if target is not None:
             if target not in official:
                 unexpected.append(f"{key} (alias of absent {target})")
-            elif official[target].shape != value.shape or not torch.equal(official[target], value):
+            elif not _same_tensor(official, key, target):
                 alias_errors.append(f"{key} differs from {target}")
             continue
         try:
@@ -179,12 +196,13 @@ def convert_official_state_dict(official: Mapping[str, torch.Tensor], model: AF2
         except KeyError:
             unexpected.append(key)
             continue
+        shape = tuple(official.shape(key) if isinstance(official, LazyChunks) else official[key].shape)
         if ours not in expected:
             unexpected.append(key)
-        elif expected[ours].shape != value.shape:
-            mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(expected[ours].shape)}")
+        elif tuple(expected[ours].shape) != shape:
+            mismatched.append(f"{key}: file {shape} vs model {tuple(expected[ours].shape)}")
         else:
-            out[ours] = value
+            out[ours] = official[key]
     for key, value in (clap or {}).items():
         ours = "audio_encoder." + key
         if ours in out:
@@ -288,20 +306,38 @@ def read_config(model_dir: str | Path) -> AF2Config:
     return config_from_dict(AF2Config, data)
 
 
-def load_pretrained_weights(model: AF2Model, model_dir: str | Path) -> None:
+def read_weights(model_dir: str | Path, expected: Mapping[str, torch.Tensor],
+                 dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Our ``model.safetensors``, tensor by tensor, floats in ``dtype``; shapes checked against ``expected``."""
     path = Path(model_dir) / "model.safetensors"
     if not path.is_file():
         raise CheckpointError(f"{path}: not found")
+    weights = TensorFile(path)
     try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from exc
-    expected = model.state_dict()
-    bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-           for k, v in state.items() if k in expected and expected[k].shape != v.shape]
-    if bad:
-        raise CheckpointError(f"{path}: wrong shapes: {bad[:8]}")
-    load_state_dict_strict(model, state, str(path))
+        bad = [f"{k}: file {weights.shape(k)} vs model {tuple(expected[k].shape)}"
+               for k in weights.keys() if k in expected and tuple(expected[k].shape) != weights.shape(k)]
+        if bad:
+            raise CheckpointError(f"{path}: wrong shapes: {bad[:8]}")
+        return {k: weights.read(k, dtype) for k in weights.keys()}
+    finally:
+        weights.close()
+
+
+def load_pretrained_weights(model: AF2Model, model_dir: str | Path) -> None:
+    """Copy our format's weights into an existing ``model`` (strict)."""
+    state = read_weights(model_dir, model.state_dict())
+    load_state_dict_strict(model, state, str(Path(model_dir) / "model.safetensors"))
+
+
+def load_pretrained(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> AF2Model:
+    """Build the model of an af2 folder (``config.json`` + ``model.safetensors``) in ``dtype``
+    without a second copy: the model is made on the meta device and adopts the tensors read."""
+    cfg = read_config(model_dir)
+    with torch.device("meta"):
+        model = AF2Model(cfg)
+    state = read_weights(model_dir, model.state_dict(), dtype)
+    load_state_dict_strict(model, state, str(Path(model_dir) / "model.safetensors"), assign=True)
+    return model.to(dtype).eval()
 
 
 # --------------------------------------------------------------------------------------------
@@ -372,11 +408,12 @@ def load_official(ckpt_dir: str | Path, *, base_lm: str | Path | None = None, cf
     tokenizer = load_tokenizer(tok_source)
     special = add_special_tokens(tokenizer, (cfg or AF2Config()).tokens)
     cfg = official_config(ckpt, base_lm, len(tokenizer), cfg)
-    official = read_official_chunks(ckpt)
-    clap = read_official_clap(ckpt)
+    official = read_official_chunks(ckpt, dtype)
+    clap = read_official_clap(ckpt)  # memory-mapped: only the tensors used below are read
     with torch.device("meta"):  # no random init, no second copy: the checkpoint's tensors are adopted
         model = AF2Model(cfg)
     state = convert_official_state_dict(official, model, source=str(ckpt / "safe_ckpt"),
                                         clap=clap[0] if clap else None, clap_source=str(clap[1]) if clap else "")
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}  # CLAP's, read as stored
     load_state_dict_strict(model, state, str(ckpt), assign=True)
     return model.to(dtype).eval(), tokenizer, special

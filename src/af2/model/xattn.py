@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from af2.config import XAttnConfig
@@ -56,9 +55,21 @@ class MaskedCrossAttention(nn.Module):
         """x: (B, T, D) text states → (B, T, D). Every text token sees every real audio token."""
         B, T, _ = x.shape
         q = self.to_q(self.norm(x)).view(B, T, self.heads, self.dim_head).transpose(1, 2)
-        k, v = kv
-        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=audio_mask[:, None, None, :])
-        return self.to_out(out.transpose(1, 2).reshape(B, T, -1))
+        k, v = kv  # already in the model's dtype: cast once when they are computed, never per step
+        return self.to_out(audio_attention(q, k, v, audio_mask).transpose(1, 2).reshape(B, T, -1))
+
+
+def audio_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, audio_mask: torch.Tensor) -> torch.Tensor:
+    """q: (B, H, T, Dh), k/v: (B, H, N, Dh), audio_mask: (B, N) → (B, H, T, Dh).
+
+    Written as two batched matmuls rather than ``scaled_dot_product_attention``: with few queries
+    (a decoding step has one) and N up to 1,920 audio tokens, PyTorch's CPU SDPA kernel in bf16
+    ran 7x slower than this (1.7 ms against 0.25 ms per layer, one thread), and this form streams
+    K and V once. The softmax is taken in fp32, as SDPA does internally.
+    """
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5  # (B, H, T, N)
+    scores = scores.masked_fill(~audio_mask[:, None, None, :], float("-inf"))
+    return torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)
 
 
 class GatedCrossAttentionBlock(nn.Module):

@@ -67,6 +67,16 @@ def test_stream_yields_the_same_text(api, fixture_dir):
     assert "".join(pieces) == api.ask(fixture_dir / "audio" / "short.wav", PROMPT, max_new_tokens=10).text
 
 
+def test_progress_reports_windows_while_encoding(api, fixture_dir):
+    calls = []
+    files = [fixture_dir / "audio" / f for f in ("long.wav", "short.wav")]
+    api.ask_batch(files, [PROMPT, PROMPT], max_new_tokens=2, progress=lambda done, total: calls.append((done, total)))
+    total = sum(api._load(f)[0].shape[0] for f in files)
+    assert calls and calls[-1] == (total, total)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls) and {t for _, t in calls} == {total}
+    assert len(calls) == -(-total // api.encoder_chunk)
+
+
 def test_stop_strings_and_inputs(api, fixture_dir):
     full = api.ask(fixture_dir / "audio" / "short.wav", PROMPT, max_new_tokens=12).text
     word = full.split()[2]

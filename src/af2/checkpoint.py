@@ -408,6 +408,14 @@ def load_official(ckpt_dir: str | Path, *, base_lm: str | Path | None = None, cf
     tokenizer = load_tokenizer(tok_source)
     special = add_special_tokens(tokenizer, (cfg or AF2Config()).tokens)
     cfg = official_config(ckpt, base_lm, len(tokenizer), cfg)
+    return build_official(ckpt, cfg, dtype), tokenizer, special
+
+
+def build_official(ckpt_dir: str | Path, cfg: AF2Config, dtype: torch.dtype = torch.float32) -> AF2Model:
+    """The model of an official checkpoint folder for a complete ``cfg`` (LM and vocabulary
+    filled), in ``dtype``, holding one copy of the weights: built on the meta device, it adopts
+    each tensor as read (aliases are compared on disk, never loaded)."""
+    ckpt = Path(ckpt_dir)
     official = read_official_chunks(ckpt, dtype)
     clap = read_official_clap(ckpt)  # memory-mapped: only the tensors used below are read
     with torch.device("meta"):  # no random init, no second copy: the checkpoint's tensors are adopted
@@ -416,4 +424,4 @@ def load_official(ckpt_dir: str | Path, *, base_lm: str | Path | None = None, cf
                                         clap=clap[0] if clap else None, clap_source=str(clap[1]) if clap else "")
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}  # CLAP's, read as stored
     load_state_dict_strict(model, state, str(ckpt), assign=True)
-    return model.to(dtype).eval(), tokenizer, special
+    return model.to(dtype).eval()

@@ -50,17 +50,17 @@ class Int8Linear(nn.Module):
         return cls(codes, scale, linear.bias)
 
     def dequantized(self) -> torch.Tensor:
-        """The (N, K) weight the int8 codes stand for, in bf16 (the reference for tests)."""
-        return self.weight.to(ACT_DTYPE) * self.scale[:, None]
+        """The (N, K) weight the int8 codes stand for, exactly, in fp32 (the reference for tests)."""
+        return self.weight.float() * self.scale.float()[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., K) → (..., N) in x's dtype."""
         flat = x.reshape(-1, self.in_features).to(ACT_DTYPE)
         # The CPU kernel needs K % 16 == 0 (every AF2 width is); other shapes and devices dequantize.
         if flat.device.type == "cpu" and self.in_features % 16 == 0:
-            y = torch._weight_int8pack_mm(flat.contiguous(), self.weight, self.scale)
+            y = torch._weight_int8pack_mm(flat.contiguous(), self.weight, self.scale.to(ACT_DTYPE))
         else:
-            y = F.linear(flat, self.dequantized())
+            y = F.linear(flat.float(), self.dequantized())
         y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
@@ -80,8 +80,7 @@ class Int8Embedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids: (B, T) → (B, T, D)."""
-        rows = self.weight[ids].to(ACT_DTYPE) * self.scale[ids].unsqueeze(-1)
-        return rows.to(self.dtype)
+        return (self.weight[ids].float() * self.scale[ids].float().unsqueeze(-1)).to(self.dtype)
 
 
 def quantize_int8(lm: nn.Module) -> int:

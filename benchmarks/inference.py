@@ -177,12 +177,12 @@ def child_load(dtype_name: str, layout: str, folder: Path, cfg_dict: dict) -> di
     reset_peak_rss()
     torch_dtype, int8 = resolve_dtype(API_DTYPE[dtype_name], "cpu")
     t = time.perf_counter()
-    if layout == "ours":
-        model = load_pretrained(folder / "ours", torch_dtype)
-    else:
+    if layout == "ours":  # int8: quantized while read
+        model = load_pretrained(folder / "ours", torch_dtype, int8=int8)
+    else:  # int8: read in bf16, then quantized
         model = build_official(folder / "official", config_from_dict(AF2Config, cfg_dict), torch_dtype)
-    if int8:
-        quantize_int8(model.lm)
+        if int8:
+            quantize_int8(model.lm)
     load_s = time.perf_counter() - t
     nbytes = weight_bytes(model)
     return {"dtype": dtype_name, "layout": layout, "load_s": load_s, "rss_before_gib": base,
@@ -222,9 +222,7 @@ def kv_bytes(ctx: AudioContext) -> int:
 def child_run(dtype_name: str, folder: Path, clips: list[int], tokens: int, ref_tokens: int) -> dict:
     torch_dtype, int8 = resolve_dtype(API_DTYPE[dtype_name], "cpu")  # what af2.load does, minus the tokenizer
     t = time.perf_counter()
-    model = load_pretrained(folder / "ours", torch_dtype)
-    if int8:
-        quantize_int8(model.lm)
+    model = load_pretrained(folder / "ours", torch_dtype, int8=int8)
     load_s, runs = time.perf_counter() - t, []
     with torch.inference_mode():  # warm-up: kernels chosen and buffers allocated once, outside the timings
         warm = model.encode_audio(torch.zeros(1, 1, 160_000), torch.ones(1, 1), cache_kv=True)

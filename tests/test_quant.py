@@ -96,3 +96,19 @@ def test_default_dtype_follows_the_cpu(monkeypatch):
     assert inference.resolve_dtype("float32", "cpu") == (torch.float32, False)
     with pytest.raises(ValueError, match="unknown dtype"):
         inference.resolve_dtype("int4", "cpu")
+
+
+def test_int8_quantized_while_loading_equals_quantized_after(official_model, tmp_path):
+    from af2.checkpoint import load_pretrained, save_pretrained
+
+    model, tokenizer, _ = official_model
+    folder = save_pretrained(model, tmp_path / "m", tokenizer)
+    direct = load_pretrained(folder, torch.bfloat16, int8=True)
+    after = load_pretrained(folder, torch.bfloat16)
+    quantize_int8(after.lm)
+    got, want = direct.state_dict(), after.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert direct.lm.lm_head.weight is direct.lm.model.embed_tokens.weight
+    assert direct.lm.model.embed_tokens.dtype == torch.bfloat16
+    api = af2.load(folder, dtype="int8")
+    assert api.dtype_name == "int8" and isinstance(api.model.lm.lm_head, Int8Linear)

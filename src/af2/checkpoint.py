@@ -308,7 +308,9 @@ def read_config(model_dir: str | Path) -> AF2Config:
 
 def read_weights(model_dir: str | Path, expected: Mapping[str, torch.Tensor],
                  dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Our ``model.safetensors``, tensor by tensor, floats in ``dtype``; shapes checked against ``expected``."""
+    """Our ``model.safetensors``, tensor by tensor, floats in ``dtype``; shapes checked against
+    ``expected``. A float weight that ``expected`` holds in int8 (a model made by
+    ``quantize_int8``) is quantized as it is read, a slice of rows at a time, with its ``scale``."""
     path = Path(model_dir) / "model.safetensors"
     if not path.is_file():
         raise CheckpointError(f"{path}: not found")
@@ -318,9 +320,29 @@ def read_weights(model_dir: str | Path, expected: Mapping[str, torch.Tensor],
                for k in weights.keys() if k in expected and tuple(expected[k].shape) != weights.shape(k)]
         if bad:
             raise CheckpointError(f"{path}: wrong shapes: {bad[:8]}")
-        return {k: weights.read(k, dtype) for k in weights.keys()}
+        state = {}
+        for k in weights.keys():
+            if k in expected and expected[k].dtype == torch.int8 and weights.is_float(k):
+                state[k], state[k.removesuffix("weight") + "scale"] = _read_quantized(weights, k, dtype)
+            else:
+                state[k] = weights.read(k, dtype)
+        return state
     finally:
         weights.close()
+
+
+def _read_quantized(weights: TensorFile, key: str, dtype: torch.dtype | None,
+                    rows: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Int8 codes and scales of float weight ``key``, from its values in ``dtype`` (as if the
+    model were loaded in ``dtype`` and then quantized: both ways give the same model)."""
+    from af2.model.quant import quantize_rows
+
+    shape = weights.shape(key)
+    codes = torch.empty(shape, dtype=torch.int8)
+    scale = torch.empty(shape[0], dtype=torch.bfloat16)
+    for first in range(0, shape[0], rows):
+        codes[first:first + rows], scale[first:first + rows] = quantize_rows(weights.read_rows(key, first, first + rows, dtype))
+    return codes, scale
 
 
 def load_pretrained_weights(model: AF2Model, model_dir: str | Path) -> None:
@@ -329,13 +351,21 @@ def load_pretrained_weights(model: AF2Model, model_dir: str | Path) -> None:
     load_state_dict_strict(model, state, str(Path(model_dir) / "model.safetensors"))
 
 
-def load_pretrained(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> AF2Model:
+def load_pretrained(model_dir: str | Path, dtype: torch.dtype = torch.float32, int8: bool = False) -> AF2Model:
     """Build the model of an af2 folder (``config.json`` + ``model.safetensors``) in ``dtype``
-    without a second copy: the model is made on the meta device and adopts the tensors read."""
+    without a second copy: the model is made on the meta device and adopts the tensors read.
+    ``int8``: the LM's linear weights are quantized as they are read (see ``af2.model.quant``),
+    so the float weights never exist whole."""
+    from af2.model.quant import quantize_int8
+
     cfg = read_config(model_dir)
     with torch.device("meta"):
-        model = AF2Model(cfg)
+        model = AF2Model(cfg).to(dtype)
+        if int8:
+            quantize_int8(model.lm)
     state = read_weights(model_dir, model.state_dict(), dtype)
+    if int8 and "lm.lm_head.weight" not in state and "lm.lm_head.scale" in model.state_dict():
+        state["lm.lm_head.scale"] = state["lm.model.embed_tokens.scale"]  # the tied head shares the table
     load_state_dict_strict(model, state, str(Path(model_dir) / "model.safetensors"), assign=True)
     return model.to(dtype).eval()
 

@@ -63,6 +63,17 @@ class TensorFile:
     def read(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Tensor ``key``; floating-point tensors are converted to ``dtype`` chunk by chunk."""
         src, shape, start, nbytes = self._entries[key]
+        return self._read(src, shape, start, nbytes, dtype)
+
+    def read_rows(self, key: str, first: int, stop: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Rows ``first:stop`` of tensor ``key`` (along its first dimension), floats in ``dtype``."""
+        src, shape, start, _ = self._entries[key]
+        stop = min(stop, shape[0])
+        row = _numel(shape[1:]) * src.itemsize
+        return self._read(src, (stop - first, *shape[1:]), start + first * row, (stop - first) * row, dtype)
+
+    def _read(self, src: torch.dtype, shape: tuple[int, ...], start: int, nbytes: int,
+              dtype: torch.dtype | None) -> torch.Tensor:
         want = dtype if dtype is not None and src.is_floating_point else src
         out = torch.empty(shape, dtype=want)
         if want == src:
@@ -76,6 +87,9 @@ class TensorFile:
                 flat[first:first + n].copy_(stage[:n * src.itemsize].view(src))
         self._drop_pages(start, nbytes)
         return out
+
+    def is_float(self, key: str) -> bool:
+        return self._entries[key][0].is_floating_point
 
     def same_bytes(self, key: str, other: TensorFile, other_key: str) -> bool:
         """Whether ``key`` here and ``other_key`` in ``other`` hold the same dtype, shape and bytes."""

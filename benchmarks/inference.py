@@ -40,7 +40,6 @@ from af2.config import af2_config, apply_overrides, config_to_dict
 from af2.generate import GenerationConfig, left_pad, stream_tokens
 from af2.inference import default_encoder_chunk, resolve_dtype
 from af2.model.af2 import AF2Model, TOKENS_PER_WINDOW
-from af2.model.quant import quantize_int8
 from af2.model.xattn import AudioContext
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,10 +178,8 @@ def child_load(dtype_name: str, layout: str, folder: Path, cfg_dict: dict) -> di
     t = time.perf_counter()
     if layout == "ours":  # int8: quantized while read
         model = load_pretrained(folder / "ours", torch_dtype, int8=int8)
-    else:  # int8: read in bf16, then quantized
-        model = build_official(folder / "official", config_from_dict(AF2Config, cfg_dict), torch_dtype)
-        if int8:
-            quantize_int8(model.lm)
+    else:
+        model = build_official(folder / "official", config_from_dict(AF2Config, cfg_dict), torch_dtype, int8)
     load_s = time.perf_counter() - t
     nbytes = weight_bytes(model)
     return {"dtype": dtype_name, "layout": layout, "load_s": load_s, "rss_before_gib": base,

@@ -98,8 +98,8 @@ def test_default_dtype_follows_the_cpu(monkeypatch):
         inference.resolve_dtype("int4", "cpu")
 
 
-def test_int8_quantized_while_loading_equals_quantized_after(official_model, tmp_path):
-    from af2.checkpoint import load_pretrained, save_pretrained
+def test_int8_quantized_while_loading_equals_quantized_after(official_model, fixture_dir, tmp_path):
+    from af2.checkpoint import build_official, load_pretrained, save_pretrained
 
     model, tokenizer, _ = official_model
     folder = save_pretrained(model, tmp_path / "m", tokenizer)
@@ -112,3 +112,6 @@ def test_int8_quantized_while_loading_equals_quantized_after(official_model, tmp
     assert direct.lm.model.embed_tokens.dtype == torch.bfloat16
     api = af2.load(folder, dtype="int8")
     assert api.dtype_name == "int8" and isinstance(api.model.lm.lm_head, Int8Linear)
+    official = build_official(fixture_dir / "checkpoint", model.cfg, torch.bfloat16, int8=True)
+    got = official.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -126,6 +126,10 @@ class LazyChunks(Mapping):
     def same_bytes(self, key: str, other: str) -> bool:
         return self._where[key].same_bytes(key, self._where[other], other)
 
+    def rows(self, key: str) -> Callable[[int, int, torch.dtype | None], torch.Tensor]:
+        """``read(first, stop, dtype)``: rows of tensor ``key``."""
+        return lambda first, stop, dtype: self._where[key].read_rows(key, first, stop, dtype)
+
     def __iter__(self):
         return iter(self._where)
 
@@ -201,6 +205,9 @@ def convert_official_state_dict(official: Mapping[str, torch.Tensor], model: AF2
             unexpected.append(key)
         elif tuple(expected[ours].shape) != shape:
             mismatched.append(f"{key}: file {shape} vs model {tuple(expected[ours].shape)}")
+        elif expected[ours].dtype == torch.int8 and isinstance(official, LazyChunks):  # a quantize_int8 model
+            out[ours], out[ours.removesuffix("weight") + "scale"] = read_quantized(official.rows(key), shape,
+                                                                                    official.dtype)
         else:
             out[ours] = official[key]
     for key, value in (clap or {}).items():
@@ -214,7 +221,8 @@ def convert_official_state_dict(official: Mapping[str, torch.Tensor], model: AF2
         else:
             out[ours] = value
     tied = tied_aliases(model)
-    missing = [k for k in expected if k not in out and k not in tied]
+    missing = [k for k in expected if k not in out and k not in tied
+               and k.removesuffix("scale") + "weight" not in tied]  # a tied int8 head's scales
     problems = []
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched),
                         ("inconsistent alias", alias_errors)):
@@ -323,7 +331,8 @@ def read_weights(model_dir: str | Path, expected: Mapping[str, torch.Tensor],
         state = {}
         for k in weights.keys():
             if k in expected and expected[k].dtype == torch.int8 and weights.is_float(k):
-                state[k], state[k.removesuffix("weight") + "scale"] = _read_quantized(weights, k, dtype)
+                state[k], state[k.removesuffix("weight") + "scale"] = read_quantized(
+                    lambda a, b, d, k=k: weights.read_rows(k, a, b, d), weights.shape(k), dtype)
             else:
                 state[k] = weights.read(k, dtype)
         return state
@@ -331,17 +340,17 @@ def read_weights(model_dir: str | Path, expected: Mapping[str, torch.Tensor],
         weights.close()
 
 
-def _read_quantized(weights: TensorFile, key: str, dtype: torch.dtype | None,
-                    rows: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
-    """Int8 codes and scales of float weight ``key``, from its values in ``dtype`` (as if the
-    model were loaded in ``dtype`` and then quantized: both ways give the same model)."""
+def read_quantized(read: Callable[[int, int, torch.dtype | None], torch.Tensor], shape: tuple[int, ...],
+                   dtype: torch.dtype | None, rows: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Int8 codes and scales of a float weight of ``shape`` read ``rows`` rows at a time, from its
+    values in ``dtype`` (as if the model were loaded in ``dtype`` and then quantized: both ways
+    give the same model), so the float weight never exists whole."""
     from af2.model.quant import quantize_rows
 
-    shape = weights.shape(key)
     codes = torch.empty(shape, dtype=torch.int8)
     scale = torch.empty(shape[0], dtype=torch.bfloat16)
     for first in range(0, shape[0], rows):
-        codes[first:first + rows], scale[first:first + rows] = quantize_rows(weights.read_rows(key, first, first + rows, dtype))
+        codes[first:first + rows], scale[first:first + rows] = quantize_rows(read(first, first + rows, dtype))
     return codes, scale
 
 
@@ -349,6 +358,12 @@ def load_pretrained_weights(model: AF2Model, model_dir: str | Path) -> None:
     """Copy our format's weights into an existing ``model`` (strict)."""
     state = read_weights(model_dir, model.state_dict())
     load_state_dict_strict(model, state, str(Path(model_dir) / "model.safetensors"))
+
+
+def _tie_int8_head(model: AF2Model, state: dict[str, torch.Tensor]) -> None:
+    """A tied int8 head shares the embedding's table and its scales (only the table is a tied key)."""
+    if "lm.lm_head.scale" in model.state_dict() and "lm.lm_head.weight" not in state:
+        state["lm.lm_head.scale"] = state["lm.model.embed_tokens.scale"]
 
 
 def load_pretrained(model_dir: str | Path, dtype: torch.dtype = torch.float32, int8: bool = False) -> AF2Model:
@@ -364,8 +379,7 @@ def load_pretrained(model_dir: str | Path, dtype: torch.dtype = torch.float32, i
         if int8:
             quantize_int8(model.lm)
     state = read_weights(model_dir, model.state_dict(), dtype)
-    if int8 and "lm.lm_head.weight" not in state and "lm.lm_head.scale" in model.state_dict():
-        state["lm.lm_head.scale"] = state["lm.model.embed_tokens.scale"]  # the tied head shares the table
+    _tie_int8_head(model, state)
     load_state_dict_strict(model, state, str(Path(model_dir) / "model.safetensors"), assign=True)
     return model.to(dtype).eval()
 
@@ -420,7 +434,7 @@ def official_config(ckpt_dir: str | Path, base_lm: str | Path | None, vocab_size
 
 
 def load_official(ckpt_dir: str | Path, *, base_lm: str | Path | None = None, cfg: AF2Config | None = None,
-                  dtype: torch.dtype = torch.float32):
+                  dtype: torch.dtype = torch.float32, int8: bool = False):
     """Build an AF2 model from NVIDIA's released layout; return (model, tokenizer, SpecialTokens).
 
     ``base_lm``: the Qwen2.5 base (local folder or hub id) for its config and tokenizer when the
@@ -438,20 +452,27 @@ def load_official(ckpt_dir: str | Path, *, base_lm: str | Path | None = None, cf
     tokenizer = load_tokenizer(tok_source)
     special = add_special_tokens(tokenizer, (cfg or AF2Config()).tokens)
     cfg = official_config(ckpt, base_lm, len(tokenizer), cfg)
-    return build_official(ckpt, cfg, dtype), tokenizer, special
+    return build_official(ckpt, cfg, dtype, int8), tokenizer, special
 
 
-def build_official(ckpt_dir: str | Path, cfg: AF2Config, dtype: torch.dtype = torch.float32) -> AF2Model:
+def build_official(ckpt_dir: str | Path, cfg: AF2Config, dtype: torch.dtype = torch.float32,
+                   int8: bool = False) -> AF2Model:
     """The model of an official checkpoint folder for a complete ``cfg`` (LM and vocabulary
     filled), in ``dtype``, holding one copy of the weights: built on the meta device, it adopts
-    each tensor as read (aliases are compared on disk, never loaded)."""
+    each tensor as read (aliases are compared on disk, never loaded). ``int8``: the LM's linear
+    weights are quantized as they are read (``af2.model.quant``)."""
+    from af2.model.quant import quantize_int8
+
     ckpt = Path(ckpt_dir)
     official = read_official_chunks(ckpt, dtype)
     clap = read_official_clap(ckpt)  # memory-mapped: only the tensors used below are read
     with torch.device("meta"):  # no random init, no second copy: the checkpoint's tensors are adopted
-        model = AF2Model(cfg)
+        model = AF2Model(cfg).to(dtype)
+        if int8:
+            quantize_int8(model.lm)
     state = convert_official_state_dict(official, model, source=str(ckpt / "safe_ckpt"),
                                         clap=clap[0] if clap else None, clap_source=str(clap[1]) if clap else "")
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}  # CLAP's, read as stored
+    _tie_int8_head(model, state)
     load_state_dict_strict(model, state, str(ckpt), assign=True)
     return model.to(dtype).eval()

@@ -27,7 +27,6 @@ from af2.config import AF2Config
 from af2.checkpoint import CheckpointError, load_official, load_pretrained, load_tokenizer
 from af2.generate import GenerationConfig, left_pad, stream_tokens
 from af2.model.af2 import AF2Model
-from af2.model.quant import Int8Linear, quantize_int8
 from af2.tokens import SpecialTokens, add_special_tokens, clean_answer, inference_prompt, special_token_ids
 
 CAPTION_PROMPT = "Caption the input audio."
@@ -267,10 +266,6 @@ def cpu_has_fast_bf16() -> bool:
     return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
 
 
-def _is_quantized(model: AF2Model) -> bool:
-    return any(isinstance(m, Int8Linear) for m in model.lm.modules())
-
-
 def resolve_model_dir(path_or_id: str | Path) -> Path:
     """A local folder, or a hub id resolved through the local HF cache (downloads only when online)."""
     path = Path(path_or_id).expanduser()
@@ -307,7 +302,7 @@ def load(path_or_id: str | Path = DEFAULT_MODEL, *, device: str | torch.device =
         if base_lm is None and not (folder / "lm_config.json").is_file():
             size = next((s for s in _BASE_LM if str(path_or_id).endswith(f"-{s}")), "3B")
             base_lm = _BASE_LM[size]
-        model, tokenizer, special = load_official(folder, base_lm=base_lm, cfg=config, dtype=torch_dtype)
+        model, tokenizer, special = load_official(folder, base_lm=base_lm, cfg=config, dtype=torch_dtype, int8=int8)
     elif (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
         model = load_pretrained(folder, torch_dtype, int8=int8)
         cfg = model.cfg
@@ -318,8 +313,6 @@ def load(path_or_id: str | Path = DEFAULT_MODEL, *, device: str | torch.device =
         raise CheckpointError(f"{folder}: neither an af2 model (config.json + model.safetensors) nor an official AF2 "
                               "checkpoint (safe_ckpt/ + clap_ckpt/); convert one with `af2 convert`")
     model = model.to(device=device, dtype=torch_dtype)
-    if int8 and not _is_quantized(model):  # our format is quantized while read; NVIDIA's layout here
-        quantize_int8(model.lm)
     api = AF2(model, tokenizer, special, device=device, max_audio_seconds=max_audio_seconds,
               strict_length=strict_length)
     api.load_s = time.perf_counter() - t0

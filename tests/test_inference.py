@@ -148,3 +148,21 @@ def test_jsonl_batch_killed_midway_resumes(model_dir, fixture_dir, tmp_path):
     final = [json.loads(line) for line in answers.read_text().splitlines()]
     assert [r["id"] for r in final] == [f"q{i}" for i in range(16)]
     assert final[: len(first)] == first  # answered lines were kept, not redone
+
+
+def test_cli_progress_bar_only_on_a_terminal(monkeypatch):
+    import io
+
+    from af2.ask import EncodeProgress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, quiet, shown in ((Terminal(), False, True), (Terminal(), True, False), (io.StringIO(), False, False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        bar = EncodeProgress(quiet)
+        for done in (2, 4, 12):
+            bar(done, 12)
+        bar.close()
+        assert ("/12 [" in stream.getvalue()) == shown and ("encoding audio" in stream.getvalue()) == shown

@@ -67,6 +67,18 @@ def test_stream_yields_the_same_text(api, fixture_dir):
     assert "".join(pieces) == api.ask(fixture_dir / "audio" / "short.wav", PROMPT, max_new_tokens=10).text
 
 
+def test_stop_strings_late_in_a_long_answer(api, fixture_dir):
+    wav = fixture_dir / "audio" / "long.wav"
+    full = api.ask(wav, PROMPT, max_new_tokens=40)
+    words = full.text.split()
+    assert len(words) >= 30
+    for stop in (words[-3], " " + words[-3], f"{words[-4]} {words[-3]}"):
+        first = full.text.index(stop)
+        cut = api.ask(wav, PROMPT, max_new_tokens=40, stop=[stop])
+        assert cut.text == full.text[:first].rstrip() and cut.finish_reason == "stop", stop
+        assert len(cut.token_ids) < len(full.token_ids)  # decoding stopped there, not at the length limit
+
+
 def test_progress_reports_windows_while_encoding(api, fixture_dir):
     calls = []
     files = [fixture_dir / "audio" / f for f in ("long.wav", "short.wav")]

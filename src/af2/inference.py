@@ -135,7 +135,7 @@ class AF2:
         t_enc = time.perf_counter()
         ids, mask = left_pad(prompts, self.special.pad, self.device)
         B = len(prompts)
-        tail = max((len(s) for s in stop), default=0) + 2
+        tail = max((len(s) for s in stop), default=0) + 8
         tokens: list[list[int]] = [[] for _ in range(B)]
         done = [False] * B
         info = {"facts": [f for _, f in loaded], "t0": t0, "audio_s": t_audio - t0, "encode_s": t_enc - t_audio,
@@ -152,17 +152,17 @@ class AF2:
                     continue
                 tokens[row].append(t)
             for row in range(B) if stop else ():
-                # A stop string of L characters lies within the last L + 2 tokens (a token is at
-                # least one character; the margin covers characters split across byte tokens).
-                if not done[row] and any(s in self._text(tokens[row][-tail:]) for s in stop):
+                # A stop string of L characters lies within the last L + 8 tokens (a token is at
+                # least one character; the margin covers byte tokens and end markers).
+                if not done[row] and any(s in self._text(tokens[row][-tail:], strip=False) for s in stop):
                     done[row], info["reason"][row] = True, "stop"
             texts = [self._text(t) for t in tokens] if want_text else None
             yield tokens, texts, done, info
             if all(done):
                 return
 
-    def _text(self, ids: list[int]) -> str:
-        return clean_answer(self.tokenizer.decode(ids, skip_special_tokens=False), self.model.cfg.tokens)
+    def _text(self, ids: list[int], strip: bool = True) -> str:
+        return clean_answer(self.tokenizer.decode(ids, skip_special_tokens=False), self.model.cfg.tokens, strip)
 
     @staticmethod
     def _cut(text: str, stop: Sequence[str]) -> str:

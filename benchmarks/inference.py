@@ -12,7 +12,7 @@ One run measures, on this machine:
     recomputed in every layer at every step, as NVIDIA's code does.
 Every figure is printed with its ratio to its floor and to the reference path.
 
-    python benchmarks/inference.py                   # the full run (~15 min on 2 cores)
+    python benchmarks/inference.py                   # the full run (about 15-25 min on 2 cores)
     python benchmarks/inference.py --quick           # smaller shapes, 30-s clip only, < 3 min
     python benchmarks/inference.py --readme FILE.json   # rewrite README's table from saved results
 """
@@ -302,7 +302,7 @@ def table(results: dict) -> str:
     for result in results["runs"]:
         for row in derive(result, results["floors"]):
             clip = f"{row['seconds'] // 60} min" if row["seconds"] >= 60 else f"{row['seconds']} s"
-            note = (f"{row['b8_over_b1']:.1f}× batch-1 tokens/s; audio x-attn {row['audio_share']:.0%} of a step"
+            note = (f"{row['b8_over_b1']:.1f}× batch-1 tokens/s; audio x-attn {max(row['audio_share'], 0):.0%} of a step"
                     if row["batch"] == 8 else "")
             enc = (f"{row['encode_s']:.2f} ({row['encode_over_floor']:.2f}×, {row['encode_speedup_vs_ref']:.1f}×)"
                    if row["batch"] == 1 else "(8× batch 1)")

@@ -136,6 +136,10 @@ class LazyChunks(Mapping):
     def __len__(self) -> int:
         return len(self._where)
 
+    def close(self) -> None:
+        for handle in set(self._where.values()):
+            handle.close()
+
 
 def _same_tensor(state: Mapping[str, torch.Tensor], key: str, other: str) -> bool:
     """Whether ``state[key]`` equals ``state[other]``, on disk when ``state`` can (LazyChunks)."""
@@ -470,8 +474,11 @@ def build_official(ckpt_dir: str | Path, cfg: AF2Config, dtype: torch.dtype = to
         model = AF2Model(cfg).to(dtype)
         if int8:
             quantize_int8(model.lm)
-    state = convert_official_state_dict(official, model, source=str(ckpt / "safe_ckpt"),
-                                        clap=clap[0] if clap else None, clap_source=str(clap[1]) if clap else "")
+    try:
+        state = convert_official_state_dict(official, model, source=str(ckpt / "safe_ckpt"),
+                                            clap=clap[0] if clap else None, clap_source=str(clap[1]) if clap else "")
+    finally:
+        official.close()
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}  # CLAP's, read as stored
     _tie_int8_head(model, state)
     load_state_dict_strict(model, state, str(ckpt), assign=True)

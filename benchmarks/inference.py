@@ -1,238 +1,397 @@
 """Inference benchmark at the real AF2-0.5B shapes (random weights, no download).
 
-For a 5-minute and a 30-second clip it measures, in one run:
-  (a) the optimised path: all windows in one batched encoder pass, cross-attention keys/values
-      over the audio computed once per request, KV-cached decoding;
-  (b) a reference path: windows encoded one at a time and the audio keys/values recomputed in
-      every layer at every decoding step (what the official code does);
-  (c) floors: encoder FLOPs / a measured matmul rate, and bytes of weights read per decoding
-      step / a measured copy bandwidth;
-and prints encode time, time to first token, per-token decode time, tokens/s, peak RSS and the
-ratios optimised/reference and optimised/floor, in fp32 and bf16.
+One run measures, on this machine:
+  floors, before any model exists: the CPU's features (AVX-512, AVX512-BF16, AMX), fp32 and bf16
+    matmul rates, and a read-only memory stream (the bandwidth a decoding step can use);
+  loading: time and peak RSS to load our format and NVIDIA's layout (aliases included) in
+    each dtype, each in its own process;
+  the optimised path in fp32, bf16 and int8 (int8 LM weights), for a 30-s and a 5-min clip, at
+    batch 1 and 8: encode time, time to first token, ms/token, tokens/s, peak RSS, and at batch 8
+    the share of a decoding step spent on cross-attention over the audio tokens;
+  a reference path in the same process: windows encoded one at a time and the audio keys/values
+    recomputed in every layer at every step, as NVIDIA's code does.
+Every figure is printed with its ratio to its floor and to the reference path.
 
-    python benchmarks/inference.py                 # fp32 and bf16, ~10 min on 2 CPU cores
-    python benchmarks/inference.py --dtypes fp32 --device cuda
+    python benchmarks/inference.py                   # the full run (about 15-25 min on 2 cores)
+    python benchmarks/inference.py --quick           # smaller shapes, 30-s clip only, < 3 min
+    python benchmarks/inference.py --readme FILE.json   # rewrite README's table from saved results
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import math
+import os
+import platform
+import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
-from af2.config import af2_config
+from af2.checkpoint import build_official, load_pretrained, ours_to_official, save_pretrained, tied_aliases
+from af2.config import af2_config, apply_overrides, config_to_dict
 from af2.generate import GenerationConfig, left_pad, stream_tokens
-from af2.inference import default_encoder_chunk
+from af2.inference import default_encoder_chunk, resolve_dtype
 from af2.model.af2 import AF2Model, TOKENS_PER_WINDOW
 from af2.model.xattn import AudioContext
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+REPO = Path(__file__).resolve().parents[1]
+DTYPES = ("fp32", "bf16", "int8")
+API_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8"}
 PROMPT = [151665] + list(range(1000, 1018)) + [151668]  # <audio> + 18 words + <SEP>
+PAD = 151667
+QUICK = {"htsat.embed_dim": 96, "htsat.depths": (2, 2, 4, 2), "audio_transformer.d_inner": 1024,
+         "lm": {**af2_config("0.5b").lm, "hidden_size": 448, "intermediate_size": 2432, "num_hidden_layers": 8,
+                "num_attention_heads": 7, "num_key_value_heads": 1}}
+README_START, README_END = "<!-- benchmark table: start -->", "<!-- benchmark table: end -->"
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+# ------------------------------------------------------------------------------------------------
+# machine and floors
 
 
-def peak_rss_gib() -> float:
-    """Peak resident memory since the last ``reset_peak_rss`` (VmHWM), else of the whole process."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+def cpu_features() -> dict:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+                platform.processor() or "unknown CPU")
+    return {"name": name, "cores": os.cpu_count(), "avx512": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags,
+            "avx512_vnni": "avx512_vnni" in flags, "amx": bool({"amx_bf16", "amx_tile"} & flags),
+            "torch_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
+
+
+def _best(fn, reps: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def matmul_rate(dtype: torch.dtype, n: int) -> float:
+    """FLOP/s of an n×n ``F.linear`` (x @ Wᵀ, the layout of every layer)."""
+    a, b = (torch.randn(n, n).to(dtype) for _ in range(2))
+    return 2 * n**3 / _best(lambda: torch.nn.functional.linear(a, b), 5)
+
+
+def read_bandwidth(nbytes: int) -> float:
+    """Bytes/s of a read-only stream (a sum over ``nbytes``): what a decoding step does with weights."""
+    x = torch.empty(nbytes // 4).uniform_()
+    return nbytes / _best(lambda: x.sum(), 5)
+
+
+def measure_floors(quick: bool) -> dict:
+    n = 1024 if quick else 2048
+    return {"fp32_flops_per_s": matmul_rate(torch.float32, n), "bf16_flops_per_s": matmul_rate(torch.bfloat16, n),
+            "read_bytes_per_s": read_bandwidth((256 if quick else 1024) << 20)}
+
+
+# ------------------------------------------------------------------------------------------------
+# the random model on disk, in both layouts
+
+
+def bench_config(quick: bool):
+    cfg = af2_config("0.5b")
+    return apply_overrides(cfg, QUICK) if quick else cfg
+
+
+def official_layout(model: AF2Model) -> dict[str, torch.Tensor]:
+    """Our state dict under NVIDIA's names, with its alias registrations (as released)."""
+    tied = tied_aliases(model)
+    state = {ours_to_official(k): v for k, v in model.state_dict().items() if k not in tied}
+    for key, value in list(state.items()):
+        alias = re.sub(r"^lang_encoder\.model\.layers\.(\d+)\.decoder_layer\.", r"lang_encoder.old_decoder_blocks.\1.",
+                       key)
+        alias = re.sub(r"^lang_encoder\.model\.layers\.(\d+)\.gated_cross_attn_layer_sound\.",
+                       r"lang_encoder.gated_cross_attn_layers_sound.\1.", alias)
+        if alias != key:
+            state[alias] = value
+    state["lang_encoder.lm_head.weight"] = state["lang_encoder.model.embed_tokens.weight"]
+    return state
+
+
+def write_models(cfg, folder: Path) -> None:
+    """A random AF2 (gates open, so audio matters) in our format and in NVIDIA's layout."""
+    torch.manual_seed(0)
+    model = AF2Model(cfg).eval()
+    with torch.no_grad():
+        for layer in model.decoder_layers:
+            layer.xattn.attn_gate.fill_(0.5)
+            layer.xattn.ff_gate.fill_(0.5)
+    save_pretrained(model, folder / "ours")
+    (folder / "official" / "safe_ckpt").mkdir(parents=True)
+    chunks, current, size = 0, {}, 0
+    for key, value in official_layout(model).items():  # ~1 GB chunks; aliases as their own copies
+        current[key] = value.detach().clone().contiguous()
+        size += value.numel() * value.element_size()
+        if size > 1 << 30:
+            save_file(current, str(folder / "official" / "safe_ckpt" / f"model_chunk_{chunks}.safetensors"))
+            chunks, current, size = chunks + 1, {}, 0
+    save_file(current, str(folder / "official" / "safe_ckpt" / f"model_chunk_{chunks}.safetensors"))
+    (folder / "official" / "safe_ckpt" / "metadata.json").write_text(
+        json.dumps({f"model_chunk_{i}": {} for i in range(chunks + 1)}))
+
+
+# ------------------------------------------------------------------------------------------------
+# measurements (each child process runs one dtype, so each peak RSS is its own)
+
+
+def rss_gib(field: str = "VmHWM") -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
 
 
 def reset_peak_rss() -> None:
-    """Restart the VmHWM high-water mark (Linux), so each run reports its own peak."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
+    Path("/proc/self/clear_refs").write_text("5")
 
 
-def matmul_rate(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 5) -> float:
-    """Best-of-``reps`` dense matmul throughput in FLOP/s, through ``F.linear`` (x @ Wᵀ, the layout
-    every layer of the model uses; some CPUs' bf16 kernels are far slower for other layouts)."""
-    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    torch.nn.functional.linear(a, b)
-    best = float("inf")
-    for _ in range(reps):
-        sync(device)
-        t = time.perf_counter()
-        torch.nn.functional.linear(a, b)
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+def weight_bytes(model: AF2Model, decode_only: bool = False) -> int:
+    """Bytes of weights (int8 codes and scales included); ``decode_only``: what one decoding
+    step reads (the LM, the cross-attention blocks without ``to_kv`` whose output is cached)."""
+    seen, total = set(), 0
+    root = model.lm if decode_only else model
+    for name, t in [*root.named_parameters(), *root.named_buffers()]:
+        if t.data_ptr() in seen or (decode_only and (".to_kv." in name or "inv_freq" in name)):
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
 
 
-def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30, reps: int = 5) -> float:
-    """Best-of-``reps`` ``copy_`` of a 1 GiB tensor, in bytes moved (read + write) per second."""
-    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    best = float("inf")
-    for _ in range(reps):
-        sync(device)
-        t = time.perf_counter()
-        dst.copy_(src)
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    return 2 * nbytes / best
+def child_load(dtype_name: str, layout: str, folder: Path, cfg_dict: dict) -> dict:
+    from af2.config import AF2Config, config_from_dict
+
+    base = rss_gib("VmRSS")
+    reset_peak_rss()
+    torch_dtype, int8 = resolve_dtype(API_DTYPE[dtype_name], "cpu")
+    t = time.perf_counter()
+    if layout == "ours":  # int8: quantized while read
+        model = load_pretrained(folder / "ours", torch_dtype, int8=int8)
+    else:
+        model = build_official(folder / "official", config_from_dict(AF2Config, cfg_dict), torch_dtype, int8)
+    load_s = time.perf_counter() - t
+    nbytes = weight_bytes(model)
+    return {"dtype": dtype_name, "layout": layout, "load_s": load_s, "rss_before_gib": base,
+            "load_peak_rss_gib": rss_gib(), "weights_gib": nbytes / 2**30,
+            "peak_over_weights": (rss_gib() - base) / (nbytes / 2**30)}
 
 
-def encoder_flops(model: AF2Model, windows: int) -> int:
-    """FLOPs of the audio path for ``windows`` windows, counted on the meta device."""
+def decode_steps(model, ctx, batch: int, tokens: int) -> list[float]:
+    ids, attn = left_pad([PROMPT] * batch, PAD)
+    times = []
+    for _ in stream_tokens(model, ctx, ids, attn, GenerationConfig(max_new_tokens=tokens), (), PAD):
+        times.append(time.perf_counter())
+    return times
+
+
+def per_token(times: list[float]) -> float:
+    return (times[-1] - times[0]) / max(len(times) - 1, 1)
+
+
+def encoder_flops(cfg, windows: int) -> int:
     with torch.device("meta"):
-        meta = AF2Model(model.cfg).eval()
-        mel = torch.zeros(windows, model.cfg.audio.frames_per_window, model.cfg.audio.n_mels)
+        meta = AF2Model(cfg).eval()
+        mel = torch.zeros(windows, cfg.audio.frames_per_window, cfg.audio.n_mels)
         mask = torch.ones(1, windows * TOKENS_PER_WINDOW, dtype=torch.bool)
         with FlopCounterMode(display=False) as counter:
-            feats = meta.audio_transformer(meta.audio_encoder(mel).reshape(1, -1, model.cfg.audio_dim), mask)
+            feats = meta.audio_transformer(meta.audio_encoder(mel).reshape(1, -1, cfg.audio_dim), mask)
             for layer in meta.decoder_layers:
                 if layer.xattn is not None:
                     layer.xattn.attn.keys_values(feats)
     return counter.get_total_flops()
 
 
-def decode_weight_bytes(model: AF2Model) -> int:
-    """Bytes of weights one decoding step must read: the LM (embedding table once, as the tied
-    head), and every cross-attention block except ``to_kv`` (its output is cached)."""
-    total = 0
-    for name, p in model.lm.named_parameters():
-        if ".xattn.attn.to_kv." in name:
-            continue
-        total += p.numel() * p.element_size()
-    return total
+def kv_bytes(ctx: AudioContext) -> int:
+    return sum(t.numel() * t.element_size() for pair in ctx.kv if pair is not None for t in pair)
 
 
-def run_path(model: AF2Model, seconds: float, device: torch.device, new_tokens: int, optimised: bool) -> dict:
-    windows = min(30, max(1, int(-(-seconds // 10))))
-    g = torch.Generator().manual_seed(0)
-    audio = (torch.rand(1, windows, 160_000, generator=g) - 0.5).to(device)
-    mask = torch.ones(1, windows, device=device)
-    ids, attn = left_pad([PROMPT], 151667, device)
-    gen = GenerationConfig(max_new_tokens=new_tokens)
-    reset_peak_rss()
-    with torch.inference_mode():
-        sync(device)
-        t0 = time.perf_counter()
-        if optimised:
-            ctx = model.encode_audio(audio, mask, cache_kv=True, chunk=default_encoder_chunk(device))
-        else:  # one window at a time, and no cached audio keys/values
-            tokens = torch.cat([model.encode_windows(audio[:, i:i + 1], mask[:, i:i + 1]) for i in range(windows)], 1)
-            full = mask.bool().repeat_interleave(TOKENS_PER_WINDOW, dim=1)
-            ctx = AudioContext(model.audio_transformer(tokens, full), full)
-        sync(device)
-        t_enc = time.perf_counter()
-        steps = []
-        for _tok, _live in stream_tokens(model, ctx, ids, attn, gen, stop_ids=(), pad_id=151667):
-            sync(device)
-            steps.append(time.perf_counter())
-    first = steps[0] - t0
-    per_token = (steps[-1] - steps[0]) / max(len(steps) - 1, 1)
-    return {"seconds": seconds, "windows": windows, "encode_s": t_enc - t0, "first_token_s": first,
-            "decode_s_per_token": per_token, "tokens_per_s": 1 / per_token, "new_tokens": len(steps),
-            "peak_rss_gib": peak_rss_gib()}
-
-
-def bench_dtype(dtype_name: str, device: torch.device, new_tokens: int, ref_tokens: int, threads: int) -> dict:
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    # Floors first: the 2 GiB bandwidth buffers are freed before the model exists.
-    rate = matmul_rate(DTYPES[dtype_name], device)
-    bandwidth = copy_bandwidth(device)
+def child_run(dtype_name: str, folder: Path, clips: list[int], tokens: int, ref_tokens: int) -> dict:
+    torch_dtype, int8 = resolve_dtype(API_DTYPE[dtype_name], "cpu")  # what af2.load does, minus the tokenizer
     t = time.perf_counter()
-    model = AF2Model(af2_config("0.5b")).eval()
-    with torch.no_grad():  # open the gates so the audio path is not a no-op
-        for layer in model.decoder_layers:
-            layer.xattn.attn_gate.fill_(0.5)
-            layer.xattn.ff_gate.fill_(0.5)
-    model = model.to(device=device, dtype=DTYPES[dtype_name])
-    build_s = time.perf_counter() - t
-    flops_5min = encoder_flops(model, 30)
-    flops_30s = encoder_flops(model, 3)
-    build_peak = peak_rss_gib()
-    weight_bytes = decode_weight_bytes(model)
-    out = {"dtype": dtype_name, "device": str(device), "threads": threads, "build_s": build_s,
-           "build_peak_rss_gib": build_peak,
-           "matmul_flops_per_s": rate, "copy_bytes_per_s": bandwidth, "decode_weight_bytes": weight_bytes,
-           "runs": []}
-    for seconds, flops in ((300, flops_5min), (30, flops_30s)):
-        for optimised in (True, False):
-            r = run_path(model, seconds, device, new_tokens if optimised else ref_tokens, optimised)
-            r.update(path="optimised" if optimised else "reference", encode_flops=flops,
-                     encode_floor_s=flops / rate, decode_floor_s=weight_bytes / bandwidth)
-            out["runs"].append(r)
-            print(f"  {dtype_name} {seconds:>3}s {r['path']:<9} encode {r['encode_s']:.2f}s  "
-                  f"first token {r['first_token_s']:.2f}s  {r['decode_s_per_token'] * 1000:.0f} ms/token  "
-                  f"RSS {r['peak_rss_gib']:.2f} GiB", file=sys.stderr, flush=True)
-    return out
+    model = load_pretrained(folder / "ours", torch_dtype, int8=int8)
+    load_s, runs = time.perf_counter() - t, []
+    with torch.inference_mode():  # warm-up: kernels chosen and buffers allocated once, outside the timings
+        warm = model.encode_audio(torch.zeros(1, 1, 160_000), torch.ones(1, 1), cache_kv=True)
+        for batch in (1, 8):
+            decode_steps(model, warm.select(torch.zeros(batch, dtype=torch.long)), batch, 2)
+    for seconds in clips:
+        windows = math.ceil(seconds / 10)
+        audio = torch.rand(1, windows, 160_000, generator=torch.Generator().manual_seed(0)) - 0.5
+        mask = torch.ones(1, windows)
+        with torch.inference_mode():
+            reset_peak_rss()
+            t0 = time.perf_counter()
+            ctx = model.encode_audio(audio, mask, cache_kv=True, chunk=default_encoder_chunk("cpu"))
+            encode_s = time.perf_counter() - t0
+            one = decode_steps(model, ctx, 1, tokens)
+            run = {"seconds": seconds, "windows": windows, "encode_s": encode_s, "first_token_s": one[0] - t0,
+                   "b1_s_per_token": per_token(one), "b1_peak_rss_gib": rss_gib(), "kv_bytes_per_row": kv_bytes(ctx),
+                   "encode_flops": encoder_flops(model.cfg, windows)}
+            # Batch 8: eight rows of this clip (the encoder is per window, so 8 clips cost 8x to
+            # encode); and the same with one window each, to price cross-attention over the audio.
+            eight = ctx.select(torch.zeros(8, dtype=torch.long))
+            run["b8_s_per_token"] = per_token(decode_steps(model, eight, 8, tokens))
+            n = TOKENS_PER_WINDOW
+            short = AudioContext(eight.features[:, :n], eight.mask[:, :n],
+                                 tuple(None if p is None else tuple(t[:, :, :n].contiguous() for t in p) for p in eight.kv))
+            run["b8_one_window_s_per_token"] = per_token(decode_steps(model, short, 8, tokens))
+            run["b8_peak_rss_gib"] = rss_gib()
+            del eight, short, ctx
+            t0 = time.perf_counter()  # the reference path: windows one by one, no cached audio K/V
+            feats = torch.cat([model.encode_windows(audio[:, i:i + 1], mask[:, i:i + 1]) for i in range(windows)], 1)
+            full = mask.bool().repeat_interleave(TOKENS_PER_WINDOW, dim=1)
+            ref_ctx = AudioContext(model.audio_transformer(feats, full), full)
+            run["ref_encode_s"] = time.perf_counter() - t0
+            ref = decode_steps(model, ref_ctx, 1, ref_tokens)
+            run.update(ref_first_token_s=ref[0] - t0, ref_s_per_token=per_token(ref))
+        runs.append(run)
+    return {"dtype": dtype_name, "compute_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "step_weight_bytes": weight_bytes(model, decode_only=True), "weights_gib": weight_bytes(model) / 2**30,
+            "load_s": load_s, "runs": runs}
 
 
-def table(results: list[dict]) -> str:
-    lines = ["| dtype | clip | path | encode s | first token s | ms/token | tokens/s | peak RSS GiB | "
-             "decode ref/opt | decode opt/floor | encode opt/floor |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for res in results:
-        runs = {(r["seconds"], r["path"]): r for r in res["runs"]}
-        for (seconds, path), r in runs.items():
-            ref = runs[(seconds, "reference")]
-            speedup = ref["decode_s_per_token"] / r["decode_s_per_token"] if path == "optimised" else 1.0
-            lines.append(
-                f"| {res['dtype']} | {seconds // 60 and f'{seconds // 60} min' or f'{seconds} s'} | {path} | "
-                f"{r['encode_s']:.2f} | {r['first_token_s']:.2f} | {r['decode_s_per_token'] * 1000:.0f} | "
-                f"{r['tokens_per_s']:.1f} | {r['peak_rss_gib']:.2f} | "
-                f"{speedup:.1f}× | {r['decode_s_per_token'] / r['decode_floor_s']:.2f}× | "
-                f"{r['encode_s'] / r['encode_floor_s']:.2f}× |")
-    floors = [f"{res['dtype']}: matmul {res['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s, copy "
-              f"{res['copy_bytes_per_s'] / 1e9:.1f} GB/s, encoder 5 min {res['runs'][0]['encode_flops'] / 1e12:.2f} "
-              f"TFLOP → floor {res['runs'][0]['encode_floor_s']:.1f} s, weights per step "
-              f"{res['decode_weight_bytes'] / 1e9:.2f} GB → floor {res['runs'][0]['decode_floor_s'] * 1000:.0f} ms, "
-              f"peak RSS while building the random model {res['build_peak_rss_gib']:.2f} GiB"
-              for res in results]
-    return "\n".join(lines) + "\n\nFloors measured in the same run: " + "; ".join(floors)
+# ------------------------------------------------------------------------------------------------
+# report
+
+
+def derive(result: dict, floors: dict) -> list[dict]:
+    """One row per (dtype, clip, batch) with every figure and its ratios to floor and reference."""
+    rows = []
+    bw = floors["read_bytes_per_s"]
+    rate = floors["bf16_flops_per_s"] if result["compute_dtype"] == "bfloat16" else floors["fp32_flops_per_s"]
+    for r in result["runs"]:
+        for batch in (1, 8):
+            step = r[f"b{batch}_s_per_token"]
+            step_floor = (result["step_weight_bytes"] + batch * r["kv_bytes_per_row"]) / bw
+            encode_floor = r["encode_flops"] / rate
+            row = {"dtype": result["dtype"], "seconds": r["seconds"], "batch": batch, "ms_per_token": step * 1e3,
+                   "tokens_per_s": batch / step, "decode_over_floor": step / step_floor,
+                   "decode_speedup_vs_ref": r["ref_s_per_token"] / step if batch == 1 else None,
+                   "peak_rss_gib": r[f"b{batch}_peak_rss_gib"],
+                   "rss_over_weights": r[f"b{batch}_peak_rss_gib"] / result["weights_gib"]}
+            if batch == 1:
+                row.update(encode_s=r["encode_s"], encode_over_floor=r["encode_s"] / encode_floor,
+                           encode_speedup_vs_ref=r["ref_encode_s"] / r["encode_s"], first_token_s=r["first_token_s"],
+                           first_token_over_floor=r["first_token_s"] / (encode_floor + step_floor),
+                           first_token_speedup_vs_ref=r["ref_first_token_s"] / r["first_token_s"])
+            else:
+                row.update(b8_over_b1=(batch / step) * r["b1_s_per_token"],
+                           audio_share=1 - r["b8_one_window_s_per_token"] / step)
+            rows.append(row)
+    return rows
+
+
+def _f(value, fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def table(results: dict) -> str:
+    lines = ["| dtype | clip | batch | encode s (×floor, ref/opt) | first token s (×floor, ref/opt) | ms/token "
+             "(×floor, ref/opt) | tokens/s | peak RSS GiB (×weights) | batch note |", "|---" * 9 + "|"]
+    for result in results["runs"]:
+        for row in derive(result, results["floors"]):
+            clip = f"{row['seconds'] // 60} min" if row["seconds"] >= 60 else f"{row['seconds']} s"
+            note = (f"{row['b8_over_b1']:.1f}× batch-1 tokens/s; audio x-attn {max(row['audio_share'], 0):.0%} of a step"
+                    if row["batch"] == 8 else "")
+            enc = (f"{row['encode_s']:.2f} ({row['encode_over_floor']:.2f}×, {row['encode_speedup_vs_ref']:.1f}×)"
+                   if row["batch"] == 1 else "(8× batch 1)")
+            ttft = (f"{row['first_token_s']:.2f} ({row['first_token_over_floor']:.2f}×, "
+                    f"{row['first_token_speedup_vs_ref']:.1f}×)" if row["batch"] == 1 else "—")
+            ref = f", {row['decode_speedup_vs_ref']:.1f}×" if row["decode_speedup_vs_ref"] else ""
+            lines.append(f"| {row['dtype']} | {clip} | {row['batch']} | {enc} | {ttft} | {row['ms_per_token']:.0f} "
+                         f"({row['decode_over_floor']:.2f}×{ref}) | {row['tokens_per_s']:.1f} | "
+                         f"{row['peak_rss_gib']:.2f} ({row['rss_over_weights']:.2f}×) | {note} |")
+    lines += ["", "| dtype | layout | load s | peak RSS during load GiB | weights GiB | (peak − before) / weights |",
+              "|---" * 6 + "|"]
+    for load in results["loads"]:
+        lines.append(f"| {load['dtype']} | {load['layout']} | {load['load_s']:.1f} | {load['load_peak_rss_gib']:.2f} | "
+                     f"{load['weights_gib']:.2f} | {load['peak_over_weights']:.2f}× |")
+    c, fl = results["cpu"], results["floors"]
+    lines += ["", f"Machine: {c['name']}, {c['cores']} cores, {results['threads']} threads; AVX-512 {c['avx512']}, "
+              f"AVX512-BF16 {c['avx512_bf16']}, AMX {c['amx']} (torch {c['torch']}, {c['torch_capability']}). "
+              f"Floors measured in the same run: fp32 matmul {fl['fp32_flops_per_s'] / 1e9:.0f} GFLOP/s, bf16 matmul "
+              f"{fl['bf16_flops_per_s'] / 1e9:.0f} GFLOP/s, read stream {fl['read_bytes_per_s'] / 1e9:.1f} GB/s. "
+              f"Decode floor = (weights read per step + audio K/V) / read stream; encode floor = encoder FLOPs / "
+              f"matmul rate; ref/opt = reference path time / optimised time. Shapes: {results['shapes']}."]
+    return "\n".join(lines)
+
+
+def rewrite_readme(results: dict) -> None:
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{readme}: no {README_START} ... {README_END} markers to replace between")
+    head, rest = text.split(README_START, 1)
+    readme.write_text(head + README_START + "\n" + table(results) + "\n" + README_END + rest.split(README_END, 1)[1])
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _child(args: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dtypes", default="fp32,bf16")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true", help="smaller shapes, 30-s clip only, fewer tokens: < 3 min")
+    ap.add_argument("--dtypes", default=",".join(DTYPES))
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--tokens", type=int, default=24, help="new tokens on the optimised path")
-    ap.add_argument("--ref-tokens", type=int, default=4, help="new tokens on the (slow) reference path")
-    ap.add_argument("--json", type=Path, help="also write the raw results here")
-    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one dtype in this process
+    ap.add_argument("--tokens", type=int, default=None, help="new tokens per decode (default 24, quick 8)")
+    ap.add_argument("--ref-tokens", type=int, default=3, help="new tokens on the (slow) reference path")
+    ap.add_argument("--out", type=Path, help="results JSON (default benchmarks/results-<cpu>[-quick].json)")
+    ap.add_argument("--readme", type=Path, metavar="RESULTS", help="only rewrite README's table from RESULTS")
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    device = torch.device(args.device)
-    if args.one:
-        print(json.dumps(bench_dtype(args.one, device, args.tokens, args.ref_tokens, args.threads)))
+    torch.set_num_threads(args.threads)
+    if args.readme:
+        rewrite_readme(json.loads(args.readme.read_text()))
         return 0
-    results = []
-    for name in args.dtypes.split(","):
-        if name not in DTYPES:
-            ap.error(f"unknown dtype {name!r}; choose from {sorted(DTYPES)}")
-        # One process per dtype so that each peak RSS is its own.
-        cmd = [sys.executable, __file__, "--one", name, "--device", args.device, "--threads", str(args.threads),
-               "--tokens", str(args.tokens), "--ref-tokens", str(args.ref_tokens)]
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    cpu = subprocess.run(["sh", "-c", "lscpu | grep 'Model name' | head -1"], capture_output=True, text=True).stdout
-    print(f"\nAF2-0.5B shapes, random weights, {args.device} ({cpu.split(':')[-1].strip() or 'unknown CPU'}), "
-          f"{args.threads} threads, torch {torch.__version__}\n")
-    print(table(results))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+    if args.child:
+        kind, dtype_name, folder, extra = args.child[0], args.child[1], Path(args.child[2]), json.loads(args.child[3])
+        out = (child_load(dtype_name, extra["layout"], folder, extra["cfg"]) if kind == "load"
+               else child_run(dtype_name, folder, extra["clips"], extra["tokens"], extra["ref_tokens"]))
+        print(json.dumps(out))
+        return 0
+    dtypes = args.dtypes.split(",")
+    if set(dtypes) - set(DTYPES):
+        ap.error(f"unknown dtype in {args.dtypes!r}; choose from {DTYPES}")
+    cpu = cpu_features()
+    floors = measure_floors(args.quick)  # before any model exists
+    print(f"{cpu['name']}: floors {json.dumps({k: f'{v:.3g}' for k, v in floors.items()})}", file=sys.stderr)
+    cfg = bench_config(args.quick)
+    tokens = args.tokens or (8 if args.quick else 24)
+    clips = [30] if args.quick else [30, 300]
+    common = ["--threads", str(args.threads)]
+    results = {"cpu": cpu, "floors": floors, "threads": args.threads, "quick": args.quick,
+               "shapes": "reduced (--quick)" if args.quick else "AF2-0.5B", "loads": [], "runs": []}
+    with tempfile.TemporaryDirectory(prefix="af2-bench-") as tmp:
+        folder = Path(tmp)
+        write_models(cfg, folder)
+        for name in dtypes:
+            for layout in ("ours", "official"):
+                spec = json.dumps({"layout": layout, "cfg": config_to_dict(cfg)})
+                results["loads"].append(_child([*common, "--child", "load", name, str(folder), spec]))
+                print(f"  load {name} {layout}: {results['loads'][-1]}", file=sys.stderr, flush=True)
+            spec = json.dumps({"clips": clips, "tokens": tokens, "ref_tokens": args.ref_tokens})
+            results["runs"].append(_child([*common, "--child", "run", name, str(folder), spec]))
+            print(f"  run {name}: {results['runs'][-1]['runs']}", file=sys.stderr, flush=True)
+    slug = re.sub(r"[^a-z0-9]+", "-", cpu["name"].lower()).strip("-")[:40]
+    out = args.out or REPO / "benchmarks" / f"results-{slug}{'-quick' if args.quick else ''}.json"
+    out.write_text(json.dumps(results, indent=1))
+    print(f"\n{table(results)}\n\nraw results: {out}; README table: python benchmarks/inference.py --readme {out}")
     return 0
 
 

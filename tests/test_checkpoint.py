@@ -156,3 +156,37 @@ def test_convert_cli_writes_our_format(fixture_dir, tmp_path, capsys):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     assert main(["convert", str(tmp_path / "nowhere"), str(tmp_path / "x")]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_loads_straight_into_bf16(official_model, fixture_dir, tmp_path):
+    from af2.checkpoint import build_official, load_pretrained
+
+    model = official_model[0]
+    want = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+    direct = build_official(fixture_dir / "checkpoint", model.cfg, torch.bfloat16)
+    out = save_pretrained(model, tmp_path / "m")
+    ours = load_pretrained(out, torch.bfloat16)
+    for loaded in (direct, ours):
+        got = loaded.state_dict()
+        assert got.keys() == want.keys()
+        assert all(torch.equal(got[k], want[k]) for k in want)
+        assert loaded.lm.lm_head.weight is loaded.lm.model.embed_tokens.weight
+
+
+def test_tensor_file_converts_and_compares_chunk_by_chunk(tmp_path, monkeypatch):
+    import af2.tensorfile
+    from af2.tensorfile import TensorFile
+
+    monkeypatch.setattr(af2.tensorfile, "CHUNK_BYTES", 64)  # many chunks for a small tensor
+    a = torch.randn(13, 7)
+    b = a.clone()
+    b[-1, -1] += 1  # differs only in the last chunk
+    save_file({"a": a, "a2": a.clone(), "b": b, "i": torch.arange(5)}, str(tmp_path / "t.safetensors"))
+    f = TensorFile(tmp_path / "t.safetensors")
+    assert torch.equal(f.read("a"), a)
+    assert torch.equal(f.read("a", torch.bfloat16), a.to(torch.bfloat16))
+    assert torch.equal(f.read("i", torch.bfloat16), torch.arange(5))  # integers keep their dtype
+    assert f.same_bytes("a", f, "a2") and not f.same_bytes("a", f, "b") and not f.same_bytes("a", f, "i")
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "t.safetensors").read_bytes()[:-8])
+    with pytest.raises(CheckpointError, match="cut.safetensors.*unreadable"):
+        TensorFile(tmp_path / "cut.safetensors")

@@ -25,7 +25,8 @@ PROMPT = "w379 w366 w250 w360 w455 w15"
 
 @pytest.fixture(scope="module")
 def api(fixture_dir):
-    return af2.load(fixture_dir / "checkpoint", config=fixture_config(fixture_dir), max_audio_seconds=120)
+    return af2.load(fixture_dir / "checkpoint", config=fixture_config(fixture_dir), max_audio_seconds=120,
+                    dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,28 @@ def test_stream_yields_the_same_text(api, fixture_dir):
     pieces = list(api.stream(fixture_dir / "audio" / "short.wav", PROMPT, max_new_tokens=10))
     assert len(pieces) > 1
     assert "".join(pieces) == api.ask(fixture_dir / "audio" / "short.wav", PROMPT, max_new_tokens=10).text
+
+
+def test_stop_strings_late_in_a_long_answer(api, fixture_dir):
+    wav = fixture_dir / "audio" / "long.wav"
+    full = api.ask(wav, PROMPT, max_new_tokens=40)
+    words = full.text.split()
+    assert len(words) >= 30
+    for stop in (words[-3], " " + words[-3], f"{words[-4]} {words[-3]}"):
+        first = full.text.index(stop)
+        cut = api.ask(wav, PROMPT, max_new_tokens=40, stop=[stop])
+        assert cut.text == full.text[:first].rstrip() and cut.finish_reason == "stop", stop
+        assert len(cut.token_ids) < len(full.token_ids)  # decoding stopped there, not at the length limit
+
+
+def test_progress_reports_windows_while_encoding(api, fixture_dir):
+    calls = []
+    files = [fixture_dir / "audio" / f for f in ("long.wav", "short.wav")]
+    api.ask_batch(files, [PROMPT, PROMPT], max_new_tokens=2, progress=lambda done, total: calls.append((done, total)))
+    total = sum(api._load(f)[0].shape[0] for f in files)
+    assert calls and calls[-1] == (total, total)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls) and {t for _, t in calls} == {total}
+    assert len(calls) == -(-total // api.encoder_chunk)
 
 
 def test_stop_strings_and_inputs(api, fixture_dir):
@@ -137,3 +160,21 @@ def test_jsonl_batch_killed_midway_resumes(model_dir, fixture_dir, tmp_path):
     final = [json.loads(line) for line in answers.read_text().splitlines()]
     assert [r["id"] for r in final] == [f"q{i}" for i in range(16)]
     assert final[: len(first)] == first  # answered lines were kept, not redone
+
+
+def test_cli_progress_bar_only_on_a_terminal(monkeypatch):
+    import io
+
+    from af2.ask import EncodeProgress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, quiet, shown in ((Terminal(), False, True), (Terminal(), True, False), (io.StringIO(), False, False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        bar = EncodeProgress(quiet)
+        for done in (2, 4, 12):
+            bar(done, 12)
+        bar.close()
+        assert ("/12 [" in stream.getvalue()) == shown and ("encoding audio" in stream.getvalue()) == shown

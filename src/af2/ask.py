@@ -43,7 +43,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-lm", help="Qwen2.5 base (folder or hub id) for official checkpoints (default: the size "
                                       "read from the checkpoint's embedding width)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ... (default cpu)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16", "int8"],
+                   help="default auto: bfloat16 on CPUs with AVX512-BF16/AMX, else float32; int8 = int8 LM weights")
+    p.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     p.add_argument("--max-audio-seconds", type=float, default=300.0,
                    help="listen to at most this much of each file (default 300 = 5 min); longer input is "
                         "truncated with a warning")
@@ -91,8 +93,11 @@ def _check_common(args: argparse.Namespace) -> dict:
 def _load(args: argparse.Namespace):
     from af2.inference import load
 
-    return load(args.model, device=args.device, dtype=args.dtype, base_lm=args.base_lm,
-                max_audio_seconds=args.max_audio_seconds, strict_length=args.strict_length)
+    api = load(args.model, device=args.device, dtype=args.dtype, base_lm=args.base_lm,
+               max_audio_seconds=args.max_audio_seconds, strict_length=args.strict_length)
+    if not args.quiet and sys.stderr.isatty():
+        print(f"loaded {args.model} ({api.dtype_name}) in {api.load_s:.1f} s", file=sys.stderr)
+    return api
 
 
 def answer_record(answer) -> dict:
@@ -111,6 +116,32 @@ def _print(answer, as_json: bool) -> None:
               f"(heard {answer.audio.kept_s:.1f} s)", file=sys.stderr)
 
 
+class EncodeProgress:
+    """A ``progress(done, total)`` callback drawing a tqdm bar of audio windows on stderr; silent
+    with ``--quiet`` or when stderr is not a terminal."""
+
+    def __init__(self, quiet: bool):
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None or self.bar.total != total or done < self.bar.n:
+            from tqdm import tqdm
+
+            self.close()
+            self.bar = tqdm(total=total, unit="window", desc="encoding audio", file=sys.stderr, leave=False)
+        self.bar.update(done - self.bar.n)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def _one(args: argparse.Namespace, question: str) -> int:
     from af2.audio import check_audio_path
 
@@ -121,15 +152,19 @@ def _one(args: argparse.Namespace, question: str) -> int:
     options = _check_common(args)
     check_audio_path(args.audio)
     stream = getattr(args, "stream", False)
+    progress = EncodeProgress(args.quiet)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = _load(args)
-        if stream:
-            for piece in model.stream(args.audio, question, **options):
-                print(piece, end="", flush=True)
-            print()
-        else:
-            _print(model.ask(args.audio, question, **options), args.json)
+        try:
+            model = _load(args)
+            if stream:
+                for piece in model.stream(args.audio, question, progress=progress, **options):
+                    print(piece, end="", flush=True)
+                print()
+            else:
+                _print(model.ask(args.audio, question, progress=progress, **options), args.json)
+        finally:
+            progress.close()
     for w in caught:  # one line each, after the answer; _print already reported truncation
         if isinstance(w.message, UserWarning) and (stream or "truncated" not in str(w.message)):
             print(f"note: {' '.join(str(w.message).split())}", file=sys.stderr)
@@ -244,7 +279,7 @@ def _answer(args: argparse.Namespace, todo: list[dict], options: dict) -> int:
 
     model = _load(args)
     failures = 0
-    with tqdm(total=len(todo), unit="q", desc="af2 ask") as bar, warnings.catch_warnings():
+    with tqdm(total=len(todo), unit="q", desc="af2 ask", disable=args.quiet) as bar, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # truncation goes into each record instead
         for start in range(0, len(todo), max(1, args.batch_size)):
             chunk = todo[start:start + args.batch_size]

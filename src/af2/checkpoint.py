@@ -24,20 +24,19 @@ import pickle
 import re
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from af2.errors import CheckpointError, ConfigError  # noqa: F401  (CheckpointError is re-exported)
 from af2.config import AF2Config, check_sizes, config_from_dict, config_to_dict
 from af2.jsonl import atomic_path, atomic_write_text, read_json
 from af2.model.af2 import AF2Model
 from af2.model.htsat import OFFICIAL_CLAP_PREFIX as CLAP_PREFIX, clap_state_dict_from_official
+from af2.tensorfile import TensorFile
 
 
 # Official Flamingo key prefix → ours. Both CLAP namings exist: the HF inference code calls the
@@ -91,8 +90,9 @@ def alias_target(key: str) -> str | None:
     return _TIED[1] if key == _TIED[0] else None
 
 
-def read_official_chunks(ckpt_dir: str | Path) -> Mapping[str, torch.Tensor]:
-    """Merge every chunk listed by ``safe_ckpt/metadata.json`` into one state dict."""
+def read_official_chunks(ckpt_dir: str | Path, dtype: torch.dtype | None = None) -> LazyChunks:
+    """Merge every chunk listed by ``safe_ckpt/metadata.json`` into one (lazy) state dict whose
+    floating-point tensors come out in ``dtype`` (default: as stored)."""
     safe = Path(ckpt_dir) / "safe_ckpt"
     meta_path = safe / "metadata.json"
     if not meta_path.is_file():
@@ -105,50 +105,61 @@ def read_official_chunks(ckpt_dir: str | Path) -> Mapping[str, torch.Tensor]:
     if bad:
         raise CheckpointError(f"{meta_path}: chunk name {bad[0][:80]!r} is not a file name inside safe_ckpt/; "
                               "refusing to read outside the checkpoint folder (re-download the checkpoint)")
-    return LazyChunks([safe / f"{chunk}.safetensors" for chunk in meta], meta_path)
+    return LazyChunks([safe / f"{chunk}.safetensors" for chunk in meta], meta_path, dtype)
 
 
 class LazyChunks(Mapping):
     """The merged state dict of safetensors chunks, each tensor read only when asked for.
 
-    Released chunks hold every key twice over (alias registrations) in fp32: reading them all at
-    once would double the memory a load needs (7.2 GB for AF2-0.5B instead of 4.3 GB).
+    Released chunks hold every decoder key twice over (alias registrations) in fp32: reading all
+    of them would double the memory a load needs (7.2 GB for AF2-0.5B instead of 4.3 GB). Aliases
+    are compared with their primary on disk (``same_bytes``), and each tensor is read straight
+    into ``dtype``.
     """
 
-    def __init__(self, paths: list[Path], listed_in: Path):
-        self._where: dict[str, Path] = {}
-        self._handles = {}
+    def __init__(self, paths: list[Path], listed_in: Path, dtype: torch.dtype | None = None):
+        self._where: dict[str, TensorFile] = {}
+        self.dtype = dtype
         for path in paths:
             if not path.is_file():
                 raise CheckpointError(f"{path}: chunk {path.stem!r} listed in {listed_in.name} is missing; "
                                       "re-download it")
-            try:
-                handle = safe_open(str(path), framework="pt")
-                keys = list(handle.keys())
-            except (SafetensorError, OSError) as exc:
-                raise CheckpointError(f"{path}: unreadable safetensors file ({exc}); re-download it") from exc
-            overlap = self._where.keys() & set(keys)
+            handle = TensorFile(path)
+            overlap = self._where.keys() & set(handle.keys())
             if overlap:
                 raise CheckpointError(f"{path}: keys also present in an earlier chunk: {sorted(overlap)[:5]}")
-            self._handles[path] = handle
-            self._where.update(dict.fromkeys(keys, path))
+            self._where.update(dict.fromkeys(handle.keys(), handle))
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        path = self._where[key]
-        try:
-            return self._handles[path].get_tensor(key)
-        except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"{path}: cannot read tensor {key!r} ({exc}); re-download it") from exc
+        return self._where[key].read(key, self.dtype)
 
     def shape(self, key: str) -> tuple[int, ...]:
         """A tensor's shape from the file header, without reading the tensor."""
-        return tuple(self._handles[self._where[key]].get_slice(key).get_shape())
+        return self._where[key].shape(key)
+
+    def same_bytes(self, key: str, other: str) -> bool:
+        return self._where[key].same_bytes(key, self._where[other], other)
+
+    def rows(self, key: str) -> Callable[[int, int, torch.dtype | None], torch.Tensor]:
+        """``read(first, stop, dtype)``: rows of tensor ``key``."""
+        return lambda first, stop, dtype: self._where[key].read_rows(key, first, stop, dtype)
 
     def __iter__(self):
         return iter(self._where)
 
     def __len__(self) -> int:
         return len(self._where)
+
+    def close(self) -> None:
+        for handle in set(self._where.values()):
+            handle.close()
+
+
+def _same_tensor(state: Mapping[str, torch.Tensor], key: str, other: str) -> bool:
+    """Whether ``state[key]`` equals ``state[other]``, on disk when ``state`` can (LazyChunks)."""
+    if isinstance(state, LazyChunks):
+        return state.same_bytes(key, other)
+    return state[key].shape == state[other].shape and torch.equal(state[key], state[other])
 
 
 def read_official_clap(ckpt_dir: str | Path) -> tuple[dict[str, torch.Tensor], Path] | None:
@@ -164,7 +175,7 @@ def read_official_clap(ckpt_dir: str | Path) -> tuple[dict[str, torch.Tensor], P
         raise CheckpointError(f"{path}: not a torch checkpoint ({path.stat().st_size} bytes, neither a torch zip "
                               "archive nor a legacy torch pickle); re-download clap_ckpt/")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _torch_load(path)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"{path}: refused to unpickle: it holds objects other than tensors and plain "
                               f"containers, which could run code ({str(exc).splitlines()[0]})") from exc
@@ -175,6 +186,17 @@ def read_official_clap(ckpt_dir: str | Path) -> tuple[dict[str, torch.Tensor], P
         raise CheckpointError(f"{path}: expected a dict with a 'state_dict' entry (an AF-CLAP training checkpoint)")
     kept, _ignored = clap_state_dict_from_official(obj["state_dict"])
     return kept, path
+
+
+def _torch_load(path: Path):
+    """``torch.load`` of tensors and plain containers only; memory-mapped when the file allows it,
+    so that the parts of the AF-CLAP checkpoint af2 does not use (the text tower) are never read."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):  # only the legacy (non-zip) format cannot be mapped
+            raise
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def convert_official_state_dict(official: Mapping[str, torch.Tensor], model: AF2Model, *, source: str,
@@ -189,12 +211,12 @@ def convert_official_state_dict(official: Mapping[str, torch.Tensor], model: AF2
     expected = model.state_dict()
     out: dict[str, torch.Tensor] = {}
     unexpected, mismatched, alias_errors = [], [], []
-    for key, value in official.items():
+    for key in official:  # by key: an alias is compared, never read whole
         target = alias_target(key)
         if target is not None:
             if target not in official:
                 unexpected.append(f"{key} (alias of absent {target})")
-            elif official[target].shape != value.shape or not torch.equal(official[target], value):
+            elif not _same_tensor(official, key, target):
                 alias_errors.append(f"{key} differs from {target}")
             continue
         try:
@@ -202,12 +224,16 @@ def convert_official_state_dict(official: Mapping[str, torch.Tensor], model: AF2
         except KeyError:
             unexpected.append(key)
             continue
+        shape = tuple(official.shape(key) if isinstance(official, LazyChunks) else official[key].shape)
         if ours not in expected:
             unexpected.append(key)
-        elif expected[ours].shape != value.shape:
-            mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(expected[ours].shape)}")
+        elif tuple(expected[ours].shape) != shape:
+            mismatched.append(f"{key}: file {shape} vs model {tuple(expected[ours].shape)}")
+        elif expected[ours].dtype == torch.int8 and isinstance(official, LazyChunks):  # a quantize_int8 model
+            out[ours], out[ours.removesuffix("weight") + "scale"] = read_quantized(official.rows(key), shape,
+                                                                                    official.dtype)
         else:
-            out[ours] = value
+            out[ours] = official[key]
     for key, value in (clap or {}).items():
         ours = "audio_encoder." + key
         if ours in out:
@@ -219,7 +245,8 @@ def convert_official_state_dict(official: Mapping[str, torch.Tensor], model: AF2
         else:
             out[ours] = value
     tied = tied_aliases(model)
-    missing = [k for k in expected if k not in out and k not in tied]
+    missing = [k for k in expected if k not in out and k not in tied
+               and k.removesuffix("scale") + "weight" not in tied]  # a tied int8 head's scales
     problems = []
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched),
                         ("inconsistent alias", alias_errors)):
@@ -379,12 +406,54 @@ def check_finite(state: Mapping[str, torch.Tensor], source: str, strict: bool = 
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, as stored; damaged files are CheckpointErrors."""
     if not path.is_file():
         raise CheckpointError(f"{path}: not found")
+    weights = TensorFile(path)
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from exc
+        return {k: weights.read(k) for k in weights.keys()}
+    finally:
+        weights.close()
+
+
+def read_weights(model_dir: str | Path, expected: Mapping[str, torch.Tensor],
+                 dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Our ``model.safetensors``, tensor by tensor, floats in ``dtype``; shapes checked against
+    ``expected``. A float weight that ``expected`` holds in int8 (a model made by
+    ``quantize_int8``) is quantized as it is read, a slice of rows at a time, with its ``scale``."""
+    path = Path(model_dir) / "model.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found")
+    weights = TensorFile(path)
+    try:
+        bad = [f"{k}: file {weights.shape(k)} vs model {tuple(expected[k].shape)}"
+               for k in weights.keys() if k in expected and tuple(expected[k].shape) != weights.shape(k)]
+        if bad:
+            raise CheckpointError(f"{path}: wrong shapes: {bad[:8]}")
+        state = {}
+        for k in weights.keys():
+            if k in expected and expected[k].dtype == torch.int8 and weights.is_float(k):
+                state[k], state[k.removesuffix("weight") + "scale"] = read_quantized(
+                    lambda a, b, d, k=k: weights.read_rows(k, a, b, d), weights.shape(k), dtype)
+            else:
+                state[k] = weights.read(k, dtype)
+        return state
+    finally:
+        weights.close()
+
+
+def read_quantized(read: Callable[[int, int, torch.dtype | None], torch.Tensor], shape: tuple[int, ...],
+                   dtype: torch.dtype | None, rows: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Int8 codes and scales of a float weight of ``shape`` read ``rows`` rows at a time, from its
+    values in ``dtype`` (as if the model were loaded in ``dtype`` and then quantized: both ways
+    give the same model), so the float weight never exists whole."""
+    from af2.model.quant import quantize_rows
+
+    codes = torch.empty(shape, dtype=torch.int8)
+    scale = torch.empty(shape[0], dtype=torch.bfloat16)
+    for first in range(0, shape[0], rows):
+        codes[first:first + rows], scale[first:first + rows] = quantize_rows(read(first, first + rows, dtype))
+    return codes, scale
 
 
 def load_pretrained_weights(model: AF2Model, model_dir: str | Path, base: BaseRef | None = None,
@@ -429,6 +498,52 @@ def expand_saved_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]
             state.setdefault(key, value)
     state[EMBEDDING_KEY] = embedding
     return state
+
+
+def _tie_int8_head(model: AF2Model, state: dict[str, torch.Tensor]) -> None:
+    """A tied int8 head shares the embedding's table and its scales (only the table is a tied key)."""
+    if "lm.lm_head.scale" in model.state_dict() and "lm.lm_head.weight" not in state:
+        state["lm.lm_head.scale"] = state["lm.model.embed_tokens.scale"]
+
+
+def load_pretrained(model_dir: str | Path, dtype: torch.dtype = torch.float32, int8: bool = False,
+                    strict: bool = False) -> AF2Model:
+    """Build the model of an af2 folder (``config.json`` + ``model.safetensors``) in ``dtype``
+    without a second copy: the model is made on the meta device and adopts the tensors read.
+    ``int8``: the LM's linear weights are quantized as they are read (see ``af2.model.quant``),
+    so the float weights never exist whole. A folder that names its base LM (``BaseRef``) is
+    built from that base LM first, loaded, then cast (and quantized). NaN/Inf weights warn
+    (``strict``: raise)."""
+    from af2.model.quant import quantize_int8
+
+    cfg, base = read_model_folder_config(model_dir)
+    if base is not None:
+        return _load_on_base(model_dir, cfg, base, dtype, int8, strict)
+    with torch.device("meta"):
+        model = AF2Model(cfg).to(dtype)
+        if int8:
+            quantize_int8(model.lm)
+    source = str(Path(model_dir) / "model.safetensors")
+    state = read_weights(model_dir, model.state_dict(), dtype)
+    check_finite(state, source, strict)
+    _tie_int8_head(model, state)
+    load_state_dict_strict(model, state, source, assign=True)
+    return model.to(dtype).eval()
+
+
+def _load_on_base(model_dir: str | Path, cfg: AF2Config, base: BaseRef, dtype: torch.dtype, int8: bool,
+                  strict: bool) -> AF2Model:
+    """A folder that holds only the trained weights: its frozen LM comes from the base LM it names."""
+    from af2.base_lm import load_base_lm
+    from af2.model.quant import quantize_int8
+
+    cfg, lm, _ = load_base_lm(base.name, cfg, cfg.vocab_size)
+    model = AF2Model(cfg, lm=lm)
+    load_pretrained_weights(model, model_dir, base, strict)
+    model = model.to(dtype)
+    if int8:
+        quantize_int8(model.lm)
+    return model.eval()
 
 
 # --------------------------------------------------------------------------------------------
@@ -500,7 +615,7 @@ def official_config(ckpt_dir: str | Path, base_lm: str | Path | None, vocab_size
 
 
 def load_official(ckpt_dir: str | Path, *, base_lm: str | Path | None = None, cfg: AF2Config | None = None,
-                  dtype: torch.dtype = torch.float32, strict: bool = False):
+                  dtype: torch.dtype = torch.float32, int8: bool = False, strict: bool = False):
     """Build an AF2 model from NVIDIA's released layout; return (model, tokenizer, SpecialTokens).
 
     ``base_lm``: the Qwen2.5 base (local folder or hub id) for its config and tokenizer when the
@@ -520,15 +635,40 @@ def load_official(ckpt_dir: str | Path, *, base_lm: str | Path | None = None, cf
     tokenizer = load_tokenizer(tok_source)
     special = add_special_tokens(tokenizer, (cfg or AF2Config()).tokens)
     official = read_official_chunks(ckpt)
+    try:
+        shapes = {k: official.shape(k) for k in official}
+    finally:
+        official.close()
     clap = read_official_clap(ckpt)
-    shapes = {k: official.shape(k) for k in official}
     shapes.update({k: tuple(v.shape) for k, v in (clap[0] if clap else {}).items() if k not in shapes})
     cfg = infer_official_config(shapes, cfg or AF2Config(), str(ckpt))
     cfg = official_config(ckpt, base_lm, len(tokenizer), cfg)
+    return build_official(ckpt, cfg, dtype, int8, strict), tokenizer, special
+
+
+def build_official(ckpt_dir: str | Path, cfg: AF2Config, dtype: torch.dtype = torch.float32,
+                   int8: bool = False, strict: bool = False) -> AF2Model:
+    """The model of an official checkpoint folder for a complete ``cfg`` (LM and vocabulary
+    filled), in ``dtype``, holding one copy of the weights: built on the meta device, it adopts
+    each tensor as read (aliases are compared on disk, never loaded). ``int8``: the LM's linear
+    weights are quantized as they are read (``af2.model.quant``). NaN/Inf weights warn
+    (``strict``: raise)."""
+    from af2.model.quant import quantize_int8
+
+    ckpt = Path(ckpt_dir)
+    official = read_official_chunks(ckpt, dtype)
+    clap = read_official_clap(ckpt)  # memory-mapped: only the tensors used below are read
     with torch.device("meta"):  # no random init, no second copy: the checkpoint's tensors are adopted
-        model = AF2Model(cfg)
-    state = convert_official_state_dict(official, model, source=str(ckpt / "safe_ckpt"),
-                                        clap=clap[0] if clap else None, clap_source=str(clap[1]) if clap else "")
+        model = AF2Model(cfg).to(dtype)
+        if int8:
+            quantize_int8(model.lm)
+    try:
+        state = convert_official_state_dict(official, model, source=str(ckpt / "safe_ckpt"),
+                                            clap=clap[0] if clap else None, clap_source=str(clap[1]) if clap else "")
+    finally:
+        official.close()
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}  # CLAP's, read as stored
     check_finite(state, str(ckpt), strict)
+    _tie_int8_head(model, state)
     load_state_dict_strict(model, state, str(ckpt), assign=True)
-    return model.to(dtype).eval(), tokenizer, special
+    return model.to(dtype).eval()

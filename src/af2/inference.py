@@ -17,7 +17,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -26,8 +26,7 @@ import torch
 
 from af2.audio import AudioError, AudioSource, load_audio, make_windows, pad_windows
 from af2.config import AF2Config
-from af2.checkpoint import (CheckpointError, load_official, load_pretrained_weights, load_tokenizer, official_lm_width,
-                            read_model_folder_config)
+from af2.checkpoint import CheckpointError, load_official, load_pretrained, load_tokenizer, official_lm_width
 from af2.errors import DeviceError, RequestError
 from af2.registry import DEFAULT_MODEL, model_entry
 from af2.generate import GenerationConfig, left_pad, stream_tokens
@@ -35,6 +34,7 @@ from af2.model.af2 import AF2Model
 from af2.tokens import SpecialTokens, add_special_tokens, clean_answer, prompt_ids, special_token_ids
 
 CAPTION_PROMPT = "Caption the input audio."
+Progress = Callable[[int, int], None]  # (audio windows encoded so far, windows in the request)
 # The official release names the Qwen2.5 base of each AF2 size only in its README.
 _BASE_LM = {"0.5B": "Qwen/Qwen2.5-0.5B", "1.5B": "Qwen/Qwen2.5-1.5B", "3B": "Qwen/Qwen2.5-3B"}
 
@@ -82,6 +82,8 @@ class AF2:
         self.device = torch.device(device)
         self.strict_length = strict_length
         self.encoder_chunk = encoder_chunk or default_encoder_chunk(self.device)
+        self.load_s: float | None = None  # set by load(): seconds it took
+        self.dtype_name = str(next(model.parameters()).dtype).removeprefix("torch.")  # or "int8", set by load()
         self.set_max_audio_seconds(max_audio_seconds)
 
     def set_max_audio_seconds(self, seconds: float) -> None:
@@ -119,9 +121,11 @@ class AF2:
         return ids
 
     def _stream(self, audios: Sequence[AudioSource], questions: Sequence[str], gen: GenerationConfig,
-                stop: Sequence[str], want_text: bool = False
+                stop: Sequence[str], want_text: bool = False, progress: Progress | None = None
                 ) -> Iterator[tuple[list[list[int]], list[str] | None, list[bool], dict]]:
-        """Core loop: yields, per step, every row's token so far, its text and whether it is done."""
+        """Core loop: yields, per step, every row's token so far, its text (when ``want_text``) and
+        whether it is done. Stop strings are looked for in the text of each row's last few tokens
+        only, so a step costs the same at token 10 and at token 1,000."""
         if len(audios) != len(questions):
             raise ValueError(f"{len(audios)} audio inputs but {len(questions)} questions")
         t0 = time.perf_counter()
@@ -132,10 +136,11 @@ class AF2:
         windows, window_mask = pad_windows([w for w, _ in loaded], self.audio_cfg.max_windows)
         with torch.inference_mode():
             audio = self.model.encode_audio(windows.to(self.device), window_mask.to(self.device, dtype), cache_kv=True,
-                                            chunk=self.encoder_chunk)
+                                            chunk=self.encoder_chunk, progress=progress)
         t_enc = time.perf_counter()
         ids, mask = left_pad(prompts, self.special.pad, self.device)
         B = len(prompts)
+        tail = max((len(s) for s in stop), default=0) + 8
         tokens: list[list[int]] = [[] for _ in range(B)]
         done = [False] * B
         info = {"facts": [f for _, f in loaded], "t0": t0, "audio_s": t_audio - t0, "encode_s": t_enc - t_audio,
@@ -144,24 +149,25 @@ class AF2:
                                                          self.special.pad)):
             if info["first"] is None:
                 info["first"] = time.perf_counter()
-            for row in range(B):  # per-row text bookkeeping for stop strings; not tensor work
-                if done[row] or not live[row]:
+            for row, (t, running) in enumerate(zip(tok.tolist(), live.tolist())):  # per-row text bookkeeping
+                if done[row] or not running:
                     continue
-                t = int(tok[row])
                 if t == self.special.eos:
                     done[row], info["reason"][row] = True, "stop"
                     continue
                 tokens[row].append(t)
-            texts = [self._text(t) for t in tokens] if want_text or stop else None
             for row in range(B) if stop else ():
-                if not done[row] and any(s in texts[row] for s in stop):
+                # A stop string of L characters lies within the last L + 8 tokens (a token is at
+                # least one character; the margin covers byte tokens and end markers).
+                if not done[row] and any(s in self._text(tokens[row][-tail:], strip=False) for s in stop):
                     done[row], info["reason"][row] = True, "stop"
+            texts = [self._text(t) for t in tokens] if want_text else None
             yield tokens, texts, done, info
             if all(done):
                 return
 
-    def _text(self, ids: list[int]) -> str:
-        return clean_answer(self.tokenizer.decode(ids, skip_special_tokens=False), self.model.cfg.tokens)
+    def _text(self, ids: list[int], strip: bool = True) -> str:
+        return clean_answer(self.tokenizer.decode(ids, skip_special_tokens=False), self.model.cfg.tokens, strip)
 
     @staticmethod
     def _cut(text: str, stop: Sequence[str]) -> str:
@@ -171,11 +177,14 @@ class AF2:
     # ------------------------------------------------------------------------------------------
 
     def ask_batch(self, audios: Sequence[AudioSource], questions: Sequence[str], *, stop: Sequence[str] = (),
-                  **gen_options) -> list[Answer]:
-        """Answer ``questions[i]`` about ``audios[i]`` for every i, in one batch."""
+                  progress: Progress | None = None, **gen_options) -> list[Answer]:
+        """Answer ``questions[i]`` about ``audios[i]`` for every i, in one batch.
+
+        ``progress(done, total)`` is called as the audio windows of the batch are encoded (the
+        long part of a 5-minute request before the first token)."""
         gen = GenerationConfig(**gen_options)
         last = None
-        for last in self._stream(audios, questions, gen, stop):
+        for last in self._stream(audios, questions, gen, stop, progress=progress):
             pass
         if last is None:
             return []
@@ -197,10 +206,12 @@ class AF2:
     def caption(self, audio: AudioSource, **options) -> Answer:
         return self.ask(audio, CAPTION_PROMPT, **options)
 
-    def stream(self, audio: AudioSource, question: str, *, stop: Sequence[str] = (), **gen_options) -> Iterator[str]:
-        """Yield the answer's text in pieces as it is generated."""
+    def stream(self, audio: AudioSource, question: str, *, stop: Sequence[str] = (), progress: Progress | None = None,
+               **gen_options) -> Iterator[str]:
+        """Yield the answer's text in pieces as it is generated (``progress`` as in ask_batch)."""
         sent = ""
-        for _, texts, _, _ in self._stream([audio], [question], GenerationConfig(**gen_options), stop, True):
+        for _, texts, _, _ in self._stream([audio], [question], GenerationConfig(**gen_options), stop, True,
+                                           progress):
             text = self._cut(texts[0], stop)
             if len(text) > len(sent) and text.startswith(sent):
                 yield text[len(sent):]
@@ -217,8 +228,31 @@ def _dtype(dtype: str | torch.dtype) -> torch.dtype:
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
     if dtype not in table:
-        raise RequestError(f"unknown dtype {dtype!r}; use float32 or bfloat16")
+        raise RequestError(f"unknown dtype {dtype!r}; use float32, bfloat16 or int8")
     return table[dtype]
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device) -> tuple[torch.dtype, bool]:
+    """(compute dtype, int8 weights?) for a requested ``dtype`` on ``device``.
+
+    ``None`` picks bf16 on CPUs with native bf16 matrix instructions (half the bytes per decoding
+    step, ~5x the fp32 matmul rate of the audio encoder) and fp32 elsewhere. ``"int8"`` stores the
+    LM's and cross-attention's linear weights in int8; the rest computes in bf16 where the CPU has
+    it (else fp32).
+    """
+    cpu = torch.device(device).type == "cpu"
+    if dtype is None or dtype == "auto":
+        return (torch.bfloat16 if cpu and cpu_has_fast_bf16() else torch.float32), False
+    if dtype == "int8":
+        return (torch.bfloat16 if not cpu or cpu_has_fast_bf16() else torch.float32), True
+    torch_dtype = _dtype(dtype)
+    if cpu and torch_dtype == torch.float16:
+        raise DeviceError("float16 has no fast path on CPUs; use bfloat16 or float32")
+    if cpu and torch_dtype == torch.bfloat16 and not cpu_has_fast_bf16():
+        warnings.warn(f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bfloat16 matrix "
+                      "instructions (AVX512-BF16 or AMX): bfloat16 runs emulated and much slower than float32 "
+                      "here; use dtype='float32'", stacklevel=3)
+    return torch_dtype, False
 
 
 def default_encoder_chunk(device: torch.device | str) -> int:
@@ -308,37 +342,28 @@ def official_base_lm(folder: Path) -> str:
 
 
 def load(path_or_id: str | Path = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
-         dtype: str | torch.dtype = "float32", base_lm: str | Path | None = None, max_audio_seconds: float = 300.0,
+         dtype: str | torch.dtype | None = None, base_lm: str | Path | None = None, max_audio_seconds: float = 300.0,
          strict_length: bool = False, config: AF2Config | None = None) -> AF2:
     """Load an AF2 model: our format (config.json + model.safetensors), NVIDIA's released layout
-    (safe_ckpt/ + clap_ckpt/; the Qwen2.5 base LM comes from ``base_lm`` or from the width of the
-    checkpoint's embedding), a local folder or a hub id (honours HF_HUB_OFFLINE). ``config`` gives
-    the architecture of an official checkpoint where its tensor shapes do not (default: the
-    released AF2). Bad arguments, devices and files raise AF2Errors before weights are read."""
+    (safe_ckpt/ + clap_ckpt/; the Qwen2.5 base LM comes from ``base_lm``, the registry entry, or
+    the width of the checkpoint's embedding), a registry name, a local folder or a hub id (honours
+    HF_HUB_OFFLINE). A folder whose config.json names its base LM is built from that base LM.
+    ``config`` gives the architecture of an official checkpoint where its tensor shapes do not
+    (default: the released AF2). ``dtype``: None (bf16 on CPUs with native bf16, else fp32),
+    "float32", "bfloat16" or "int8" (int8 LM weights). Bad arguments, devices and files raise
+    AF2Errors before weights are read."""
+    t0 = time.perf_counter()
     check_device(device)
-    torch_dtype = _dtype(dtype)
+    torch_dtype, int8 = resolve_dtype(dtype, device)
     folder = resolve_model_dir(path_or_id)
-    if torch.device(device).type == "cpu" and torch_dtype == torch.float16:
-        raise DeviceError("float16 has no fast path on CPUs; use bfloat16 or float32")
-    if torch.device(device).type == "cpu" and torch_dtype == torch.bfloat16 and not cpu_has_fast_bf16():
-        warnings.warn(f"this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bfloat16 matrix "
-                      "instructions (AVX512-BF16 or AMX): bfloat16 runs emulated and much slower than float32 "
-                      "here; use dtype='float32'", stacklevel=2)
     if (folder / "safe_ckpt").is_dir():
         if base_lm is None and not (folder / "lm_config.json").is_file():
             entry = model_entry(str(path_or_id))  # a registry name names its base; else the embedding width
             base_lm = entry.base_lm if entry is not None else official_base_lm(folder)
-        model, tokenizer, special = load_official(folder, base_lm=base_lm, cfg=config)
+        model, tokenizer, special = load_official(folder, base_lm=base_lm, cfg=config, dtype=torch_dtype, int8=int8)
     elif (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
-        cfg, base = read_model_folder_config(folder)  # sizes checked before the model is allocated
-        if base is not None:  # the frozen LM comes from the base LM named in config.json
-            from af2.base_lm import load_base_lm
-
-            cfg, lm, _ = load_base_lm(base.name, cfg, cfg.vocab_size)
-            model = AF2Model(cfg, lm=lm)
-        else:
-            model = AF2Model(cfg)
-        load_pretrained_weights(model, folder, base)
+        model = load_pretrained(folder, torch_dtype, int8=int8)  # sizes checked before the model is allocated
+        cfg = model.cfg
         tokenizer = load_tokenizer(folder)
         special = special_token_ids(tokenizer, cfg.tokens) if "<SEP>" in tokenizer.get_vocab() else \
             add_special_tokens(tokenizer, cfg.tokens)
@@ -346,5 +371,8 @@ def load(path_or_id: str | Path = DEFAULT_MODEL, *, device: str | torch.device =
         raise CheckpointError(f"{folder}: neither an af2 model (config.json + model.safetensors) nor an official AF2 "
                               "checkpoint (safe_ckpt/ + clap_ckpt/); convert one with `af2 convert`")
     model = model.to(device=device, dtype=torch_dtype)
-    return AF2(model, tokenizer, special, device=device, max_audio_seconds=max_audio_seconds,
-               strict_length=strict_length)
+    api = AF2(model, tokenizer, special, device=device, max_audio_seconds=max_audio_seconds,
+              strict_length=strict_length)
+    api.load_s = time.perf_counter() - t0
+    api.dtype_name = "int8" if int8 else str(torch_dtype).removeprefix("torch.")
+    return api

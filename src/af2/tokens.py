@@ -80,12 +80,13 @@ def training_text(prompt: str, answer: str, cfg: TokensConfig = TokensConfig()) 
     return f"{cfg.audio}{prompt.lower().strip()}{cfg.sep}{answer.lower().strip()}{cfg.end_of_chunk}{cfg.eos}"
 
 
-def clean_answer(text: str, cfg: TokensConfig = TokensConfig()) -> str:
-    """Official post-processing: keep what follows the last <SEP>, drop the end markers."""
+def clean_answer(text: str, cfg: TokensConfig = TokensConfig(), strip: bool = True) -> str:
+    """Official post-processing: keep what follows the last <SEP>, drop the end markers (and
+    surrounding whitespace unless ``strip=False``, for pieces of an answer)."""
     text = text.split(cfg.sep)[-1]
     for marker in (cfg.eos, cfg.pad, cfg.end_of_chunk):
         text = text.replace(marker, "")
-    return text.strip()
+    return text.strip() if strip else text
 
 
 def encode_training_batch(tokenizer, prompts: list[str], answers: list[str],

@@ -8,6 +8,7 @@ Da audio width (2048 for HTSAT-large), D LM width.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -59,12 +60,14 @@ class AF2Model(nn.Module):
     # ----------------------------------------------------------------------------------------
     # audio
 
-    def encode_windows(self, windows: torch.Tensor, window_mask: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    def encode_windows(self, windows: torch.Tensor, window_mask: torch.Tensor, chunk: int | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """windows: (B, W, S) waveforms, window_mask: (B, W) → CLAP tokens (B, W·64, Da).
 
         Only real windows go through the encoder, all samples' windows in one batched call (or in
         chunks of ``chunk`` windows to bound memory). Padded windows get zeros: the official code
         encodes their silence, but every consumer masks them, so the result is the same.
+        ``progress(done, total)`` is called with the real windows encoded so far after each chunk.
         """
         B, W, S = windows.shape
         real = window_mask.bool().reshape(B * W)
@@ -73,27 +76,32 @@ class AF2Model(nn.Module):
             chunk = max(flat.shape[0], 1)
         dtype = self.audio_encoder.norm.weight.dtype
         # The mel is computed in fp32 (the official front end's precision), then cast to the tower's dtype.
-        pieces = [self.audio_encoder(log_mel(flat[i:i + chunk].float(), self.cfg.audio).to(dtype))
-                  for i in range(0, flat.shape[0], chunk)]
+        pieces = []
+        for i in range(0, flat.shape[0], chunk):
+            pieces.append(self.audio_encoder(log_mel(flat[i:i + chunk].float(), self.cfg.audio).to(dtype)))
+            if progress is not None:
+                progress(min(i + chunk, flat.shape[0]), flat.shape[0])
         encoded = torch.cat(pieces) if pieces else flat.new_zeros(0, TOKENS_PER_WINDOW, self.cfg.audio_dim)
         tokens = encoded.new_zeros(B * W, TOKENS_PER_WINDOW, self.cfg.audio_dim)
         tokens[real] = encoded
         return tokens.view(B, W * TOKENS_PER_WINDOW, self.cfg.audio_dim)
 
     def encode_audio(self, windows: torch.Tensor, window_mask: torch.Tensor, *, cache_kv: bool = False,
-                     chunk: int | None = None, tokens: torch.Tensor | None = None) -> AudioContext:
+                     chunk: int | None = None, tokens: torch.Tensor | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> AudioContext:
         """(B, W, S) windows + (B, W) mask → the AudioContext every cross-attention block reads.
 
         With ``cache_kv`` every block's keys and values over the audio are computed here, once,
         instead of at every forward (the official code recomputes them at every decoding step).
         ``tokens``: the CLAP tokens (B, W·64, Da) when the caller already has them (a trainer's cache
         of a frozen tower); ``windows`` are then not read.
+        ``progress(done, total)``: real windows through the audio encoder so far (see encode_windows).
         """
         if (window_mask.bool().sum(dim=1) == 0).any():
             raise ValueError("every batch item needs at least one real audio window (window_mask all zero)")
         mask = window_mask.bool().repeat_interleave(TOKENS_PER_WINDOW, dim=1)  # (B, N)
         if tokens is None:
-            tokens = self.encode_windows(windows, window_mask, chunk)
+            tokens = self.encode_windows(windows, window_mask, chunk, progress)
         features = self.audio_transformer(tokens, mask)
         kv = None
         if cache_kv:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from af2.config import XAttnConfig
@@ -73,9 +72,9 @@ class MaskedCrossAttention(nn.Module):
         token sees every real audio token) or (B, 1, T, N) (a per-token mask: the few-shot one)."""
         B, T, _ = x.shape
         q = self.to_q(self.norm(x)).view(B, T, self.heads, self.dim_head).transpose(1, 2)
-        k, v = (t.to(q.dtype) for t in kv)
+        k, v = (t.to(q.dtype) for t in kv)  # a no-op when K/V were computed in the model's dtype
         if audio_mask.shape[-2] == 1:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=audio_mask)
+            out = audio_attention(q, k, v, audio_mask)
         else:
             # Explicit softmax, as the official code: a text token that sees a single audio token
             # then gets exactly zero query gradient (a fused kernel leaves ~1e-7 residues, which
@@ -84,6 +83,20 @@ class MaskedCrossAttention(nn.Module):
             scores = scores.masked_fill(~audio_mask, torch.finfo(scores.dtype).min)
             out = scores.softmax(dim=-1) @ v
         return self.to_out(out.transpose(1, 2).reshape(B, T, -1))
+
+
+def audio_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, audio_mask: torch.Tensor) -> torch.Tensor:
+    """q: (B, H, T, Dh), k/v: (B, H, N, Dh), audio_mask: (B, 1, 1, N) bool with at least one real
+    token per row → (B, H, T, Dh).
+
+    Written as two batched matmuls rather than ``scaled_dot_product_attention``: with few queries
+    (a decoding step has one) and N up to 1,920 audio tokens, PyTorch's CPU SDPA kernel in bf16
+    ran 7x slower than this (1.7 ms against 0.25 ms per layer, one thread), and this form streams
+    K and V once. The softmax is taken in fp32, as SDPA does internally.
+    """
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5  # (B, H, T, N)
+    scores = scores.masked_fill(~audio_mask, float("-inf"))
+    return torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)
 
 
 class GatedCrossAttentionBlock(nn.Module):

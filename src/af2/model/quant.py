@@ -1,0 +1,104 @@
+"""Weight-only int8 quantization of the language model and its cross-attention blocks.
+
+Each linear's weight W (out, in) is stored as int8 codes q and one scale per output channel s,
+symmetric: W ≈ q · s[:, None], s = max|W_row| / 127 (rounded to bf16 first, so the dequantized
+weight is exactly q · s in bf16). Activations stay in floating point: the matmul runs in bf16
+through PyTorch's own int8-weight kernel (``torch._weight_int8pack_mm``), which reads one byte
+per weight instead of two (bf16) or four (fp32). The tied embedding / LM head share one int8
+table with per-row scales, which are exactly the head's per-output-channel scales.
+
+The audio encoder and transformation layers are not quantized: they are compute-bound and run
+once per request.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Activations of the int8 matmul: the kernel has a fast bf16 path; its fp32 path is ~6x slower.
+ACT_DTYPE = torch.bfloat16
+_ROWS = 8192
+
+
+def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) float weight → (N, K) int8 codes and (N,) bf16 scales, symmetric per row."""
+    codes = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    scale = torch.empty(weight.shape[0], dtype=ACT_DTYPE, device=weight.device)
+    for start in range(0, weight.shape[0], _ROWS):  # in slices: a whole fp32 copy of the vocabulary is 0.5 GB
+        w = weight[start:start + _ROWS].detach().float()
+        s = (w.abs().amax(dim=1) / 127).clamp_min(torch.finfo(ACT_DTYPE).tiny).to(ACT_DTYPE)
+        codes[start:start + _ROWS] = (w / s.float()[:, None]).round_().clamp_(-127, 127)
+        scale[start:start + _ROWS] = s
+    return codes, scale
+
+
+class Int8Linear(nn.Module):
+    """``nn.Linear`` with int8 weights and per-output-channel scales; input and output keep their dtype."""
+
+    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.out_features, self.in_features = codes.shape
+        self.register_buffer("weight", codes)  # (N, K) int8
+        self.register_buffer("scale", scale)  # (N,) bf16
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+        codes, scale = quantize_rows(linear.weight)
+        return cls(codes, scale, linear.bias)
+
+    def dequantized(self) -> torch.Tensor:
+        """The (N, K) weight the int8 codes stand for, exactly, in fp32 (the reference for tests)."""
+        return self.weight.float() * self.scale.float()[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., K) → (..., N) in x's dtype."""
+        flat = x.reshape(-1, self.in_features).to(ACT_DTYPE)
+        # The CPU kernel needs K % 16 == 0 (every AF2 width is); other shapes and devices dequantize.
+        if flat.device.type == "cpu" and self.in_features % 16 == 0:
+            y = torch._weight_int8pack_mm(flat.contiguous(), self.weight, self.scale.to(ACT_DTYPE))
+        else:
+            y = F.linear(flat.float(), self.dequantized())
+        y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
+
+
+class Int8Embedding(nn.Module):
+    """An embedding table stored as int8 rows with per-row scales; returns rows in ``dtype``."""
+
+    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = codes.shape
+        self.register_buffer("weight", codes)  # (V, D) int8
+        self.register_buffer("scale", scale)  # (V,) bf16
+        self.dtype = dtype
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids: (B, T) → (B, T, D)."""
+        return (self.weight[ids].float() * self.scale[ids].float().unsqueeze(-1)).to(self.dtype)
+
+
+def quantize_int8(lm: nn.Module) -> int:
+    """Replace, in place, every ``nn.Linear`` of ``lm`` (decoder layers, cross-attention blocks,
+    LM head) by an ``Int8Linear``, and the input embedding by an ``Int8Embedding``; a tied head
+    shares the embedding's int8 table. Returns the number of weights quantized."""
+    embed = lm.get_input_embeddings()
+    head = lm.get_output_embeddings()
+    tied = head is not None and head.weight is embed.weight
+    dtype = embed.weight.dtype
+    codes, scale = quantize_rows(embed.weight)
+    lm.set_input_embeddings(Int8Embedding(codes, scale, dtype))
+    count = codes.numel()
+    if tied:
+        lm.set_output_embeddings(Int8Linear(codes, scale, head.bias))
+    targets = [(name, m) for name, m in lm.named_modules() if isinstance(m, nn.Linear) and not (tied and m is head)]
+    for name, module in targets:
+        parent_name, _, attr = name.rpartition(".")
+        setattr(lm.get_submodule(parent_name) if parent_name else lm, attr, Int8Linear.from_linear(module))
+        count += module.weight.numel()
+    return count

@@ -190,3 +190,37 @@ def test_tensor_file_converts_and_compares_chunk_by_chunk(tmp_path, monkeypatch)
     (tmp_path / "cut.safetensors").write_bytes((tmp_path / "t.safetensors").read_bytes()[:-8])
     with pytest.raises(CheckpointError, match="cut.safetensors.*unreadable"):
         TensorFile(tmp_path / "cut.safetensors")
+
+
+def test_folder_naming_its_base_lm_loads_in_every_dtype(official_model, fixture_dir, open_gates, tmp_path):
+    """A model folder that holds only the trained weights (config.json names the base LM) is built
+    from that base LM by load_pretrained and af2.load, in fp32 exactly, and in int8."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    import af2
+    from af2.base_lm import load_base_lm
+    from af2.checkpoint import EMBEDDING_KEY, EXTRA_ROWS, BaseRef, is_base_key, load_pretrained
+    from af2.model.quant import Int8Linear
+
+    _, tokenizer, _ = official_model
+    cfg = official_model[0].cfg
+    lm_cfg = dict(cfg.lm)
+    torch.manual_seed(3)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(lm_cfg.pop("model_type"), **lm_cfg)).save_pretrained(
+        str(tmp_path / "base"))
+    cfg, lm, base_vocab = load_base_lm(str(tmp_path / "base"), cfg, cfg.vocab_size)
+    model = AF2Model(cfg, lm=lm)
+    open_gates(model, torch.Generator().manual_seed(0))
+    folder = save_pretrained(model, tmp_path / "nano", tokenizer, base=BaseRef(str(tmp_path / "base"), base_vocab))
+
+    stored = load_file(str(folder / "model.safetensors"))
+    assert not [k for k in stored if is_base_key(k)]
+    assert stored[EXTRA_ROWS + EMBEDDING_KEY].shape[0] == cfg.vocab_size - base_vocab > 0
+    want, got = model.state_dict(), load_pretrained(folder, torch.float32).state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    quantized = load_pretrained(folder, torch.float32, int8=True)
+    assert isinstance(quantized.lm.model.layers[0].decoder_layer.mlp.up_proj, Int8Linear)
+    audio = fixture_dir / "audio" / "short.wav"
+    exact = af2.load(folder, dtype="float32").ask(audio, "what is this?", max_new_tokens=4)
+    assert exact.text == af2.AF2(model, tokenizer, official_model[2]).ask(audio, "what is this?", max_new_tokens=4).text
+    assert af2.load(folder, dtype="int8").dtype_name == "int8"

@@ -34,11 +34,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record is logged, not as it was when the handler was
+    made (tests and programs that call ``main`` swap and close stderr captures)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log = logging.getLogger("af2")  # the library's notes (e.g. which base LM was chosen), on stderr
     if not log.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("af2: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)

@@ -1,25 +1,17 @@
 #!/usr/bin/env bash
-# Set up af2 and ask AF2-0.5B a question about a clip (default: a generated clip of beeps).
-# Usage: bash scripts/demo.sh [AUDIO] [QUESTION]   (env AF2_MODEL, AF2_DEVICE, AF2_DTYPE to change)
-# Needs the Hugging Face hub (or the model in its local cache) for nvidia/audio-flamingo-2-0.5B
-# and Qwen/Qwen2.5-0.5B; offline, af2 says exactly what is missing.
+# Set up af2 (offline: registries only) and ask the default model, af2-nano, a question about a clip.
+#   bash scripts/demo.sh                         # a shipped example clip and question
+#   bash scripts/demo.sh clip.wav "What is happening?"
+# Env: AF2_MODEL (e.g. nvidia/audio-flamingo-2-0.5B, needs the hub or its local cache), AF2_DEVICE, AF2_DTYPE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-AUDIO=${1:-}
-QUESTION=${2:-"How many beeps do you hear?"}
-if [ -z "$AUDIO" ]; then
-  AUDIO=$(mktemp --suffix=.wav)
-  .venv/bin/python - "$AUDIO" <<'PY'
-import sys
-import numpy as np
-import soundfile as sf
-rate = 16_000
-t = np.arange(rate * 6) / rate
-beeps = sum(((t > s) & (t < s + 0.3)) * np.sin(2 * np.pi * 880 * t) for s in (0.5, 1.7, 2.9, 4.1))
-sf.write(sys.argv[1], 0.5 * beeps, rate)
-PY
-  echo "generated $AUDIO (4 beeps)" >&2
-fi
-exec .venv/bin/af2 ask --model "${AF2_MODEL:-nvidia/audio-flamingo-2-0.5B}" --device "${AF2_DEVICE:-cpu}" \
-  --dtype "${AF2_DTYPE:-float32}" "$AUDIO" "$QUESTION"
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
+AUDIO=${1:-$(.venv/bin/python -c 'import af2.examples as e; print(e.clip("clarinet"))')}
+QUESTION=${2:-"Which instrument is playing? (A) harp. (B) clarinet. (C) church organ. (D) acoustic bass."}
+echo "af2 ask $AUDIO \"$QUESTION\"" >&2
+args=()
+[ -n "${AF2_MODEL:-}" ] && args+=(--model "$AF2_MODEL")
+[ -n "${AF2_DEVICE:-}" ] && args+=(--device "$AF2_DEVICE")
+[ -n "${AF2_DTYPE:-}" ] && args+=(--dtype "$AF2_DTYPE")
+exec .venv/bin/af2 ask "${args[@]}" "$AUDIO" "$QUESTION"

@@ -27,5 +27,5 @@ for s in $STAGES; do
   resume=()
   [ -f "$RUNS/nano_stage$s/checkpoints/latest" ] && resume=(--resume)
   echo "== stage $s $(date -u +%H:%M:%S)" >&2
-  nice -n "${NICE:-0}" .venv/bin/af2 train --config "nano_stage$s" "${resume[@]}" "${common[@]}" "${extra[@]}" ${EXTRA:-}
+  nice -n "${NICE:-0}" "${AF2_PYTHON:-.venv/bin/python}" -m af2.cli train --config "nano_stage$s" "${resume[@]}" "${common[@]}" "${extra[@]}" ${EXTRA:-}
 done

@@ -247,20 +247,72 @@ def test_af2_train_cli_with_pretrained_base_lm_and_lora(workspace, tmp_path, cap
     weights = load_file(str(ckpt / "model.safetensors"))
     adapters = load_file(str(ckpt / "lora.safetensors"))
     assert adapters and all("lora" in k for k in adapters)
-    # The frozen LM is not copied into the checkpoint: config.json names the pretrained base it comes
-    # from, the file holds only what trained, and the base loads back with its pretrained weights.
-    from af2.base_lm import load_base_lm
-    from af2.checkpoint import EMBEDDING_KEY, is_base_key, read_model_folder_config
+    # The checkpoint is a model folder that names its base LM and leaves the frozen LM out ...
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["base_lm"]["name"] == str(base_dir)
+    assert not any(k.startswith("lm.model.layers.") and ".decoder_layer." in k for k in weights)
+    assert weights["extra_rows.lm.model.embed_tokens.weight"].shape[0] == 4  # AF2's 4 new rows
+    # ... which af2.load fills from the base LM: the frozen weights are the pretrained ones, untouched.
+    from af2.inference import load
 
-    cfg, ref = read_model_folder_config(ckpt)
-    assert ref is not None and Path(ref.name) == base_dir
-    assert weights and not [k for k in weights if is_base_key(k) and k != EMBEDDING_KEY]
-    assert any(".xattn." in k for k in weights)
-    _, lm, _ = load_base_lm(ref.name, cfg, cfg.vocab_size)
-    want, got = base.state_dict(), lm.state_dict()
+    loaded = load(out, dtype="float32").model.state_dict()
+    want = base.state_dict()
     frozen = [k for k in want if k.startswith("model.layers.") and k.endswith("mlp.up_proj.weight")]
     assert frozen
     for key in frozen:
-        assert torch.equal(got[key], want[key]), key
+        i = key.split(".")[2]
+        ours = f"lm.model.layers.{i}.decoder_layer.{key.split('.', 3)[3]}"
+        assert torch.equal(loaded[ours], want[key]), key
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 3
+
+
+def test_a_training_run_is_a_model_that_answers_and_is_scored(workspace, tmp_path):
+    """The seam: `af2 train` output loads with af2.load(run_dir), answers with ask(), and `af2 eval --model
+    run_dir` scores it; checkpoints hold only the trained weights plus a reference to the base LM."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from af2.cli import main
+    from af2.config import tiny_config
+    from af2.inference import load
+
+    root, tok = workspace
+    lm_cfg = dict(tiny_config().lm)
+    base_dir = tmp_path / "base-lm"
+    torch.manual_seed(7)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(lm_cfg.pop("model_type"), **lm_cfg)).save_pretrained(
+        str(base_dir))
+    PreTrainedTokenizerFast.from_pretrained(str(tok)).save_pretrained(str(base_dir))
+    run = tmp_path / "run"
+    rc = main(["train", "--config", "stage1_pretrain", "model=tiny", f"model_overrides={json.dumps(MICRO)}",
+               f"base_lm={base_dir}", "embedding_grad_rows=new", "new_rows_init=mean", "lean_loss=true",
+               "max_steps=4", "save_interval=2", "keep_last=1", "batch_size=4", "grad_accum=1", "precision=fp32",
+               "progress=false", f"output_dir={run}", f"data.dataset_file_root={root}", f"data.data_root={root}",
+               "data.blend={tones/train: 1.0}", "data.global_weight=1.0", "audio_tower_checkpoint=\"\""])
+    assert rc == 0
+    assert [p.name for p in (run / "checkpoints").glob("step_*")] == ["step_00000004"]  # keep_last=1
+    weights = load_file(str(run / "checkpoints" / "step_00000004" / "model.safetensors"))
+    base_rows = AutoModelForCausalLM.from_pretrained(str(base_dir)).get_input_embeddings().weight
+    api = load(run, dtype="float32")
+    # only the 4 new rows trained; the base vocabulary is exactly the base LM's
+    emb = api.model.lm.get_input_embeddings().weight
+    assert torch.equal(emb[: base_rows.shape[0]], base_rows)
+    assert weights["extra_rows.lm.model.embed_tokens.weight"].shape == (4, emb.shape[1])
+    clip = root / "audio" / "test" / "0.wav"
+    answer = api.ask(clip, PROMPT, max_new_tokens=4)
+    assert isinstance(answer.text, str) and answer.audio.windows == 1
+
+    # af2 eval scores the run folder directly (the af2-manifest task over the held-out tones)
+    data = tmp_path / "eval" / "manifests"
+    data.mkdir(parents=True)
+    test = json.loads((root / "tones" / "test.json").read_text())
+    test["split_path"] = str(root / "audio" / "test")
+    test["data"] = {k: v for k, v in list(test["data"].items())[:6]}
+    test["total_num"] = 6
+    (data / "val.json").write_text(json.dumps(test))
+    out = tmp_path / "eval" / "results"
+    rc = main(["eval", "--model", str(run), "--tasks", "af2-manifest", "--data", f"af2-manifest={data}",
+               "--out", str(out), "--no-progress", "--no-paper-comparison", "--max-new-tokens", "4"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert "af2-manifest" in json.dumps(summary)

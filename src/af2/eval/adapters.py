@@ -50,6 +50,20 @@ def hash_model(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+AUDIO_CONTROLS = ("own", "shuffled", "zero-gates")
+
+
+def shuffled_audio(audios: Sequence[str]) -> list[str]:
+    """Each request gets the audio of the next request (cyclically) whose file differs from its own, so
+    no item keeps its clip; a batch with one distinct file keeps it (and cannot be a control)."""
+    n = len(audios)
+    out = []
+    for i, own in enumerate(audios):
+        other = next((audios[(i + k) % n] for k in range(1, n) if audios[(i + k) % n] != own), own)
+        out.append(other)
+    return out
+
+
 class AF2Adapter:
     """An AF2 model through ``af2.inference.load`` and its batched ``ask_batch``; ``model=None``
     loads ``af2.load()``'s default model.
@@ -58,23 +72,44 @@ class AF2Adapter:
     one beam), at most 256 new tokens.
     """
 
-    def __init__(self, model: str | None, device: str = "cpu", dtype: str = "float32", max_new_tokens: int = 256):
+    def __init__(self, model: str | None, device: str = "cpu", dtype: str = "float32", max_new_tokens: int = 256,
+                 audio_control: str = "own"):
         from af2 import inference
 
+        if audio_control not in AUDIO_CONTROLS:
+            raise ValueError(f"audio_control {audio_control!r}: choose one of {', '.join(AUDIO_CONTROLS)}")
+        self.audio_control = audio_control
         self.model_id = model if model is not None else str(inference.DEFAULT_MODEL)
         self.device, self.dtype = device, dtype
         self.generation = {"max_new_tokens": max_new_tokens, "do_sample": False}
         self.pipeline = (inference.load(device=device, dtype=dtype) if model is None
                          else inference.load(model, device=device, dtype=dtype))
         self.model_dir = inference.resolve_model_dir(self.model_id)
+        if audio_control == "zero-gates":
+            zero_gates(self.pipeline.model)
 
     def answer(self, requests: Sequence[Request]) -> list[str]:
-        answers = self.pipeline.ask_batch([r.audio for r in requests], [r.prompt for r in requests], **self.generation)
+        audios = [r.audio for r in requests]
+        if self.audio_control == "shuffled":
+            audios = shuffled_audio(audios)
+        answers = self.pipeline.ask_batch(audios, [r.prompt for r in requests], **self.generation)
         return [a.text for a in answers]
 
     def describe(self) -> dict[str, Any]:
         return {"adapter": "af2", "model": self.model_id, "model_sha256": hash_model(self.model_dir),
-                "device": self.device, "dtype": self.dtype, "decoding": dict(self.generation)}
+                "device": self.device, "dtype": self.dtype, "decoding": dict(self.generation),
+                "audio_control": self.audio_control}
+
+
+def zero_gates(model) -> None:
+    """Set every cross-attention gate to 0: the LM then answers from the text alone (gates at zero leave
+    the LM exactly unchanged), which is the text-only baseline of the same model."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("attn_gate", "ff_gate")):
+                p.zero_()
 
 
 class FirstChoiceAdapter:

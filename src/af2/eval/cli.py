@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from af2.errors import RequestError
+from af2.eval.adapters import AUDIO_CONTROLS
 
 
 def register(subparsers) -> None:
@@ -29,6 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=int, default=None, help="first N examples of each task (smoke runs)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--audio-control", default="own", choices=AUDIO_CONTROLS,
+                   help="own: each item's audio (the evaluation); shuffled: another clip's audio (a model that "
+                        "listens loses accuracy); zero-gates: cross-attention gates at 0, the text-only baseline")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--caption-tokenizer", default="auto", choices=("auto", "ptb", "simple"))
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR (a Java process; slow to start)")
@@ -60,7 +64,8 @@ def _build_adapter(args):
         if not args.model or not Path(args.model).is_file():
             raise RequestError(f"--adapter predictions needs --model PATH of a predictions JSONL (got {args.model})")
         return adapters.PredictionsAdapter(args.model)
-    return adapters.AF2Adapter(args.model, device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens)
+    return adapters.AF2Adapter(args.model, device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
+                               audio_control=args.audio_control)
 
 
 def compare(runs: list[str]) -> int:

@@ -251,7 +251,7 @@ def test_af2_train_cli_with_pretrained_base_lm_and_lora(workspace, tmp_path, cap
     config = json.loads((ckpt / "config.json").read_text())
     assert config["base_lm"]["name"] == str(base_dir)
     assert not any(k.startswith("lm.model.layers.") and ".decoder_layer." in k for k in weights)
-    assert weights["extra_rows.lm.model.embed_tokens.weight"].shape[0] == 4  # AF2's 4 new rows
+    assert "lm.model.embed_tokens.weight" in weights  # embedding_grad_rows=all: every row trained, all saved
     # ... which af2.load fills from the base LM: the frozen weights are the pretrained ones, untouched.
     from af2.inference import load
 

@@ -19,7 +19,9 @@ for s in $STAGES; do
   case $s in
     0) extra=(output_dir="$RUNS/nano_stage0") ;;
     1) extra=(output_dir="$RUNS/nano_stage1" audio_tower_checkpoint="$RUNS/nano_stage0" "${listen[@]}") ;;
-    2) extra=(output_dir="$RUNS/nano_stage2" init_checkpoint="$RUNS/nano_stage1" "${listen[@]}") ;;
+    2) [ -f "$CORPUS/manifests/AF2Corpus-AudioSkills-Short/train.json" ] ||
+         "${AF2_PYTHON:-.venv/bin/python}" scripts/nano-short-manifest.py "$CORPUS"
+       extra=(output_dir="$RUNS/nano_stage2" init_checkpoint="$RUNS/nano_stage1" "${listen[@]}") ;;
     3) extra=(output_dir="$RUNS/nano_stage3" init_checkpoint="$RUNS/nano_stage2"
               listen.manifest="$CORPUS/manifests/AF2Corpus-LongAudio/val.json") ;;
     *) echo "train-nano: unknown stage $s (0-3)" >&2; exit 2 ;;

@@ -672,3 +672,25 @@ def build_official(ckpt_dir: str | Path, cfg: AF2Config, dtype: torch.dtype = to
     _tie_int8_head(model, state)
     load_state_dict_strict(model, state, str(ckpt), assign=True)
     return model.to(dtype).eval()
+
+
+MODEL_FOLDER_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                      "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt")
+
+
+def export_model_folder(source: str | Path, out_dir: str | Path) -> Path:
+    """Copy the model files of a run's newest checkpoint (or of a checkpoint / model folder) to ``out_dir``."""
+    import shutil
+
+    from af2.inference import resolve_model_dir
+
+    folder = resolve_model_dir(source)
+    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+        raise CheckpointError(f"{folder}: not a model folder (config.json + model.safetensors)")
+    read_model_folder_config(folder)  # fails loudly on a damaged config before anything is copied
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FOLDER_FILES:
+        if (folder / name).is_file():
+            shutil.copyfile(folder / name, out / name)
+    return out

@@ -44,6 +44,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action="store_true", help="refuse weights holding NaN or Inf (default: warn)")
     p.set_defaults(func=_convert)
 
+    p = sub.add_parser("export", help="copy a training run's model (or any af2 model folder) to a clean folder",
+                       description="Copy the newest checkpoint of a run directory (or a checkpoint / model folder) "
+                                   "as a model folder: config.json, model.safetensors and the tokenizer; the "
+                                   "trainer state (optimizer, RNG) stays behind. The result loads with af2.load.")
+    p.add_argument("source", type=Path, help="run directory, checkpoint folder or model folder")
+    p.add_argument("out_dir", type=Path)
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("base-lm", help="prepare a registered base LM offline (e.g. dequantise SmolLM2 once)")
+    p.add_argument("action", choices=("prepare",))
+    p.add_argument("name", help="a registered base LM, e.g. smollm2-135m-instruct")
+    p.set_defaults(func=_base_lm)
+
 
 def _check_parity(args: argparse.Namespace) -> int:
     import torch
@@ -90,4 +103,24 @@ def _convert(args: argparse.Namespace) -> int:
     out = save_pretrained(model, args.out_dir, tokenizer)
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {out} ({n:,} parameters)", file=sys.stderr)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from af2.checkpoint import export_model_folder
+
+    out = export_model_folder(args.source, args.out_dir)
+    size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
+    print(f"wrote {out} ({size:.1f} MB)", file=sys.stderr)
+    return 0
+
+
+def _base_lm(args: argparse.Namespace) -> int:
+    from af2.base_lm import resolve_base_lm
+    from af2.errors import ConfigError
+    from af2.registry import BASE_LMS
+
+    if args.name.lower() not in BASE_LMS:
+        raise ConfigError(f"unknown base LM {args.name!r}; registered: {', '.join(BASE_LMS)}")
+    print(f"{args.name}: {resolve_base_lm(args.name)}", file=sys.stderr)
     return 0

@@ -55,4 +55,4 @@ def test_af2_ask_without_model_works_offline(tmp_path):
                          capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr
     record = json.loads(run.stdout.strip().splitlines()[-1])
-    assert record["text"].strip()
+    assert record["answer"].strip() and record["windows"] == 1 and record["truncated_s"] == 0

@@ -32,24 +32,18 @@ class TowerCache:
         real = window_mask.bool().reshape(B * W)
         flat = windows.reshape(B * W, S)
         keys = [self.key(flat[i]) if real[i] else None for i in range(B * W)]
-        missing = [i for i, k in enumerate(keys) if k is not None and k not in self.entries]
+        missing = list(dict.fromkeys(k for k in keys if k is not None and k not in self.entries))  # distinct
         self.misses += len(missing)
         self.hits += int(real.sum()) - len(missing)
+        fresh: dict[bytes, torch.Tensor] = {}
         if missing:
-            idx = torch.tensor(missing)
-            mask = torch.zeros(len(missing), 1, dtype=window_mask.dtype, device=window_mask.device) + 1
-            new = model.encode_windows(flat[idx].unsqueeze(1), mask)  # (M, 64, Da)
-            for j, i in enumerate(missing):
+            first = [keys.index(k) for k in missing]
+            mask = torch.ones(len(missing), 1, dtype=window_mask.dtype, device=window_mask.device)
+            new = model.encode_windows(flat[torch.tensor(first)].unsqueeze(1), mask)  # (M, 64, Da)
+            fresh = dict(zip(missing, new))
+            for k, tokens in fresh.items():
                 if len(self.entries) < self.max_windows:
-                    self.entries[keys[i]] = new[j].float()
-                else:
-                    break
-            fresh = {i: new[j] for j, i in enumerate(missing)}
-        else:
-            fresh = {}
-        dim = model.cfg.audio_dim
-        out = torch.zeros(B * W, TOKENS_PER_WINDOW, dim, device=windows.device)
-        for i, k in enumerate(keys):
-            if k is not None:
-                out[i] = fresh[i] if i in fresh else self.entries[k]
-        return out.view(B, W * TOKENS_PER_WINDOW, dim)
+                    self.entries[k] = tokens.float()
+        empty = flat.new_zeros(TOKENS_PER_WINDOW, model.cfg.audio_dim)
+        rows = [empty if k is None else fresh[k] if k in fresh else self.entries[k] for k in keys]
+        return torch.stack([r.to(empty.dtype) for r in rows]).view(B, W * TOKENS_PER_WINDOW, -1)

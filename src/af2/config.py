@@ -110,6 +110,12 @@ class XAttnConfig:
     dim_head: int = 64
     ff_mult: int = 4
     layernorm_eps: float = 1e-5
+    # A fixed multiplier on both gated branches: x + tanh(g)·s·attn(x), x + tanh(g)·s·ff(x). The official
+    # blocks have s = 1. A frozen LM whose residual stream is large (SmolLM2-135M: RMS 6-28 in layers 14-29,
+    # against ~0.3 for a freshly initialised block) needs s ~ that RMS for the blocks to move its outputs
+    # within a short run; s multiplies the blocks' output scale and, under Adam, their effective learning
+    # rate. Gates still start at 0, so the LM is unchanged at initialisation for any s.
+    output_scale: float = 1.0
 
     def has_block(self, layer: int) -> bool:
         """Whether decoder layer ``layer`` (0-based) gets a gated cross-attention block."""

@@ -100,7 +100,8 @@ def audio_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, audio_mas
 
 
 class GatedCrossAttentionBlock(nn.Module):
-    """x ← x + tanh(g_attn)·attn(x, audio); x ← x + tanh(g_ff)·ff(x). Gates start at 0."""
+    """x ← x + tanh(g_attn)·s·attn(x, audio); x ← x + tanh(g_ff)·s·ff(x). Gates start at 0; s is
+    ``XAttnConfig.output_scale`` (1 in the official model)."""
 
     def __init__(self, dim: int, dim_audio: int, cfg: XAttnConfig):
         super().__init__()
@@ -113,11 +114,13 @@ class GatedCrossAttentionBlock(nn.Module):
             nn.Linear(dim * cfg.ff_mult, dim, bias=False),
         )
         self.ff_gate = nn.Parameter(torch.zeros(1))
+        self.output_scale = cfg.output_scale
 
     def forward(self, x: torch.Tensor, audio_mask: torch.Tensor,
                 kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x = x + self.attn_gate.tanh() * self.attn(x, audio_mask, kv)
-        return x + self.ff_gate.tanh() * self.ff(x)
+        s = self.output_scale
+        x = x + (self.attn_gate.tanh() * s if s != 1.0 else self.attn_gate.tanh()) * self.attn(x, audio_mask, kv)
+        return x + (self.ff_gate.tanh() * s if s != 1.0 else self.ff_gate.tanh()) * self.ff(x)
 
 
 class XAttnDecoderLayer(nn.Module):

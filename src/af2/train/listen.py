@@ -36,10 +36,16 @@ class ListenReport:
     shuffled_accuracy: float  # another item's audio
     chance: float  # mean of 1 / options
     feature_cosine: float  # mean pairwise cosine of pooled audio-transformer outputs across items
+    # Mean negative log-probability of the gold letter among the allowed letters, with own and with shuffled
+    # audio: a finer signal than accuracy. A model that listens has nll < nll_shuffled well before its
+    # accuracy moves.
+    nll: float = float("nan")
+    nll_shuffled: float = float("nan")
 
     def as_dict(self) -> dict[str, float]:
         return {"listen_items": self.items, "listen_acc": self.accuracy, "listen_acc_shuffled": self.shuffled_accuracy,
-                "listen_chance": self.chance, "feature_cosine": self.feature_cosine}
+                "listen_chance": self.chance, "feature_cosine": self.feature_cosine,
+                "listen_nll": self.nll, "listen_nll_shuffled": self.nll_shuffled}
 
 
 def multiple_choice_items(manifest: str, limit: int) -> list[ManifestItem]:
@@ -67,6 +73,7 @@ def listen_check(model: AF2Model, tokenizer, items: list[ManifestItem], data_roo
     letter_ids = torch.tensor([tokenizer.convert_tokens_to_ids(c) for c in LETTERS])
     device = next(model.parameters()).device
     features, own, shuffled, chance = [], [], [], []
+    nll: dict[int, list[torch.Tensor]] = {0: [], 1: []}
     for start in range(0, len(items), batch_size):
         batch = [dataset[i] for i in range(start, min(start + batch_size, len(items)))]
         wins, mask = pad_windows([s.windows for s in batch], windows)
@@ -84,16 +91,18 @@ def listen_check(model: AF2Model, tokenizer, items: list[ManifestItem], data_roo
         allowed = torch.arange(len(LETTERS))[None, :] < n_opts[:, None]
         # the same prompts with the audio rolled by one item (a derangement for batches of 2+)
         perm = torch.roll(torch.arange(len(batch)), 1) if len(batch) > 1 else torch.arange(1)
-        for bucket, context in ((own, audio), (shuffled, audio.select(perm.to(device)))):
+        for variant, (bucket, context) in enumerate(((own, audio), (shuffled, audio.select(perm.to(device))))):
             logits = model(input_ids=ids, attention_mask=attn, audio=context).logits[rows, last]
             scores = logits[:, letter_ids.to(device)].float().cpu().masked_fill(~allowed, float("-inf"))
             bucket.append(scores.argmax(1) == gold)
+            nll[variant].append(-scores.log_softmax(1).gather(1, gold[:, None]).squeeze(1))
         chance.append(1.0 / n_opts.float())
     if was_training:
         train_mode(model)
     return ListenReport(items=len(items), accuracy=torch.cat(own).float().mean().item(),
                         shuffled_accuracy=torch.cat(shuffled).float().mean().item(),
-                        chance=torch.cat(chance).mean().item(), feature_cosine=mean_pairwise_cosine(torch.cat(features)))
+                        chance=torch.cat(chance).mean().item(), feature_cosine=mean_pairwise_cosine(torch.cat(features)),
+                        nll=torch.cat(nll[0]).mean().item(), nll_shuffled=torch.cat(nll[1]).mean().item())
 
 
 def mean_pairwise_cosine(x: torch.Tensor) -> float:

@@ -102,7 +102,8 @@ def listen_evaluator(cfg: TrainConfig, tokenizer):
             print(f"warning: audio features are collapsing: mean pairwise cosine {report.feature_cosine:.3f} > "
                   f"{cfg.listen.max_cosine} across {report.items} held-out clips", flush=True)
         print(f"listen: accuracy {report.accuracy:.3f} own audio vs {report.shuffled_accuracy:.3f} shuffled "
-              f"(chance {report.chance:.3f}, {report.items} items), feature cosine {report.feature_cosine:.3f}",
+              f"(chance {report.chance:.3f}, {report.items} items), gold-letter nll {report.nll:.3f} vs "
+              f"{report.nll_shuffled:.3f}, feature cosine {report.feature_cosine:.3f}",
               flush=True)
         return report.as_dict()
 

@@ -107,3 +107,26 @@ def test_sampling_is_seeded_and_respects_top_k(tiny_model):
         assert tok in step[0].topk(5).indices.tolist()
     with pytest.raises(ValueError):
         GenerationConfig(do_sample=True, temperature=0.0)
+
+
+def test_output_scale_multiplies_the_gated_branches():
+    """xattn.output_scale s: x + tanh(g)·s·attn(x) and x + tanh(g)·s·ff(x); s = 1 is the official block and
+    zero gates still leave the LM unchanged for any s."""
+    from dataclasses import replace
+
+    from af2.model.xattn import GatedCrossAttentionBlock
+
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    one = GatedCrossAttentionBlock(32, 24, replace(cfg.xattn, heads=2, dim_head=8, ff_mult=2))
+    scaled = GatedCrossAttentionBlock(32, 24, replace(cfg.xattn, heads=2, dim_head=8, ff_mult=2, output_scale=20.0))
+    scaled.load_state_dict(one.state_dict())
+    x, audio = torch.randn(2, 5, 32), torch.randn(2, 7, 24)
+    mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    with torch.no_grad():
+        assert torch.equal(scaled(x, mask, scaled.attn.keys_values(audio)), x)  # gates at 0
+        for block in (one, scaled):
+            block.attn_gate.fill_(0.3)
+        attn = one.attn(x, mask, one.attn.keys_values(audio))
+        want = x + torch.tanh(torch.tensor(0.3)) * 20.0 * attn  # ff gate still 0
+        torch.testing.assert_close(scaled(x, mask, scaled.attn.keys_values(audio)), want)

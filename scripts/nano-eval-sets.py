@@ -1,0 +1,50 @@
+"""The fixed held-out evaluation sets of af2-nano's model card, sampled from `af2 eval from-corpus` output.
+
+    python scripts/nano-eval-sets.py CORPUS_DIR EVAL_DATA OUT_ROOT [--short 240] [--long 90] [--seed 0]
+
+Writes OUT_ROOT/data-short/mmau/mmau-test-mini.json (a seeded sample of the short-clip multiple-choice val
+items) and OUT_ROOT/data-long/mmar/MMAR-meta.jsonl (a seeded sample of the long-audio multiple-choice val
+items on recordings of 2 minutes or more; durations come from the corpus's LongAudio val manifest). The
+folders sit at the same depth as EVAL_DATA's, so the relative audio paths stay valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+from af2.jsonl import read_jsonl, write_jsonl
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("corpus")
+    ap.add_argument("eval_data")
+    ap.add_argument("out_root")
+    ap.add_argument("--short", type=int, default=240)
+    ap.add_argument("--long", type=int, default=90)
+    ap.add_argument("--min-seconds", type=float, default=120.0)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    src, out = Path(args.eval_data), Path(args.out_root)
+
+    short = json.loads((src / "mmau" / "mmau-test-mini.json").read_text())
+    picked = random.Random(args.seed).sample(short, min(args.short, len(short)))
+    (out / "data-short" / "mmau").mkdir(parents=True, exist_ok=True)
+    (out / "data-short" / "mmau" / "mmau-test-mini.json").write_text(json.dumps(picked, indent=1))
+
+    manifest = json.loads((Path(args.corpus) / "manifests" / "AF2Corpus-LongAudio" / "val.json").read_text())["data"]
+    records = manifest.values() if isinstance(manifest, dict) else manifest
+    duration = {r["id"]: float(r["duration"]) for r in records}
+    long_items = [r for _, r in read_jsonl(src / "mmar" / "MMAR-meta.jsonl").records if duration.get(r["id"], 0.0) >= args.min_seconds]
+    picked_long = random.Random(args.seed).sample(long_items, min(args.long, len(long_items)))
+    (out / "data-long" / "mmar").mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "data-long" / "mmar" / "MMAR-meta.jsonl", picked_long)
+    print(f"{len(picked)} of {len(short)} short-clip items -> {out / 'data-short'}; "
+          f"{len(picked_long)} of {len(long_items)} items on recordings >= {args.min_seconds:.0f} s -> {out / 'data-long'}")
+
+
+if __name__ == "__main__":
+    main()

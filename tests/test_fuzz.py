@@ -195,7 +195,7 @@ def _manifest_property(root: Path):
     from af2.data.manifest import read_manifest
 
     opened: list[Path] = []
-    real = check.audio_duration
+    real = check.probe
 
     @given(doc=manifest_text())
     def prop(doc):
@@ -205,11 +205,11 @@ def _manifest_property(root: Path):
         items = _timed("manifests", read_manifest, path)
         if items is not None:
             assert all(isinstance(i.duration, float) and np.isfinite(i.duration) for i in items.items)
-        check.audio_duration = lambda p: opened.append(Path(p)) or real(p)
+        check.probe = lambda p: opened.append(Path(p)) or real(p)
         try:
             report = check.check_manifests([path], root)  # never raises: every problem is counted
         finally:
-            check.audio_duration = real
+            check.probe = real
         assert report.items >= 0
         outside = [p for p in opened if not Path(p).resolve().is_relative_to(root.resolve())]
         assert not outside, f"read outside the data root: {outside}"

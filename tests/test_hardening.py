@@ -314,8 +314,8 @@ def test_check_refuses_paths_outside_the_data_root(tmp_path, monkeypatch):
     absolute = tmp_path / "abs.json"
     absolute.write_text(json.dumps({"split_path": str(tmp_path), "data": {"0": _entry("secret.wav")}}))
     opened = []
-    real = check.audio_duration
-    monkeypatch.setattr(check, "audio_duration", lambda p: opened.append(Path(p)) or real(p))
+    real = check.probe
+    monkeypatch.setattr(check, "probe", lambda p: opened.append(Path(p)) or real(p))
     report = check.check_manifests([manifest, absolute], root)
     assert report.counts["outside_root"] == 5
     assert report.counts["missing_audio"] + report.counts["unreadable_audio"] == 1  # the 300-character name

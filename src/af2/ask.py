@@ -143,7 +143,7 @@ class EncodeProgress:
 
 
 def _one(args: argparse.Namespace, question: str) -> int:
-    from af2.audio import check_audio_path
+    from af2.audio.decode import check_audio_path
 
     if not question.strip():
         raise RequestError("the question is empty; ask something about the audio")
@@ -240,7 +240,7 @@ def _open_output(path: Path) -> int:
 def _precheck_audio(todo: list[dict], output: Path) -> tuple[int, list[dict]]:
     """Record requests whose audio file is missing, empty or a folder without loading the model;
     return (how many failed, the requests left)."""
-    from af2.audio import check_audio_path
+    from af2.audio.decode import check_audio_path
 
     failed, left = [], []
     for r in todo:

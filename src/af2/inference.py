@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from af2.audio import AudioError, AudioSource, load_audio, make_windows, pad_windows
+from af2.audio.decode import AudioError, AudioSource, load_audio
+from af2.audio.features import make_windows, pad_windows
 from af2.config import AF2Config
 from af2.checkpoint import CheckpointError, load_official, load_pretrained, load_tokenizer, official_lm_width
 from af2.errors import DeviceError, RequestError

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from af2.audio import log_mel, pad_windows, prepare
+from af2.audio.decode import prepare
+from af2.audio.features import log_mel, pad_windows
 from af2.checkpoint import (CheckpointError, load_official, load_state_dict_strict, read_official_clap)
 from af2.config import (AF2Config, AudioConfig, AudioTransformerConfig, HTSATConfig, XAttnConfig)
 from af2.errors import CheckpointError

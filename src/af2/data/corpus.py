@@ -28,7 +28,9 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from af2.data.audio_io import load_mono_16k, write_flac
+from af2.audio import SAMPLE_RATE
+from af2.audio.clips import write_flac
+from af2.audio.decode import load_mono
 from af2.data.check import check_manifests
 from af2.data.giveaway import balance_answers, format_report, giveaway_report
 from af2.data.catalog import DEFAULT_SOURCES, SOURCES
@@ -142,9 +144,9 @@ def _real_long(out: Path, tracks: list[LongTrack], progress: bool, workers: int 
     from concurrent.futures import ThreadPoolExecutor
 
     def convert(track: LongTrack) -> int:
-        audio = load_mono_16k(track.path)
+        audio = load_mono(track.path)
         write_flac(out / "audio" / "long" / f"{track.id}.flac", audio)
-        beds[track.id] = audio[: 60 * 16_000]
+        beds[track.id] = audio[: 60 * SAMPLE_RATE]
         return len(audio)
 
     beds: dict[str, np.ndarray] = {}
@@ -159,7 +161,7 @@ def _real_timelines(out: Path, tracks: list[LongTrack], lengths: list[int], firs
     timelines: list[Timeline] = []
     beds: list[tuple[str, np.ndarray, str]] = []
     for track, n in zip(tracks, lengths):
-        dur = n / 16_000
+        dur = n / SAMPLE_RATE
         ev = Event(start=0.0, end=round(dur, 3), label=f"music: {track.title}", category="music",
                    caption=track.attributes["caption"], source_id=track.id, attributes=track.attributes)
         tl = Timeline(id=track.id, duration=round(dur, 3), kind="real", events=[ev], title=track.title)

@@ -15,9 +15,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from af2.audio import SAMPLE_RATE
 from af2.data.qa import QAPair, item_rng, multiple_choice, number_options
 
-SR = 16_000
+SR = SAMPLE_RATE  # the corpus rate, short to keep the arithmetic below readable
 CATEGORIES = ("captioning", "plot_qa", "temporal_qa", "needle_qa", "subscene_qa", "counting", "ordering", "general_qa")
 GENERATOR = "longaudio"
 THIRDS = ("the first third", "the middle third", "the last third")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from af2.audio import log_mel
+from af2.audio.features import log_mel
 from af2.config import AF2Config
 from af2.model.audio_transformer import AudioTransformer
 from af2.model.htsat import HTSAT

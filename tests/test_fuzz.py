@@ -375,7 +375,7 @@ def request_file(draw) -> bytes:
 
 
 def _requests_property(work: Path):
-    from af2.ask import _open_output, read_requests
+    from af2.ask_file import open_output, read_requests
     from af2.jsonl import read_jsonl
 
     @given(payload=request_file(), output=request_file())
@@ -386,7 +386,7 @@ def _requests_property(work: Path):
         for r in requests or ():
             assert all(isinstance(r[k], str) and r[k].strip() for k in ("id", "audio", "question"))
         out.write_bytes(output)
-        _open_output(out)  # resume view: afterwards valid JSONL, one record per id
+        open_output(out)  # resume view: afterwards valid JSONL, one record per id
         found = read_jsonl(out, strict=True)
         assert not found.torn and not found.bad_lines
         ids = [r["id"] for _, r in found.records]

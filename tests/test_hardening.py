@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 import af2
-from af2 import ask as ask_cli
+from af2.cli import ask as ask_cli
 from af2.audio import load_audio
 from af2.cli import main
 from af2.errors import AF2Error, AudioError, CheckpointError, ManifestError, RequestError

@@ -165,7 +165,7 @@ def test_jsonl_batch_killed_midway_resumes(model_dir, fixture_dir, tmp_path):
 def test_cli_progress_bar_only_on_a_terminal(monkeypatch):
     import io
 
-    from af2.ask import EncodeProgress
+    from af2.cli.ask import EncodeProgress
 
     class Terminal(io.StringIO):
         def isatty(self):

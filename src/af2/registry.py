@@ -60,6 +60,7 @@ MODELS: dict[str, ModelEntry] = {
 }
 
 DEFAULT_MODEL = "af2-nano"
+DEFAULT_MODEL_ENV = "AF2_MODEL"  # the environment variable that overrides DEFAULT_MODEL on the command line
 
 
 def model_entry(name: str) -> ModelEntry | None:

@@ -50,6 +50,25 @@ class AudioFacts:
 
 
 @dataclass(frozen=True)
+class DecodeStep:
+    """What ``AF2._stream`` knows after one decoding step of a batch.
+
+    ``tokens`` are the rows' token lists so far; they keep growing after this step, so read them
+    before asking for the next one. ``reasons`` say why a finished row stopped ("stop": end of
+    text or a stop string) or, for a running row, "length"."""
+
+    tokens: list[list[int]]  # (B, new tokens so far)
+    texts: list[str] | None  # (B,) the rows' text, when the caller asked for it
+    done: tuple[bool, ...]  # (B,)
+    reasons: tuple[str, ...]  # (B,)
+    facts: tuple[AudioFacts, ...]  # (B,)
+    t0: float  # perf_counter at the start of the request
+    audio_s: float  # decoding the audio
+    encode_s: float  # the audio encoder and cross-attention keys/values
+    first_token_at: float  # perf_counter when the first step came back
+
+
+@dataclass(frozen=True)
 class Timings:
     audio_s: float  # decoding + resampling the file(s)
     encode_s: float  # audio encoder + transformation layers + x-attn keys/values
@@ -123,9 +142,9 @@ class AF2:
 
     def _stream(self, audios: Sequence[AudioSource], questions: Sequence[str], gen: GenerationConfig,
                 stop: Sequence[str], want_text: bool = False, progress: Progress | None = None
-                ) -> Iterator[tuple[list[list[int]], list[str] | None, list[bool], dict]]:
-        """Core loop: yields, per step, every row's token so far, its text (when ``want_text``) and
-        whether it is done. Stop strings are looked for in the text of each row's last few tokens
+                ) -> Iterator[DecodeStep]:
+        """Core loop: yields, per step, a ``DecodeStep``: every row's tokens so far, its text (when
+        ``want_text``) and whether it is done. Stop strings are looked for in the text of each row's last few tokens
         only, so a step costs the same at token 10 and at token 1,000."""
         if len(audios) != len(questions):
             raise ValueError(f"{len(audios)} audio inputs but {len(questions)} questions")
@@ -144,26 +163,26 @@ class AF2:
         tail = max((len(s) for s in stop), default=0) + 8
         tokens: list[list[int]] = [[] for _ in range(B)]
         done = [False] * B
-        info = {"facts": [f for _, f in loaded], "t0": t0, "audio_s": t_audio - t0, "encode_s": t_enc - t_audio,
-                "first": None, "reason": ["length"] * B}
-        for step, (tok, live) in enumerate(stream_tokens(self.model, audio, ids, mask, gen, (self.special.eos,),
-                                                         self.special.pad)):
-            if info["first"] is None:
-                info["first"] = time.perf_counter()
+        reasons = ["length"] * B
+        facts = tuple(f for _, f in loaded)
+        first: float | None = None
+        for tok, live in stream_tokens(self.model, audio, ids, mask, gen, (self.special.eos,), self.special.pad):
+            if first is None:
+                first = time.perf_counter()
             for row, (t, running) in enumerate(zip(tok.tolist(), live.tolist())):  # per-row text bookkeeping
                 if done[row] or not running:
                     continue
                 if t == self.special.eos:
-                    done[row], info["reason"][row] = True, "stop"
+                    done[row], reasons[row] = True, "stop"
                     continue
                 tokens[row].append(t)
             for row in range(B) if stop else ():
                 # A stop string of L characters lies within the last L + 8 tokens (a token is at
                 # least one character; the margin covers byte tokens and end markers).
                 if not done[row] and any(s in self._text(tokens[row][-tail:], strip=False) for s in stop):
-                    done[row], info["reason"][row] = True, "stop"
+                    done[row], reasons[row] = True, "stop"
             texts = [self._text(t) for t in tokens] if want_text else None
-            yield tokens, texts, done, info
+            yield DecodeStep(tokens, texts, tuple(done), tuple(reasons), facts, t0, t_audio - t0, t_enc - t_audio, first)
             if all(done):
                 return
 
@@ -189,15 +208,15 @@ class AF2:
             pass
         if last is None:
             return []
-        tokens, _, _, info = last
+        tokens = last.tokens
         texts = [self._text(t) for t in tokens]
         end = time.perf_counter()
-        first = info["first"] or end
+        first = last.first_token_at
         answers = []
         for row, question in enumerate(questions):
-            timings = Timings(info["audio_s"], info["encode_s"], first - info["t0"], end - first, len(tokens[row]))
-            answers.append(Answer(self._cut(texts[row], stop), question, info["facts"][row], timings,
-                                  info["reason"][row], tuple(tokens[row])))
+            timings = Timings(last.audio_s, last.encode_s, first - last.t0, end - first, len(tokens[row]))
+            answers.append(Answer(self._cut(texts[row], stop), question, last.facts[row], timings,
+                                  last.reasons[row], tuple(tokens[row])))
         return answers
 
     def ask(self, audio: AudioSource, question: str, **options) -> Answer:
@@ -211,9 +230,8 @@ class AF2:
                **gen_options) -> Iterator[str]:
         """Yield the answer's text in pieces as it is generated (``progress`` as in ask_batch)."""
         sent = ""
-        for _, texts, _, _ in self._stream([audio], [question], GenerationConfig(**gen_options), stop, True,
-                                           progress):
-            text = self._cut(texts[0], stop)
+        for step in self._stream([audio], [question], GenerationConfig(**gen_options), stop, True, progress):
+            text = self._cut(step.texts[0], stop)
             if len(text) > len(sent) and text.startswith(sent):
                 yield text[len(sent):]
                 sent = text

@@ -16,9 +16,11 @@ from af2.model.af2 import AF2Model
 from af2.tokens import add_special_tokens
 from af2.train.alm import alm_task, with_training_options
 from af2.train.checkpoint import latest_checkpoint, load_weights
-from af2.train.clap import text_encoder_dir, AFClap, ClapCollator, build_text_encoder, clap_loss, export_audio_tower
+from af2.model.clap import AFClap
+from af2.train.clap import text_encoder_dir, ClapCollator, build_text_encoder, clap_loss, export_audio_tower
 from af2.train.config import TrainConfig
-from af2.train.data import ManifestDataset, blended_items
+from af2.data.dataset import ManifestDataset
+from af2.train.data import blended_items
 from af2.train.distributed import init_distributed, shutdown, unwrap
 from af2.train.engine import Task, TrainResult, train
 from af2.train.listen import listen_check, multiple_choice_items
@@ -114,7 +116,8 @@ def build_clap_task(cfg: TrainConfig) -> Task:
     """Stage 0: AF-CLAP on (clip, captions) items; each checkpoint also holds audio_tower.safetensors."""
     arch = model_config(cfg)
     torch.manual_seed(cfg.seed)
-    model = AFClap(arch.htsat, arch.audio, cfg.clap, build_text_encoder(cfg.clap))
+    model = AFClap(arch.htsat, arch.audio, build_text_encoder(cfg.clap), embed_dim=cfg.clap.embed_dim,
+                   logit_scale_init=cfg.clap.logit_scale_init)
     if cfg.init_checkpoint:
         load_weights(model, cfg.init_checkpoint)
     apply_stage(model, cfg.trainable)

@@ -268,7 +268,8 @@ def _listed_corruptions() -> list[tuple[str, str, bytes]]:
 @pytest.fixture(scope="module")
 def pristine(fixture_dir, tmp_path_factory):
     """The fixture's official checkpoint and the same model in our format."""
-    from af2.checkpoint import load_official, save_pretrained
+    from af2.checkpoint.folder import save_pretrained
+    from af2.checkpoint.official import load_official
     from af2.parity import fixture_config
 
     base = tmp_path_factory.mktemp("fuzz-ckpt")
@@ -280,7 +281,8 @@ def pristine(fixture_dir, tmp_path_factory):
 
 def _load_each(which: str, folder: Path, cfg) -> None:
     """Every loader a user reaches: the full official load, or our format's config + weights."""
-    from af2.checkpoint import load_official, load_pretrained_weights, read_config
+    from af2.checkpoint.folder import load_pretrained_weights, read_config
+    from af2.checkpoint.official import load_official
     from af2.model.af2 import AF2Model
 
     if which == "official":

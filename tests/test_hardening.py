@@ -205,7 +205,7 @@ def test_bad_request_lines_name_file_and_line(tmp_path, line, message):
 
 
 def test_user_text_never_becomes_special_tokens(fixture_dir):
-    from af2.checkpoint import load_tokenizer
+    from af2.base_lm import load_tokenizer
     from af2.tokens import add_special_tokens, inference_prompt, prompt_ids
 
     tokenizer = load_tokenizer(fixture_dir / "checkpoint" / "tokenizer")
@@ -348,7 +348,7 @@ def official(fixture_dir, tmp_path):
 
 
 def test_metadata_chunk_names_cannot_leave_safe_ckpt(official):
-    from af2.checkpoint import read_official_chunks
+    from af2.checkpoint.official import read_official_chunks
 
     meta = official / "safe_ckpt" / "metadata.json"
     for name in ("../../outside/evil", "/etc/passwd", "a/../../b"):
@@ -364,7 +364,7 @@ def test_metadata_chunk_names_cannot_leave_safe_ckpt(official):
 
 
 def test_one_byte_clap_file_is_not_a_checkpoint(official):
-    from af2.checkpoint import read_official_clap
+    from af2.checkpoint.official import read_official_clap
 
     path = next((official / "clap_ckpt").glob("epoch_*.pt"))
     path.write_bytes(b"x")
@@ -381,7 +381,7 @@ def test_one_byte_clap_file_is_not_a_checkpoint(official):
     (lambda c: {**c, "lm": {**c["lm"], "hidden_size": -64}}, "positive integer"),
 ])
 def test_bad_config_json_fails_before_allocation(tmp_path, edit, message):
-    from af2.checkpoint import read_config
+    from af2.checkpoint.folder import read_config
     from af2.config import config_to_dict, tiny_config
 
     folder = tmp_path / "model"
@@ -396,7 +396,7 @@ def test_bad_config_json_fails_before_allocation(tmp_path, edit, message):
 def test_nan_weights_are_reported(tmp_path):
     import torch
 
-    from af2.checkpoint import load_pretrained_weights, save_pretrained
+    from af2.checkpoint.folder import load_pretrained_weights, save_pretrained
     from af2.config import tiny_config
     from af2.model.af2 import AF2Model
 
@@ -414,7 +414,7 @@ def test_nan_weights_are_reported(tmp_path):
 def test_corrupt_tokenizer_is_a_checkpoint_error(tmp_path, fixture_dir):
     import shutil
 
-    from af2.checkpoint import load_tokenizer
+    from af2.base_lm import load_tokenizer
 
     folder = Path(shutil.copytree(fixture_dir / "checkpoint" / "tokenizer", tmp_path / "tok"))
     (folder / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "nonsense"}}')
@@ -482,7 +482,8 @@ def test_resume_of_a_finished_run_says_it_is_complete(tmp_path, monkeypatch, cap
 def test_convert_without_config_reads_the_architecture_from_shapes(fixture_dir, tmp_path, capsys):
     import torch
 
-    from af2.checkpoint import load_official, load_pretrained_weights, read_config
+    from af2.checkpoint.folder import load_pretrained_weights, read_config
+    from af2.checkpoint.official import load_official
     from af2.model.af2 import AF2Model
     from af2.parity import fixture_config
 
@@ -507,7 +508,7 @@ def test_convert_without_config_reads_the_architecture_from_shapes(fixture_dir, 
 
 
 def test_stream_reports_truncation(official_model, tmp_path, capsys):
-    from af2.checkpoint import save_pretrained
+    from af2.checkpoint.folder import save_pretrained
 
     model, tokenizer, _ = official_model
     folder = save_pretrained(model, tmp_path / "tiny-af2", tokenizer)

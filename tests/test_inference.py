@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 import af2
-from af2.checkpoint import save_pretrained
+from af2.checkpoint.folder import save_pretrained
 from af2.cli import main
 from af2.parity import fixture_config
 

@@ -26,9 +26,11 @@ import torch
 
 from af2.audio.decode import AudioError, AudioSource, load_audio
 from af2.audio.features import make_windows, pad_windows
+from af2.base_lm import load_tokenizer
+from af2.checkpoint.folder import load_pretrained
+from af2.checkpoint.official import load_official, official_lm_width
 from af2.config import AF2Config
-from af2.checkpoint import CheckpointError, load_official, load_pretrained, load_tokenizer, official_lm_width
-from af2.errors import DeviceError, RequestError
+from af2.errors import CheckpointError, DeviceError, RequestError
 from af2.registry import DEFAULT_MODEL, model_entry
 from af2.generate import GenerationConfig, left_pad, stream_tokens
 from af2.model.af2 import AF2Model

@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 
 from af2.audio.decode import prepare
 from af2.audio.features import log_mel, pad_windows
-from af2.checkpoint import load_official, load_state_dict_strict, read_official_clap
+from af2.checkpoint.official import load_official, read_official_clap
+from af2.checkpoint.weights import load_state_dict_strict
 from af2.config import (AF2Config, AudioConfig, AudioTransformerConfig, HTSATConfig, XAttnConfig)
 from af2.errors import CheckpointError
 from af2.generate import GenerationConfig, generate, left_pad

@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _convert(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from af2.checkpoint import load_official, save_pretrained
+    from af2.checkpoint.folder import save_pretrained
+    from af2.checkpoint.official import load_official
     from af2.config import load_config_yaml
     from af2.inference import official_base_lm
 
@@ -61,7 +62,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from af2.checkpoint import export_model_folder
+    from af2.checkpoint.folder import export_model_folder
 
     out = export_model_folder(args.source, args.out_dir)
     size = sum(f.stat().st_size for f in out.iterdir()) / 1e6

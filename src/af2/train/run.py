@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from af2.config import AF2Config, af2_config, apply_overrides, nano_config, tiny_config
 from af2.base_lm import load_base_lm, resolve_base_lm
-from af2.checkpoint import BaseRef, save_pretrained
+from af2.checkpoint.folder import BaseRef, save_pretrained
 from af2.errors import CheckpointError, ConfigError
 from af2.model.af2 import AF2Model
 from af2.tokens import add_special_tokens
@@ -38,7 +38,7 @@ def model_config(cfg: TrainConfig) -> AF2Config:
 def load_tokenizer(path: str, what: str):
     if not path:
         raise ConfigError(f"{what} is required: a local tokenizer folder")
-    from af2.checkpoint import load_tokenizer as load  # one loader: offline failures are one-line errors
+    from af2.base_lm import load_tokenizer as load  # one loader: offline failures are one-line errors
 
     try:
         return load(path)

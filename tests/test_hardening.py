@@ -428,7 +428,7 @@ def test_official_base_lm_comes_from_the_weights_not_the_folder_name(tmp_path, c
     import torch
     from safetensors.torch import save_file
 
-    from af2.inference import official_base_lm
+    from af2.checkpoint.official import official_base_lm
 
     folder = tmp_path / "af2-0.5b"  # the README's own example name, lower-case
     (folder / "safe_ckpt").mkdir(parents=True)
@@ -531,7 +531,7 @@ def test_nul_bytes_in_paths_are_input_errors(tmp_path):
 
 
 def test_offline_message_names_hf_download_of_model_and_base_lm(monkeypatch):
-    from af2.inference import resolve_model_dir
+    from af2.checkpoint.folder import resolve_model_dir
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", "/nonexistent-af2-cache")

@@ -11,15 +11,11 @@ attention layer's audio keys and values are computed once per request; decoding 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
-import os
-import re
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -27,8 +23,8 @@ import torch
 from af2.audio.decode import AudioError, AudioSource, load_audio
 from af2.audio.features import make_windows, pad_windows
 from af2.base_lm import load_tokenizer
-from af2.checkpoint.folder import load_pretrained
-from af2.checkpoint.official import load_official, official_lm_width
+from af2.checkpoint.folder import load_pretrained, resolve_model_dir
+from af2.checkpoint.official import load_official, official_base_lm
 from af2.config import AF2Config
 from af2.errors import CheckpointError, DeviceError, RequestError
 from af2.registry import DEFAULT_MODEL, model_entry
@@ -38,8 +34,6 @@ from af2.tokens import SpecialTokens, add_special_tokens, clean_answer, prompt_i
 
 CAPTION_PROMPT = "Caption the input audio."
 Progress = Callable[[int, int], None]  # (audio windows encoded so far, windows in the request)
-# The official release names the Qwen2.5 base of each AF2 size only in its README.
-_BASE_LM = {"0.5B": "Qwen/Qwen2.5-0.5B", "1.5B": "Qwen/Qwen2.5-1.5B", "3B": "Qwen/Qwen2.5-3B"}
 
 
 @dataclass(frozen=True)
@@ -309,57 +303,6 @@ def cpu_has_fast_bf16() -> bool:
     except OSError:
         return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2")
     return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
-
-
-def resolve_model_dir(path_or_id: str | Path) -> Path:
-    """A registry name (``af2-nano``), a local folder (a training run's folder means its newest
-    checkpoint), or a hub id resolved through the local HF cache (downloads only when online)."""
-    entry = model_entry(str(path_or_id))
-    if entry is not None and entry.package_dir:
-        shipped = Path(str(resources.files("af2") / entry.package_dir))
-        if not (shipped / "config.json").is_file():
-            raise CheckpointError(f"model {entry.name}: its weights are not in this installation ({shipped}); "
-                                  "reinstall af2 from a release or a full checkout")
-        return shipped
-    if entry is not None and entry.hub_id:
-        path_or_id = entry.hub_id
-    path = Path(path_or_id).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise CheckpointError(f"{path}: not a folder; pass a model folder or a hub id")
-        latest = path / "checkpoints" / "latest"
-        if latest.is_file() and not (path / "config.json").is_file():
-            return path / "checkpoints" / latest.read_text().strip()
-        return path
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", str(path_or_id)):
-        raise CheckpointError(f"{path_or_id}: no such folder, and not a hub id (owner/name)")
-    from huggingface_hub import snapshot_download
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    try:
-        return Path(snapshot_download(str(path_or_id), local_files_only=offline))
-    except Exception as exc:  # the hub client raises many types; all mean "not available here"
-        base = _BASE_LM.get(next((s for s in _BASE_LM if str(path_or_id).lower().endswith(f"-{s.lower()}")), ""))
-        also = f" and `hf download {base}` (its base LM)" if base else ""
-        how = ("it is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading; "
-               f"run `hf download {path_or_id}`{also} on a machine with internet" if offline
-               else f"download failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
-        raise CheckpointError(f"cannot get model {path_or_id}: {how}") from exc
-
-
-def official_base_lm(folder: Path) -> str:
-    """The Qwen2.5 base of an official checkpoint, from its embedding width (not from the folder's
-    name, which users choose); logged so the choice is visible."""
-    from af2.config import qwen25_lm_config
-
-    width = official_lm_width(folder)
-    size = next((s for s in _BASE_LM if qwen25_lm_config(s.lower())["hidden_size"] == width), None)
-    if size is None:
-        raise CheckpointError(f"{folder}: its LM is {width} wide, which is no Qwen2.5 base AF2 was released with "
-                              f"({', '.join(_BASE_LM.values())}); pass --base-lm")
-    logging.getLogger("af2").info("%s: base LM %s (hidden size %d read from the checkpoint)", folder,
-                                  _BASE_LM[size], width)
-    return _BASE_LM[size]
 
 
 def load(path_or_id: str | Path = DEFAULT_MODEL, *, device: str | torch.device = "cpu",

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -23,6 +26,7 @@ from af2.config import AF2Config, check_sizes, config_from_dict, config_to_dict
 from af2.errors import CheckpointError
 from af2.jsonl import atomic_path, atomic_write_text, read_json
 from af2.model.af2 import AF2Model
+from af2.registry import RELEASED_BASES, model_entry
 
 
 EMBEDDING_KEY = "lm.model.embed_tokens.weight"
@@ -190,11 +194,45 @@ MODEL_FOLDER_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tok
                       "special_tokens_map.json", "chat_template.jinja", "vocab.json", "merges.txt")
 
 
+def resolve_model_dir(path_or_id: str | Path) -> Path:
+    """A registry name (``af2-nano``), a local folder (a training run's folder means its newest
+    checkpoint), or a hub id resolved through the local HF cache (downloads only when online)."""
+    entry = model_entry(str(path_or_id))
+    if entry is not None and entry.package_dir:
+        shipped = Path(str(resources.files("af2") / entry.package_dir))
+        if not (shipped / "config.json").is_file():
+            raise CheckpointError(f"model {entry.name}: its weights are not in this installation ({shipped}); "
+                                  "reinstall af2 from a release or a full checkout")
+        return shipped
+    if entry is not None and entry.hub_id:
+        path_or_id = entry.hub_id
+    path = Path(path_or_id).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: not a folder; pass a model folder or a hub id")
+        latest = path / "checkpoints" / "latest"
+        if latest.is_file() and not (path / "config.json").is_file():
+            return path / "checkpoints" / latest.read_text().strip()
+        return path
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", str(path_or_id)):
+        raise CheckpointError(f"{path_or_id}: no such folder, and not a hub id (owner/name)")
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    try:
+        return Path(snapshot_download(str(path_or_id), local_files_only=offline))
+    except Exception as exc:  # the hub client raises many types; all mean "not available here"
+        base = RELEASED_BASES.get(next((s for s in RELEASED_BASES if str(path_or_id).lower().endswith(f"-{s.lower()}")), ""))
+        also = f" and `hf download {base}` (its base LM)" if base else ""
+        how = ("it is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading; "
+               f"run `hf download {path_or_id}`{also} on a machine with internet" if offline
+               else f"download failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+        raise CheckpointError(f"cannot get model {path_or_id}: {how}") from exc
+
+
 def export_model_folder(source: str | Path, out_dir: str | Path) -> Path:
     """Copy the model files of a run's newest checkpoint (or of a checkpoint / model folder) to ``out_dir``."""
     import shutil
-
-    from af2.inference import resolve_model_dir
 
     folder = resolve_model_dir(source)
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():

@@ -11,6 +11,7 @@ from the base LM named with ``base_lm``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pickle
 import re
 import zipfile
@@ -26,6 +27,7 @@ from af2.errors import CheckpointError, ConfigError
 from af2.jsonl import read_json
 from af2.model.af2 import AF2Model
 from af2.model.htsat import OFFICIAL_CLAP_PREFIX as CLAP_PREFIX, clap_state_dict_from_official
+from af2.registry import RELEASED_BASES
 from af2.tensorfile import TensorFile
 
 
@@ -335,3 +337,18 @@ def build_official(ckpt_dir: str | Path, cfg: AF2Config, dtype: torch.dtype = to
     tie_int8_head(model, state)
     load_state_dict_strict(model, state, str(ckpt), assign=True)
     return model.to(dtype).eval()
+
+
+def official_base_lm(folder: Path) -> str:
+    """The Qwen2.5 base of an official checkpoint, from its embedding width (not from the folder's
+    name, which users choose); logged so the choice is visible."""
+    from af2.config import qwen25_lm_config
+
+    width = official_lm_width(folder)
+    size = next((s for s in RELEASED_BASES if qwen25_lm_config(s.lower())["hidden_size"] == width), None)
+    if size is None:
+        raise CheckpointError(f"{folder}: its LM is {width} wide, which is no Qwen2.5 base AF2 was released with "
+                              f"({', '.join(RELEASED_BASES.values())}); pass --base-lm")
+    logging.getLogger("af2").info("%s: base LM %s (hidden size %d read from the checkpoint)", folder,
+                                  RELEASED_BASES[size], width)
+    return RELEASED_BASES[size]

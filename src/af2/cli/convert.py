@@ -43,9 +43,8 @@ def _convert(args: argparse.Namespace) -> int:
     import dataclasses
 
     from af2.checkpoint.folder import save_pretrained
-    from af2.checkpoint.official import load_official
+    from af2.checkpoint.official import load_official, official_base_lm
     from af2.config import load_config_yaml
-    from af2.inference import official_base_lm
 
     cfg = load_config_yaml(args.config) if args.config else None  # None: sizes read from the shapes
     if args.base_lm is None and (args.official_dir / "safe_ckpt").is_dir() and \

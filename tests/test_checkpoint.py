@@ -201,7 +201,8 @@ def test_folder_naming_its_base_lm_loads_in_every_dtype(official_model, fixture_
 
     import af2
     from af2.base_lm import load_base_lm
-    from af2.checkpoint.folder import EMBEDDING_KEY, EXTRA_ROWS, BaseRef, is_base_key, load_pretrained
+    from af2.checkpoint.folder import EXTRA_ROWS, BaseRef, is_base_key, load_pretrained
+    from af2.model.af2 import EMBEDDING_KEY
     from af2.model.quant import Int8Linear
 
     _, tokenizer, _ = official_model

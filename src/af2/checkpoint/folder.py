@@ -25,11 +25,10 @@ from af2.checkpoint.weights import (check_finite, load_state_dict_strict, read_s
 from af2.config import AF2Config, check_sizes, config_from_dict, config_to_dict
 from af2.errors import CheckpointError
 from af2.jsonl import atomic_path, atomic_write_text, read_json
-from af2.model.af2 import AF2Model
+from af2.model.af2 import EMBEDDING_KEY, AF2Model
 from af2.registry import RELEASED_BASES, model_entry
 
 
-EMBEDDING_KEY = "lm.model.embed_tokens.weight"
 EXTRA_ROWS = "extra_rows."
 
 

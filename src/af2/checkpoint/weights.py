@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from af2.errors import CheckpointError
-from af2.model.af2 import AF2Model
+from af2.model.af2 import EMBEDDING_KEY, LM_HEAD_KEY, AF2Model
 from af2.tensorfile import TensorFile
 
 
@@ -28,7 +28,7 @@ def tied_aliases(model: torch.nn.Module) -> dict[str, str]:
             first[id(p)] = name
     lm_config = getattr(getattr(model, "lm", None), "config", None)
     if lm_config is not None and lm_config.tie_word_embeddings:  # also before tying, e.g. on the meta device
-        aliases["lm.lm_head.weight"] = "lm.model.embed_tokens.weight"
+        aliases[LM_HEAD_KEY] = EMBEDDING_KEY
     return aliases
 
 
@@ -135,5 +135,5 @@ def read_quantized(read: Callable[[int, int, torch.dtype | None], torch.Tensor],
 
 def tie_int8_head(model: AF2Model, state: dict[str, torch.Tensor]) -> None:
     """A tied int8 head shares the embedding's table and its scales (only the table is a tied key)."""
-    if "lm.lm_head.scale" in model.state_dict() and "lm.lm_head.weight" not in state:
+    if "lm.lm_head.scale" in model.state_dict() and LM_HEAD_KEY not in state:
         state["lm.lm_head.scale"] = state["lm.model.embed_tokens.scale"]

@@ -21,6 +21,10 @@ from af2.model.htsat import HTSAT
 from af2.model.xattn import AudioContext, GatedCrossAttentionBlock, XAttnDecoderLayer
 
 TOKENS_PER_WINDOW = 64
+# Where the base LM's parts sit in AF2Model's state dict: any Hugging Face causal LM whose decoder
+# layers live at ``model.layers`` (Qwen2, Llama), under ``lm.``. A tied LM head is an alias of the embedding.
+EMBEDDING_KEY = "lm.model.embed_tokens.weight"
+LM_HEAD_KEY = "lm.lm_head.weight"
 
 
 def build_lm(cfg: AF2Config) -> PreTrainedModel:

@@ -35,7 +35,9 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
-from af2.checkpoint import build_official, load_pretrained, ours_to_official, save_pretrained, tied_aliases
+from af2.checkpoint.folder import load_pretrained, save_pretrained
+from af2.checkpoint.official import build_official, ours_to_official
+from af2.checkpoint.weights import tied_aliases
 from af2.config import af2_config, apply_overrides, config_to_dict
 from af2.generate import GenerationConfig, left_pad, stream_tokens
 from af2.inference import default_encoder_chunk, resolve_dtype

@@ -192,7 +192,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model, questions = args.model, QUESTIONS
         if args.quick:
-            from af2.checkpoint import load_official, save_pretrained
+            from af2.checkpoint.folder import save_pretrained
+            from af2.checkpoint.official import load_official
             from af2.parity import fixture_config
 
             lm, tokenizer, _ = load_official(FIXTURE / "checkpoint", cfg=fixture_config(FIXTURE))

@@ -34,7 +34,7 @@ def train_fixture_dir() -> Path:
 @pytest.fixture(scope="session")
 def official_model(fixture_dir):
     """The fixture's tiny official checkpoint loaded through our strict loader (model, tokenizer, ids)."""
-    from af2.checkpoint import load_official
+    from af2.checkpoint.official import load_official
     from af2.parity import fixture_config
 
     return load_official(fixture_dir / "checkpoint", cfg=fixture_config(fixture_dir))

@@ -350,7 +350,7 @@ def test_pad_windows_rejects_inconsistent_clips():
 def test_mel_filterbank_matches_independent_implementation():
     from transformers.audio_utils import mel_filter_bank
 
-    from af2.audio import _mel_filters
+    from af2.audio.features import _mel_filters
 
     cfg = AudioConfig()
     ours = _mel_filters(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max,
@@ -373,7 +373,7 @@ def test_log_mel_batched_and_differentiable():
 
 @pytest.mark.parametrize("subtype", ["PCM_16", "PCM_U8", "PCM_32", "FLOAT"])
 def test_ffmpeg_fallback_agrees_with_soundfile(tmp_path, subtype):
-    from af2.audio import _read_ffmpeg
+    from af2.audio.decode import _read_ffmpeg
 
     path = tmp_path / "stereo.wav"
     sf.write(path, _tone(0.5, 16000, channels=2), 16000, subtype=subtype)

@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from af2.checkpoint import (CheckpointError, alias_target, load_official, load_pretrained_weights, official_to_ours,
-                            ours_to_official, read_config, save_pretrained)
+from af2.checkpoint.folder import load_pretrained_weights, read_config, save_pretrained
+from af2.checkpoint.official import alias_target, load_official, official_to_ours, ours_to_official
+from af2.errors import CheckpointError
 from af2.config import af2_config
 from af2.model.af2 import AF2Model
 from af2.parity import fixture_config
@@ -159,7 +160,8 @@ def test_convert_cli_writes_our_format(fixture_dir, tmp_path, capsys):
 
 
 def test_loads_straight_into_bf16(official_model, fixture_dir, tmp_path):
-    from af2.checkpoint import build_official, load_pretrained
+    from af2.checkpoint.folder import load_pretrained
+    from af2.checkpoint.official import build_official
 
     model = official_model[0]
     want = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
@@ -199,7 +201,8 @@ def test_folder_naming_its_base_lm_loads_in_every_dtype(official_model, fixture_
 
     import af2
     from af2.base_lm import load_base_lm
-    from af2.checkpoint import EMBEDDING_KEY, EXTRA_ROWS, BaseRef, is_base_key, load_pretrained
+    from af2.checkpoint.folder import EXTRA_ROWS, BaseRef, is_base_key, load_pretrained
+    from af2.model.af2 import EMBEDDING_KEY
     from af2.model.quant import Int8Linear
 
     _, tokenizer, _ = official_model

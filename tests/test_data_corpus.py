@@ -149,7 +149,8 @@ def test_corpus_manifests_load_in_the_trainer(built, official_model):
 
     from af2.config import AudioConfig, TokensConfig
     from af2.train.config import DataConfig
-    from af2.train.data import Collator, ManifestDataset, blended_items
+    from af2.data.dataset import ManifestDataset
+    from af2.train.data import Collator, blended_items
 
     _, a, _ = built
     blend = {f"{task}/train": 1.0 for task in ("AF2Corpus-AudioSkills", "AF2Corpus-LongAudio",

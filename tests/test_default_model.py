@@ -26,7 +26,7 @@ def nano():
 
 
 def test_the_default_is_af2_nano_and_its_weights_ship():
-    from af2.inference import resolve_model_dir
+    from af2.checkpoint.folder import resolve_model_dir
 
     assert DEFAULT_MODEL == "af2-nano" and MODELS[DEFAULT_MODEL].base_lm == "smollm2-135m-instruct"
     folder = resolve_model_dir(DEFAULT_MODEL)

@@ -287,7 +287,7 @@ def test_loud_errors(bench, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def tiny_af2_dir(official_model, tmp_path_factory):
     """The golden fixture's tiny AF2 checkpoint (random weights), saved in af2's own format."""
-    from af2.checkpoint import save_pretrained
+    from af2.checkpoint.folder import save_pretrained
 
     model, tokenizer, _ = official_model
     return save_pretrained(model, tmp_path_factory.mktemp("model") / "tiny-af2", tokenizer)

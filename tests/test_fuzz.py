@@ -195,7 +195,7 @@ def _manifest_property(root: Path):
     from af2.data.manifest import read_manifest
 
     opened: list[Path] = []
-    real = check.audio_duration
+    real = check.probe
 
     @given(doc=manifest_text())
     def prop(doc):
@@ -205,11 +205,11 @@ def _manifest_property(root: Path):
         items = _timed("manifests", read_manifest, path)
         if items is not None:
             assert all(isinstance(i.duration, float) and np.isfinite(i.duration) for i in items.items)
-        check.audio_duration = lambda p: opened.append(Path(p)) or real(p)
+        check.probe = lambda p: opened.append(Path(p)) or real(p)
         try:
             report = check.check_manifests([path], root)  # never raises: every problem is counted
         finally:
-            check.audio_duration = real
+            check.probe = real
         assert report.items >= 0
         outside = [p for p in opened if not Path(p).resolve().is_relative_to(root.resolve())]
         assert not outside, f"read outside the data root: {outside}"
@@ -268,7 +268,8 @@ def _listed_corruptions() -> list[tuple[str, str, bytes]]:
 @pytest.fixture(scope="module")
 def pristine(fixture_dir, tmp_path_factory):
     """The fixture's official checkpoint and the same model in our format."""
-    from af2.checkpoint import load_official, save_pretrained
+    from af2.checkpoint.folder import save_pretrained
+    from af2.checkpoint.official import load_official
     from af2.parity import fixture_config
 
     base = tmp_path_factory.mktemp("fuzz-ckpt")
@@ -280,7 +281,8 @@ def pristine(fixture_dir, tmp_path_factory):
 
 def _load_each(which: str, folder: Path, cfg) -> None:
     """Every loader a user reaches: the full official load, or our format's config + weights."""
-    from af2.checkpoint import load_official, load_pretrained_weights, read_config
+    from af2.checkpoint.folder import load_pretrained_weights, read_config
+    from af2.checkpoint.official import load_official
     from af2.model.af2 import AF2Model
 
     if which == "official":
@@ -375,7 +377,7 @@ def request_file(draw) -> bytes:
 
 
 def _requests_property(work: Path):
-    from af2.ask import _open_output, read_requests
+    from af2.ask_file import open_output, read_requests
     from af2.jsonl import read_jsonl
 
     @given(payload=request_file(), output=request_file())
@@ -386,7 +388,7 @@ def _requests_property(work: Path):
         for r in requests or ():
             assert all(isinstance(r[k], str) and r[k].strip() for k in ("id", "audio", "question"))
         out.write_bytes(output)
-        _open_output(out)  # resume view: afterwards valid JSONL, one record per id
+        open_output(out)  # resume view: afterwards valid JSONL, one record per id
         found = read_jsonl(out, strict=True)
         assert not found.torn and not found.bad_lines
         ids = [r["id"] for _, r in found.records]

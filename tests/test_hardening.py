@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 import af2
-from af2 import ask as ask_cli
+from af2.cli import ask as ask_cli
 from af2.audio import load_audio
 from af2.cli import main
 from af2.errors import AF2Error, AudioError, CheckpointError, ManifestError, RequestError
@@ -205,7 +205,7 @@ def test_bad_request_lines_name_file_and_line(tmp_path, line, message):
 
 
 def test_user_text_never_becomes_special_tokens(fixture_dir):
-    from af2.checkpoint import load_tokenizer
+    from af2.base_lm import load_tokenizer
     from af2.tokens import add_special_tokens, inference_prompt, prompt_ids
 
     tokenizer = load_tokenizer(fixture_dir / "checkpoint" / "tokenizer")
@@ -314,8 +314,8 @@ def test_check_refuses_paths_outside_the_data_root(tmp_path, monkeypatch):
     absolute = tmp_path / "abs.json"
     absolute.write_text(json.dumps({"split_path": str(tmp_path), "data": {"0": _entry("secret.wav")}}))
     opened = []
-    real = check.audio_duration
-    monkeypatch.setattr(check, "audio_duration", lambda p: opened.append(Path(p)) or real(p))
+    real = check.probe
+    monkeypatch.setattr(check, "probe", lambda p: opened.append(Path(p)) or real(p))
     report = check.check_manifests([manifest, absolute], root)
     assert report.counts["outside_root"] == 5
     assert report.counts["missing_audio"] + report.counts["unreadable_audio"] == 1  # the 300-character name
@@ -348,7 +348,7 @@ def official(fixture_dir, tmp_path):
 
 
 def test_metadata_chunk_names_cannot_leave_safe_ckpt(official):
-    from af2.checkpoint import read_official_chunks
+    from af2.checkpoint.official import read_official_chunks
 
     meta = official / "safe_ckpt" / "metadata.json"
     for name in ("../../outside/evil", "/etc/passwd", "a/../../b"):
@@ -364,7 +364,7 @@ def test_metadata_chunk_names_cannot_leave_safe_ckpt(official):
 
 
 def test_one_byte_clap_file_is_not_a_checkpoint(official):
-    from af2.checkpoint import read_official_clap
+    from af2.checkpoint.official import read_official_clap
 
     path = next((official / "clap_ckpt").glob("epoch_*.pt"))
     path.write_bytes(b"x")
@@ -381,7 +381,7 @@ def test_one_byte_clap_file_is_not_a_checkpoint(official):
     (lambda c: {**c, "lm": {**c["lm"], "hidden_size": -64}}, "positive integer"),
 ])
 def test_bad_config_json_fails_before_allocation(tmp_path, edit, message):
-    from af2.checkpoint import read_config
+    from af2.checkpoint.folder import read_config
     from af2.config import config_to_dict, tiny_config
 
     folder = tmp_path / "model"
@@ -396,7 +396,7 @@ def test_bad_config_json_fails_before_allocation(tmp_path, edit, message):
 def test_nan_weights_are_reported(tmp_path):
     import torch
 
-    from af2.checkpoint import load_pretrained_weights, save_pretrained
+    from af2.checkpoint.folder import load_pretrained_weights, save_pretrained
     from af2.config import tiny_config
     from af2.model.af2 import AF2Model
 
@@ -414,7 +414,7 @@ def test_nan_weights_are_reported(tmp_path):
 def test_corrupt_tokenizer_is_a_checkpoint_error(tmp_path, fixture_dir):
     import shutil
 
-    from af2.checkpoint import load_tokenizer
+    from af2.base_lm import load_tokenizer
 
     folder = Path(shutil.copytree(fixture_dir / "checkpoint" / "tokenizer", tmp_path / "tok"))
     (folder / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "nonsense"}}')
@@ -428,7 +428,7 @@ def test_official_base_lm_comes_from_the_weights_not_the_folder_name(tmp_path, c
     import torch
     from safetensors.torch import save_file
 
-    from af2.inference import official_base_lm
+    from af2.checkpoint.official import official_base_lm
 
     folder = tmp_path / "af2-0.5b"  # the README's own example name, lower-case
     (folder / "safe_ckpt").mkdir(parents=True)
@@ -482,7 +482,8 @@ def test_resume_of_a_finished_run_says_it_is_complete(tmp_path, monkeypatch, cap
 def test_convert_without_config_reads_the_architecture_from_shapes(fixture_dir, tmp_path, capsys):
     import torch
 
-    from af2.checkpoint import load_official, load_pretrained_weights, read_config
+    from af2.checkpoint.folder import load_pretrained_weights, read_config
+    from af2.checkpoint.official import load_official
     from af2.model.af2 import AF2Model
     from af2.parity import fixture_config
 
@@ -507,7 +508,7 @@ def test_convert_without_config_reads_the_architecture_from_shapes(fixture_dir, 
 
 
 def test_stream_reports_truncation(official_model, tmp_path, capsys):
-    from af2.checkpoint import save_pretrained
+    from af2.checkpoint.folder import save_pretrained
 
     model, tokenizer, _ = official_model
     folder = save_pretrained(model, tmp_path / "tiny-af2", tokenizer)
@@ -530,7 +531,7 @@ def test_nul_bytes_in_paths_are_input_errors(tmp_path):
 
 
 def test_offline_message_names_hf_download_of_model_and_base_lm(monkeypatch):
-    from af2.inference import resolve_model_dir
+    from af2.checkpoint.folder import resolve_model_dir
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", "/nonexistent-af2-cache")

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 import af2
-from af2.checkpoint import save_pretrained
+from af2.checkpoint.folder import save_pretrained
 from af2.cli import main
 from af2.parity import fixture_config
 
@@ -165,7 +165,7 @@ def test_jsonl_batch_killed_midway_resumes(model_dir, fixture_dir, tmp_path):
 def test_cli_progress_bar_only_on_a_terminal(monkeypatch):
     import io
 
-    from af2.ask import EncodeProgress
+    from af2.cli.ask import EncodeProgress
 
     class Terminal(io.StringIO):
         def isatty(self):

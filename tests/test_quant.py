@@ -103,7 +103,8 @@ def test_default_dtype_follows_the_cpu(monkeypatch):
 
 
 def test_int8_quantized_while_loading_equals_quantized_after(official_model, fixture_dir, tmp_path):
-    from af2.checkpoint import build_official, load_pretrained, save_pretrained
+    from af2.checkpoint.folder import load_pretrained, save_pretrained
+    from af2.checkpoint.official import build_official
 
     model, tokenizer, _ = official_model
     folder = save_pretrained(model, tmp_path / "m", tokenizer)

@@ -18,7 +18,7 @@ import openai
 import pytest
 
 import af2
-from af2.checkpoint import save_pretrained
+from af2.checkpoint.folder import save_pretrained
 from af2.parity import fixture_config
 from af2.serve.app import ServeConfig
 from af2.serve.local import running_server, wait_healthy

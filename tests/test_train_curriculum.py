@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerFast
 from af2.audio import make_windows, pad_windows
 from af2.tokens import inference_prompt, special_token_ids
 from af2.train.checkpoint import resolve_weights
-from af2.train.clap import contrastive_loss
+from af2.model.clap import contrastive_loss
 from af2.train.config import OptimConfig, TrainConfig, load_train_config
 from af2.train.engine import train
 from af2.train.negatives import hard_negatives

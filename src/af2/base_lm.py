@@ -18,6 +18,7 @@ from pathlib import Path
 
 from af2.config import AF2Config
 from af2.errors import CheckpointError
+from af2.jsonl import read_json
 from af2.registry import BASE_LMS, BaseLM
 
 
@@ -55,7 +56,6 @@ def load_base_lm(path: str, arch: AF2Config, vocab_size: int, new_rows: str = "r
     import torch
     from transformers import AutoModelForCausalLM
 
-    from af2.checkpoint import read_lm_config
 
     path = resolve_base_lm(path)
     lm_cfg = {k: v for k, v in read_lm_config(path).items() if not k.startswith("_") and k not in
@@ -130,3 +130,37 @@ def _dequantise(gguf: Path, out: Path) -> None:
     for key in ("quantization_config", "_model_name_or_path"):
         data.pop(key, None)
     cfg_path.write_text(json.dumps(data, indent=2))
+
+
+def load_tokenizer(path: str | Path):
+    """A base tokenizer from a local folder or a hub id (offline when HF_HUB_OFFLINE=1)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as exc:  # tokenizers/transformers raise many types (even bare Exception) for bad files
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(
+            f"cannot load the tokenizer from {path!s} ({first}). Point --base-lm at a local "
+            "Qwen2.5 folder (config.json + tokenizer files) or download it: "
+            "`hf download Qwen/Qwen2.5-0.5B --local-dir DIR`") from exc
+
+
+def read_lm_config(path: str | Path) -> dict:
+    """The base LM's HF config dict, from a config.json file, a folder holding one, or a hub id."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "config.json"
+    if p.is_file():
+        data = read_json(p, CheckpointError, max_bytes=1 << 24)
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{p}: expected the base LM's config as a JSON object, got {type(data).__name__}")
+        return data
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(path)).to_dict()
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"cannot find the base LM config at {path!s} ({str(exc).splitlines()[0]}); pass a local folder "
+            "holding the Qwen2.5 config.json, or download it with `hf download Qwen/Qwen2.5-0.5B`") from exc

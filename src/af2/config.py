@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from af2.audio import HOP_LENGTH, SAMPLE_RATE, WINDOW_SECONDS
 from af2.errors import ConfigError
 
 
@@ -22,14 +23,14 @@ from af2.errors import ConfigError
 class AudioConfig:
     """Audio front end (spec section 1). The official code hard-codes all of these."""
 
-    sample_rate: int = 16_000
-    window_seconds: float = 10.0  # window_length: HTSAT sees exactly 10-s windows
+    sample_rate: int = SAMPLE_RATE
+    window_seconds: float = WINDOW_SECONDS  # window_length: HTSAT sees exactly 10-s windows
     window_overlap_seconds: float = 0.0  # 0.0 in every official config
     # 12 in the shipped inference config (2 min); 30 gives the 5 minutes AF2 is advertised for.
     max_windows: int = 30
     n_fft: int = 1024
     win_length: int = 1024
-    hop_length: int = 160
+    hop_length: int = HOP_LENGTH
     n_mels: int = 64
     f_min: float = 50.0
     f_max: float = 8000.0  # 14000 before the v20250625 checkpoints

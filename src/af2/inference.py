@@ -11,23 +11,22 @@ attention layer's audio keys and values are computed once per request; decoding 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
-import os
-import re
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import torch
 
-from af2.audio import AudioError, AudioSource, load_audio, make_windows, pad_windows
+from af2.audio.decode import AudioError, AudioSource, load_audio
+from af2.audio.features import make_windows, pad_windows
+from af2.base_lm import load_tokenizer
+from af2.checkpoint.folder import load_pretrained, resolve_model_dir
+from af2.checkpoint.official import load_official, official_base_lm
 from af2.config import AF2Config
-from af2.checkpoint import CheckpointError, load_official, load_pretrained, load_tokenizer, official_lm_width
-from af2.errors import DeviceError, RequestError
+from af2.errors import CheckpointError, DeviceError, RequestError
 from af2.registry import DEFAULT_MODEL, model_entry
 from af2.generate import GenerationConfig, left_pad, stream_tokens
 from af2.model.af2 import AF2Model
@@ -35,8 +34,6 @@ from af2.tokens import SpecialTokens, add_special_tokens, clean_answer, prompt_i
 
 CAPTION_PROMPT = "Caption the input audio."
 Progress = Callable[[int, int], None]  # (audio windows encoded so far, windows in the request)
-# The official release names the Qwen2.5 base of each AF2 size only in its README.
-_BASE_LM = {"0.5B": "Qwen/Qwen2.5-0.5B", "1.5B": "Qwen/Qwen2.5-1.5B", "3B": "Qwen/Qwen2.5-3B"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +43,25 @@ class AudioFacts:
     kept_s: float  # seconds the model heard
     truncated_s: float | None  # seconds cut by the length limit
     windows: int  # 10-s windows used
+
+
+@dataclass(frozen=True)
+class DecodeStep:
+    """What ``AF2._stream`` knows after one decoding step of a batch.
+
+    ``tokens`` are the rows' token lists so far; they keep growing after this step, so read them
+    before asking for the next one. ``reasons`` say why a finished row stopped ("stop": end of
+    text or a stop string) or, for a running row, "length"."""
+
+    tokens: list[list[int]]  # (B, new tokens so far)
+    texts: list[str] | None  # (B,) the rows' text, when the caller asked for it
+    done: tuple[bool, ...]  # (B,)
+    reasons: tuple[str, ...]  # (B,)
+    facts: tuple[AudioFacts, ...]  # (B,)
+    t0: float  # perf_counter at the start of the request
+    audio_s: float  # decoding the audio
+    encode_s: float  # the audio encoder and cross-attention keys/values
+    first_token_at: float  # perf_counter when the first step came back
 
 
 @dataclass(frozen=True)
@@ -122,9 +138,9 @@ class AF2:
 
     def _stream(self, audios: Sequence[AudioSource], questions: Sequence[str], gen: GenerationConfig,
                 stop: Sequence[str], want_text: bool = False, progress: Progress | None = None
-                ) -> Iterator[tuple[list[list[int]], list[str] | None, list[bool], dict]]:
-        """Core loop: yields, per step, every row's token so far, its text (when ``want_text``) and
-        whether it is done. Stop strings are looked for in the text of each row's last few tokens
+                ) -> Iterator[DecodeStep]:
+        """Core loop: yields, per step, a ``DecodeStep``: every row's tokens so far, its text (when
+        ``want_text``) and whether it is done. Stop strings are looked for in the text of each row's last few tokens
         only, so a step costs the same at token 10 and at token 1,000."""
         if len(audios) != len(questions):
             raise ValueError(f"{len(audios)} audio inputs but {len(questions)} questions")
@@ -143,26 +159,26 @@ class AF2:
         tail = max((len(s) for s in stop), default=0) + 8
         tokens: list[list[int]] = [[] for _ in range(B)]
         done = [False] * B
-        info = {"facts": [f for _, f in loaded], "t0": t0, "audio_s": t_audio - t0, "encode_s": t_enc - t_audio,
-                "first": None, "reason": ["length"] * B}
-        for step, (tok, live) in enumerate(stream_tokens(self.model, audio, ids, mask, gen, (self.special.eos,),
-                                                         self.special.pad)):
-            if info["first"] is None:
-                info["first"] = time.perf_counter()
+        reasons = ["length"] * B
+        facts = tuple(f for _, f in loaded)
+        first: float | None = None
+        for tok, live in stream_tokens(self.model, audio, ids, mask, gen, (self.special.eos,), self.special.pad):
+            if first is None:
+                first = time.perf_counter()
             for row, (t, running) in enumerate(zip(tok.tolist(), live.tolist())):  # per-row text bookkeeping
                 if done[row] or not running:
                     continue
                 if t == self.special.eos:
-                    done[row], info["reason"][row] = True, "stop"
+                    done[row], reasons[row] = True, "stop"
                     continue
                 tokens[row].append(t)
             for row in range(B) if stop else ():
                 # A stop string of L characters lies within the last L + 8 tokens (a token is at
                 # least one character; the margin covers byte tokens and end markers).
                 if not done[row] and any(s in self._text(tokens[row][-tail:], strip=False) for s in stop):
-                    done[row], info["reason"][row] = True, "stop"
+                    done[row], reasons[row] = True, "stop"
             texts = [self._text(t) for t in tokens] if want_text else None
-            yield tokens, texts, done, info
+            yield DecodeStep(tokens, texts, tuple(done), tuple(reasons), facts, t0, t_audio - t0, t_enc - t_audio, first)
             if all(done):
                 return
 
@@ -188,15 +204,15 @@ class AF2:
             pass
         if last is None:
             return []
-        tokens, _, _, info = last
+        tokens = last.tokens
         texts = [self._text(t) for t in tokens]
         end = time.perf_counter()
-        first = info["first"] or end
+        first = last.first_token_at
         answers = []
         for row, question in enumerate(questions):
-            timings = Timings(info["audio_s"], info["encode_s"], first - info["t0"], end - first, len(tokens[row]))
-            answers.append(Answer(self._cut(texts[row], stop), question, info["facts"][row], timings,
-                                  info["reason"][row], tuple(tokens[row])))
+            timings = Timings(last.audio_s, last.encode_s, first - last.t0, end - first, len(tokens[row]))
+            answers.append(Answer(self._cut(texts[row], stop), question, last.facts[row], timings,
+                                  last.reasons[row], tuple(tokens[row])))
         return answers
 
     def ask(self, audio: AudioSource, question: str, **options) -> Answer:
@@ -210,9 +226,8 @@ class AF2:
                **gen_options) -> Iterator[str]:
         """Yield the answer's text in pieces as it is generated (``progress`` as in ask_batch)."""
         sent = ""
-        for _, texts, _, _ in self._stream([audio], [question], GenerationConfig(**gen_options), stop, True,
-                                           progress):
-            text = self._cut(texts[0], stop)
+        for step in self._stream([audio], [question], GenerationConfig(**gen_options), stop, True, progress):
+            text = self._cut(step.texts[0], stop)
             if len(text) > len(sent) and text.startswith(sent):
                 yield text[len(sent):]
                 sent = text
@@ -288,57 +303,6 @@ def cpu_has_fast_bf16() -> bool:
     except OSError:
         return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2")
     return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
-
-
-def resolve_model_dir(path_or_id: str | Path) -> Path:
-    """A registry name (``af2-nano``), a local folder (a training run's folder means its newest
-    checkpoint), or a hub id resolved through the local HF cache (downloads only when online)."""
-    entry = model_entry(str(path_or_id))
-    if entry is not None and entry.package_dir:
-        shipped = Path(str(resources.files("af2") / entry.package_dir))
-        if not (shipped / "config.json").is_file():
-            raise CheckpointError(f"model {entry.name}: its weights are not in this installation ({shipped}); "
-                                  "reinstall af2 from a release or a full checkout")
-        return shipped
-    if entry is not None and entry.hub_id:
-        path_or_id = entry.hub_id
-    path = Path(path_or_id).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise CheckpointError(f"{path}: not a folder; pass a model folder or a hub id")
-        latest = path / "checkpoints" / "latest"
-        if latest.is_file() and not (path / "config.json").is_file():
-            return path / "checkpoints" / latest.read_text().strip()
-        return path
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", str(path_or_id)):
-        raise CheckpointError(f"{path_or_id}: no such folder, and not a hub id (owner/name)")
-    from huggingface_hub import snapshot_download
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    try:
-        return Path(snapshot_download(str(path_or_id), local_files_only=offline))
-    except Exception as exc:  # the hub client raises many types; all mean "not available here"
-        base = _BASE_LM.get(next((s for s in _BASE_LM if str(path_or_id).lower().endswith(f"-{s.lower()}")), ""))
-        also = f" and `hf download {base}` (its base LM)" if base else ""
-        how = ("it is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading; "
-               f"run `hf download {path_or_id}`{also} on a machine with internet" if offline
-               else f"download failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
-        raise CheckpointError(f"cannot get model {path_or_id}: {how}") from exc
-
-
-def official_base_lm(folder: Path) -> str:
-    """The Qwen2.5 base of an official checkpoint, from its embedding width (not from the folder's
-    name, which users choose); logged so the choice is visible."""
-    from af2.config import qwen25_lm_config
-
-    width = official_lm_width(folder)
-    size = next((s for s in _BASE_LM if qwen25_lm_config(s.lower())["hidden_size"] == width), None)
-    if size is None:
-        raise CheckpointError(f"{folder}: its LM is {width} wide, which is no Qwen2.5 base AF2 was released with "
-                              f"({', '.join(_BASE_LM.values())}); pass --base-lm")
-    logging.getLogger("af2").info("%s: base LM %s (hidden size %d read from the checkpoint)", folder,
-                                  _BASE_LM[size], width)
-    return _BASE_LM[size]
 
 
 def load(path_or_id: str | Path = DEFAULT_MODEL, *, device: str | torch.device = "cpu",

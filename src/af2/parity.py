@@ -15,8 +15,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from af2.audio import log_mel, pad_windows, prepare
-from af2.checkpoint import (CheckpointError, load_official, load_state_dict_strict, read_official_clap)
+from af2.audio.decode import prepare
+from af2.audio.features import log_mel, pad_windows
+from af2.checkpoint.official import load_official, read_official_clap
+from af2.checkpoint.weights import load_state_dict_strict
 from af2.config import (AF2Config, AudioConfig, AudioTransformerConfig, HTSATConfig, XAttnConfig)
 from af2.errors import CheckpointError
 from af2.generate import GenerationConfig, generate, left_pad
@@ -96,86 +98,127 @@ def fixture_config(fixture: Path) -> AF2Config:
     return cfg
 
 
-def run_parity(fixture_dir: str | Path, log: Callable[[str], None] = print) -> list[Check]:
-    """Run every case and the batch of a fixture; return one Check per tensor compared."""
-    fixture = Path(fixture_dir)
+@dataclass(frozen=True)
+class _Run:
+    """One fixture's loaded model and expected tensors; ``add`` records (and logs) a Check."""
+
+    fixture: Path
+    cases: dict
+    expected: dict[str, torch.Tensor]
+    model: torch.nn.Module
+    tokenizer: object
+    special: object
+    add: Callable[[Check], None]
+
+    @property
+    def cfg(self) -> AF2Config:
+        return self.model.cfg
+
+
+def _open_fixture(fixture: Path, add: Callable[[Check], None]) -> _Run:
     for name in ("config.json", "cases.json", "expected.safetensors", "checkpoint"):
         if not (fixture / name).exists():
             raise CheckpointError(f"{fixture / name}: missing; is {fixture} a golden fixture folder?")
     cases = json.loads((fixture / "cases.json").read_text())
     expected = load_file(str(fixture / "expected.safetensors"))
-    base = fixture_config(fixture)
-    model, tokenizer, special = load_official(fixture / "checkpoint", cfg=base)
-    cfg = model.cfg
+    model, tokenizer, special = load_official(fixture / "checkpoint", cfg=fixture_config(fixture))
     if special.eos != cases["special_token_ids"]["eos <|endoftext|>"]:
         raise CheckpointError(f"{fixture}: tokenizer eos id {special.eos} differs from the fixture's")
+    return _Run(fixture, cases, expected, model, tokenizer, special, add)
+
+
+def _answer_text(spec: dict) -> str:
+    return " ".join(f"w{i}" for i in spec["answer_ids"])
+
+
+def _check_case(run: _Run, case: str, spec: dict) -> torch.Tensor:
+    """Front end, towers and teacher-forced logits of one case; returns its windows (W, S)."""
+    cfg, expected, add, model = run.cfg, run.expected, run.add, run.model
+    windows, _ = prepare(run.fixture / spec["file"], cfg.audio)
+    add(compare(f"windows/{case}", windows, expected[f"windows/{case}"]))
+    add(compare(f"window_mask/{case}", torch.ones(windows.shape[0]), expected[f"window_mask/{case}"]))
+    mel = log_mel(windows, cfg.audio)
+    add(compare(f"mel/{case}", mel, expected[f"mel/{case}"]))
+    add(compare(f"clap_tokens/{case}", model.audio_encoder(mel), expected[f"clap_tokens/{case}"]))
+    mask = torch.ones(1, windows.shape[0])
+    audio = model.encode_audio(windows[None], mask, cache_kv=True)
+    add(compare(f"audio_features/{case}", audio.features[0], expected[f"audio_features/{case}"]))
+
+    batch = encode_training_batch(run.tokenizer, [spec["prompt_text"]], [_answer_text(spec)], cfg.tokens)
+    ids = batch["input_ids"]
+    add(compare(f"input_ids/{case}", ids[0], expected[f"input_ids/{case}"]))
+    logits = model(input_ids=ids, attention_mask=batch["attention_mask"], audio=audio).logits[0]
+    add(compare(f"logits/{case}", logits, expected[f"logits/{case}"]))
+    if f"logits_zero_audio/{case}" in expected:
+        zero = model(torch.zeros_like(windows[None]), mask, ids, batch["attention_mask"]).logits[0]
+        add(compare(f"logits_zero_audio/{case}", zero, expected[f"logits_zero_audio/{case}"]))
+    _check_greedy(run, case, spec, audio)
+    return windows
+
+
+def _check_greedy(run: _Run, case: str, spec: dict, audio) -> None:
+    """Greedy decoding of one case: prompt ids, new tokens and each step's logits."""
+    expected, add, special = run.expected, run.add, run.special
+    prompt = run.tokenizer(inference_prompt(spec["prompt_text"], run.cfg.tokens), add_special_tokens=False)["input_ids"]
+    add(compare(f"greedy_prompt_ids/{case}", torch.tensor(prompt), torch.tensor(spec["greedy"]["prompt_ids"])))
+    want = expected[f"greedy_new_tokens/{case}"]
+    p_ids, p_mask = left_pad([prompt], special.pad)
+    step_logits: list[torch.Tensor] = []
+    new = generate(run.model, audio, p_ids, p_mask, GenerationConfig(max_new_tokens=len(want) if len(want) else 12),
+                   (special.eos,), special.pad, step_logits)[0]
+    add(compare(f"greedy_new_tokens/{case}", torch.tensor(new), want))
+    add(compare(f"greedy/{case}", torch.tensor(prompt + new), expected[f"greedy/{case}"]))
+    add(compare(f"greedy_step_logits/{case}", torch.stack(step_logits, 1)[0], expected[f"greedy_step_logits/{case}"]))
+
+
+def _check_clap(run: _Run, windows_by_case: dict[str, torch.Tensor]) -> None:
+    """A silent window, and the tower loaded from clap_ckpt/ alone, where the fixture records them."""
+    cfg, expected, add = run.cfg, run.expected, run.add
+    if "clap_tokens/zero_window" in expected:
+        silent = log_mel(torch.zeros(1, cfg.audio.window_samples), cfg.audio)
+        add(compare("clap_tokens/zero_window", run.model.audio_encoder(silent)[0], expected["clap_tokens/zero_window"]))
+    clap_only = [k for k in expected if k.startswith("clap_tokens_clapckpt_only/")]
+    if not clap_only:
+        return
+    read = read_official_clap(run.fixture / "checkpoint")
+    if read is None:
+        raise CheckpointError(f"{run.fixture}/checkpoint/clap_ckpt: no epoch_*.pt, but the fixture expects it")
+    tower = HTSAT(cfg.htsat).eval()
+    load_state_dict_strict(tower, read[0], str(read[1]))
+    for key in clap_only:
+        case = key.split("/", 1)[1]
+        add(compare(key, tower(log_mel(windows_by_case[case], cfg.audio)), expected[key]))
+
+
+def _check_batch(run: _Run, windows_by_case: dict[str, torch.Tensor]) -> None:
+    """All cases as one padded batch: masks, ids, audio features and logits where they are real."""
+    cfg, expected, add = run.cfg, run.expected, run.add
+    order = run.cases["batch"]["order"]
+    windows, window_mask = pad_windows([windows_by_case[c] for c in order], cfg.audio.max_windows)
+    add(compare("batch_window_mask", window_mask, expected["batch_window_mask"]))
+    specs = [run.cases["cases"][c] for c in order]
+    batch = encode_training_batch(run.tokenizer, [s["prompt_text"] for s in specs], [_answer_text(s) for s in specs],
+                                  cfg.tokens)
+    add(compare("batch_input_ids", batch["input_ids"], expected["batch_input_ids"]))
+    add(compare("batch_attention_mask", batch["attention_mask"], expected["batch_attention_mask"]))
+    audio = run.model.encode_audio(windows, window_mask)
+    add(compare("batch_audio_features_mask", audio.mask.float(), expected["batch_audio_features_mask"]))
+    add(compare("batch_audio_features", audio.features, expected["batch_audio_features"], where=audio.mask))
+    logits = run.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], audio=audio).logits
+    add(compare("batch_logits", logits, expected["batch_logits"], where=batch["attention_mask"]))
+
+
+def run_parity(fixture_dir: str | Path, log: Callable[[str], None] = print) -> list[Check]:
+    """Run every case and the batch of a fixture; return one Check per tensor compared."""
     checks: list[Check] = []
 
     def add(check: Check) -> None:
         checks.append(check)
         log(check.line())
 
-    windows_by_case = {}
+    run = _open_fixture(Path(fixture_dir), add)
     with torch.inference_mode():
-        for case, spec in cases["cases"].items():
-            windows, info = prepare(fixture / spec["file"], cfg.audio)
-            windows_by_case[case] = windows
-            add(compare(f"windows/{case}", windows, expected[f"windows/{case}"]))
-            add(compare(f"window_mask/{case}", torch.ones(windows.shape[0]), expected[f"window_mask/{case}"]))
-            mel = log_mel(windows, cfg.audio)
-            add(compare(f"mel/{case}", mel, expected[f"mel/{case}"]))
-            add(compare(f"clap_tokens/{case}", model.audio_encoder(mel), expected[f"clap_tokens/{case}"]))
-            mask = torch.ones(1, windows.shape[0])
-            audio = model.encode_audio(windows[None], mask, cache_kv=True)
-            add(compare(f"audio_features/{case}", audio.features[0], expected[f"audio_features/{case}"]))
-
-            answer = " ".join(f"w{i}" for i in spec["answer_ids"])
-            batch = encode_training_batch(tokenizer, [spec["prompt_text"]], [answer], cfg.tokens)
-            ids = batch["input_ids"]
-            add(compare(f"input_ids/{case}", ids[0], expected[f"input_ids/{case}"]))
-            logits = model(input_ids=ids, attention_mask=batch["attention_mask"], audio=audio).logits[0]
-            add(compare(f"logits/{case}", logits, expected[f"logits/{case}"]))
-            if f"logits_zero_audio/{case}" in expected:
-                zero = model(torch.zeros_like(windows[None]), mask, ids, batch["attention_mask"]).logits[0]
-                add(compare(f"logits_zero_audio/{case}", zero, expected[f"logits_zero_audio/{case}"]))
-
-            prompt = tokenizer(inference_prompt(spec["prompt_text"], cfg.tokens), add_special_tokens=False)["input_ids"]
-            add(compare(f"greedy_prompt_ids/{case}", torch.tensor(prompt), torch.tensor(spec["greedy"]["prompt_ids"])))
-            want = expected[f"greedy_new_tokens/{case}"]
-            p_ids, p_mask = left_pad([prompt], special.pad)
-            step_logits: list[torch.Tensor] = []
-            new = generate(model, audio, p_ids, p_mask, GenerationConfig(max_new_tokens=len(want) if len(want) else 12),
-                           (special.eos,), special.pad, step_logits)[0]
-            add(compare(f"greedy_new_tokens/{case}", torch.tensor(new), want))
-            add(compare(f"greedy/{case}", torch.tensor(prompt + new), expected[f"greedy/{case}"]))
-            add(compare(f"greedy_step_logits/{case}", torch.stack(step_logits, 1)[0], expected[f"greedy_step_logits/{case}"]))
-
-        if "clap_tokens/zero_window" in expected:
-            silent = log_mel(torch.zeros(1, cfg.audio.window_samples), cfg.audio)
-            add(compare("clap_tokens/zero_window", model.audio_encoder(silent)[0], expected["clap_tokens/zero_window"]))
-        clap_only = [k for k in expected if k.startswith("clap_tokens_clapckpt_only/")]
-        if clap_only:
-            read = read_official_clap(fixture / "checkpoint")
-            if read is None:
-                raise CheckpointError(f"{fixture}/checkpoint/clap_ckpt: no epoch_*.pt, but the fixture expects it")
-            tower = HTSAT(cfg.htsat).eval()
-            load_state_dict_strict(tower, read[0], str(read[1]))
-            for key in clap_only:
-                case = key.split("/", 1)[1]
-                add(compare(key, tower(log_mel(windows_by_case[case], cfg.audio)), expected[key]))
-
-        b = cases["batch"]
-        order = b["order"]
-        windows, window_mask = pad_windows([windows_by_case[c] for c in order], cfg.audio.max_windows)
-        add(compare("batch_window_mask", window_mask, expected["batch_window_mask"]))
-        specs = [cases["cases"][c] for c in order]
-        batch = encode_training_batch(tokenizer, [s["prompt_text"] for s in specs],
-                                      [" ".join(f"w{i}" for i in s["answer_ids"]) for s in specs], cfg.tokens)
-        add(compare("batch_input_ids", batch["input_ids"], expected["batch_input_ids"]))
-        add(compare("batch_attention_mask", batch["attention_mask"], expected["batch_attention_mask"]))
-        audio = model.encode_audio(windows, window_mask)
-        add(compare("batch_audio_features_mask", audio.mask.float(), expected["batch_audio_features_mask"]))
-        add(compare("batch_audio_features", audio.features, expected["batch_audio_features"], where=audio.mask))
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], audio=audio).logits
-        add(compare("batch_logits", logits, expected["batch_logits"], where=batch["attention_mask"]))
+        windows_by_case = {case: _check_case(run, case, spec) for case, spec in run.cases["cases"].items()}
+        _check_clap(run, windows_by_case)
+        _check_batch(run, windows_by_case)
     return checks

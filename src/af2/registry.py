@@ -59,7 +59,12 @@ MODELS: dict[str, ModelEntry] = {
                                           hub_id="nvidia/audio-flamingo-2"),
 }
 
+# The Qwen2.5 bases NVIDIA released AF2 on, by size ("0.5B" -> "Qwen/Qwen2.5-0.5B"); the release
+# names them only in its README.
+RELEASED_BASES = {b.hub_id.rsplit("-", 1)[1]: b.hub_id for b in BASE_LMS.values() if b.family == "qwen2"}
+
 DEFAULT_MODEL = "af2-nano"
+DEFAULT_MODEL_ENV = "AF2_MODEL"  # the environment variable that overrides DEFAULT_MODEL on the command line
 
 
 def model_entry(name: str) -> ModelEntry | None:

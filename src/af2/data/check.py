@@ -26,6 +26,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from af2.audio.decode import probe
 from af2.data.manifest import ManifestError, _item_from_entry
 from af2.jsonl import read_json, read_jsonl
 
@@ -67,27 +68,6 @@ class CheckReport:
                 lines.append(f"  {kind}: {len(by_kind[kind])}")
                 lines.extend(f"    e.g. {p}" for p in by_kind[kind][:examples])
         return "\n".join(lines)
-
-
-def audio_duration(path: str | os.PathLike) -> float:
-    """Length in seconds from the file header (libsndfile first, FFmpeg for everything else)."""
-    import soundfile
-
-    try:
-        info = soundfile.info(str(path))
-        if info.samplerate > 0 and info.frames > 0:
-            return info.frames / info.samplerate
-    except (RuntimeError, soundfile.LibsndfileError):
-        pass
-    import av
-
-    with av.open(str(path)) as container:
-        if container.duration is not None:
-            return container.duration / 1_000_000  # av.time_base
-        stream = container.streams.audio[0]
-        if stream.duration is None or stream.time_base is None:
-            raise ValueError(f"{path}: no duration in the header")
-        return float(stream.duration * stream.time_base)
 
 
 def _entries(path: Path, report: CheckReport):
@@ -134,7 +114,9 @@ def _probe(audio: Path) -> float | Exception:
     try:
         if not audio.is_file():  # also keeps FIFOs and devices from being opened
             return FileNotFoundError(str(audio))
-        seconds = audio_duration(audio)
+        seconds = probe(audio).duration_s
+        if seconds is None:
+            return ValueError(f"{audio}: no duration in the header")
         return seconds if math.isfinite(seconds) and seconds >= 0 else ValueError(f"header length {seconds}")
     except Exception as exc:  # any decoder failure means "unreadable"; it is reported, not raised
         return exc

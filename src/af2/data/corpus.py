@@ -28,13 +28,16 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from af2.data.audio_io import load_mono_16k, write_flac
+from af2.audio import SAMPLE_RATE
+from af2.audio.clips import write_flac
+from af2.audio.decode import load_mono
 from af2.data.check import check_manifests
 from af2.data.giveaway import balance_answers, format_report, giveaway_report
 from af2.data.catalog import DEFAULT_SOURCES, SOURCES
+from af2.data.datasheet import datasheet, datasheet_markdown, held_out_summary
 from af2.data.longaudio import Event, Timeline, compose, longaudio_qa
 from af2.data.manifest import ManifestItem, write_manifest
-from af2.data.qa import QAPair, SKILLS
+from af2.data.qa import QAPair
 from af2.data.qa.templates import build_pools, caption_qa, template_qa
 from af2.data.sources import RESERVED, BuildContext, Clip, LongTrack, ReservedSourceError, SourceUnavailableError
 from af2.errors import ConfigError, ManifestError
@@ -142,9 +145,9 @@ def _real_long(out: Path, tracks: list[LongTrack], progress: bool, workers: int 
     from concurrent.futures import ThreadPoolExecutor
 
     def convert(track: LongTrack) -> int:
-        audio = load_mono_16k(track.path)
+        audio = load_mono(track.path)
         write_flac(out / "audio" / "long" / f"{track.id}.flac", audio)
-        beds[track.id] = audio[: 60 * 16_000]
+        beds[track.id] = audio[: 60 * SAMPLE_RATE]
         return len(audio)
 
     beds: dict[str, np.ndarray] = {}
@@ -159,7 +162,7 @@ def _real_timelines(out: Path, tracks: list[LongTrack], lengths: list[int], firs
     timelines: list[Timeline] = []
     beds: list[tuple[str, np.ndarray, str]] = []
     for track, n in zip(tracks, lengths):
-        dur = n / 16_000
+        dur = n / SAMPLE_RATE
         ev = Event(start=0.0, end=round(dur, 3), label=f"music: {track.title}", category="music",
                    caption=track.attributes["caption"], source_id=track.id, attributes=track.attributes)
         tl = Timeline(id=track.id, duration=round(dur, 3), kind="real", events=[ev], title=track.title)
@@ -326,7 +329,7 @@ def _finish(opts, clips, scenes, timelines, rows, per_source, split_of) -> dict[
     flagged = {t: s.giveaways() for t, s in giveaways.items() if s.giveaways()}
     if flagged:
         print(format_report(giveaways), file=sys.stderr)
-    sheet = datasheet(clips, scenes, timelines, rows, per_source, opts, manifests)
+    sheet = datasheet(clips, scenes, timelines, rows, per_source, opts, manifests, TASKS)
     sheet["held_out"] = held_out_summary(rows, split_of, clips)
     sheet["giveaways"] = {t: dict(k) for t, k in flagged.items()}
     _write_json(out / "datasheet.json", sheet)
@@ -334,79 +337,6 @@ def _finish(opts, clips, scenes, timelines, rows, per_source, split_of) -> dict[
     return sheet
 
 
-def held_out_summary(rows, split_of: dict[str, str], clips: list[Clip]) -> dict[str, Any]:
-    """What the val split holds: clips, items, multiple-choice items, and those on recordings of 2 min or more."""
-    val = [it for (_task, sp), lst in rows.items() if sp == "val" for it in lst]
-    mcq = [it for it in val if it.extra["provenance"]["template"].endswith(":mcq")]
-    return {"clips": sum(1 for c in clips if split_of[c.id] == "val"), "items": len(val),
-            "multiple_choice": len(mcq), "multiple_choice_2min_plus": sum(1 for it in mcq if it.duration >= 120),
-            "rule": "split by source clip id; val scenes and long recordings contain only val clips"}
-
-
 def _write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, ensure_ascii=False, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def datasheet(clips, scenes, timelines, rows, per_source, opts, manifests) -> dict[str, Any]:
-    items = [it for lst in rows.values() for it in lst]
-    long_composed = [t for t in timelines if t.kind == "composed"]
-    in_range = [t for t in long_composed if 60 <= t.duration <= 300]
-    by_skill = Counter(it.extra["skill"] for it in items if it.flamingo_task == TASKS["skills"])
-    by_long = Counter(it.extra["skill"] for it in items if it.flamingo_task == TASKS["long"])
-    return {
-        "seed": opts.seed, "sources": per_source, "reserved_for_evaluation": sorted(RESERVED),
-        "clips": {"count": len(clips), "hours": round(sum(c.duration for c in clips) / 3600, 3),
-                  "by_category": dict(sorted(Counter(c.category for c in clips).items())),
-                  "by_source": dict(sorted(Counter(c.source for c in clips).items())),
-                  "top_labels": dict(Counter(c.label for c in clips).most_common(40))},
-        "scenes": {"count": len(scenes), "hours": round(sum(s.duration for s in scenes) / 3600, 3)},
-        "long": {"composed": len(long_composed), "composed_1_to_5_min": len(in_range),
-                 "real": len(timelines) - len(long_composed),
-                 "hours": round(sum(t.duration for t in timelines) / 3600, 3),
-                 "events": sum(len(t.events) for t in long_composed)},
-        "qa": {"total": len(items), "audioskills_by_skill": dict(sorted(by_skill.items())),
-               "longaudio_by_category": dict(sorted(by_long.items())),
-               "multiple_choice": sum(1 for it in items if it.extra["provenance"]["template"].endswith(":mcq")),
-               "captions": sum(1 for it in items if it.flamingo_task == TASKS["caption"]),
-               "skills_missing": [s for s in SKILLS if s not in by_skill]},
-        "manifests": {m: len(rows[(Path(m).parent.name, Path(m).stem)]) for m in manifests},
-    }
-
-
-def _held_out_text(h: dict[str, Any] | None) -> str:
-    if not h:
-        return "none"
-    return (f"{h['clips']} held-out clips; {h['items']} items, {h['multiple_choice']} multiple-choice, of which "
-            f"{h['multiple_choice_2min_plus']} on recordings of 2 minutes or more. Rule: {h['rule']}.")
-
-
-def datasheet_markdown(s: dict[str, Any]) -> str:
-    lines = ["# AF2 offline corpus: datasheet", "", f"Seed {s['seed']}. Audio is 16 kHz mono FLAC. "
-             f"Reserved for evaluation and never included: {', '.join(s['reserved_for_evaluation'])}.", "",
-             "## Totals", "", "| what | count | hours |", "|---|---|---|",
-             f"| clips | {s['clips']['count']} | {s['clips']['hours']} |",
-             f"| scenes (8-20 s, with timelines) | {s['scenes']['count']} | {s['scenes']['hours']} |",
-             f"| long recordings, composed (1-5 min: {s['long']['composed_1_to_5_min']}) | {s['long']['composed']} | "
-             f"{s['long']['hours']} (all long) |", f"| long recordings, real music | {s['long']['real']} | |",
-             f"| QA pairs (incl. {s['qa']['multiple_choice']} multiple-choice, {s['qa']['captions']} captions) | "
-             f"{s['qa']['total']} | |", "", "## Held-out split (val)", "", _held_out_text(s.get("held_out")), "",
-             "## Sources and licences", "", "| source | kind | items | packages | licence |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {k} | {v['kind']} | {v['items']} | {', '.join(v['packages'])} | {v['licence']} |"
-              for k, v in s["sources"].items()]
-    lines += ["", "## QA by AudioSkills skill", "", "| skill | pairs |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in s["qa"]["audioskills_by_skill"].items()]
-    lines += ["", "## QA by LongAudio category", "", "| category | pairs |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in s["qa"]["longaudio_by_category"].items()]
-    lines += ["", "## Clips by category and source", "", "| category | clips |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in s["clips"]["by_category"].items()]
-    lines += ["", "| source | clips |", "|---|---|"] + [f"| {k} | {v} |" for k, v in s["clips"]["by_source"].items()]
-    lines += ["", "## Most frequent clip labels", "", "| label | clips |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in s["clips"]["top_labels"].items()]
-    if s.get("giveaways"):
-        lines += ["", "## Multiple-choice templates that give the answer away in the text", "",
-                  "| template | give-aways |", "|---|---|"] + [f"| {t} | {k} |" for t, k in s["giveaways"].items()]
-    lines += ["", "## Manifests", "", "| manifest | items |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in s["manifests"].items()]
-    return "\n".join(lines) + "\n"

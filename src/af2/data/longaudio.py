@@ -15,9 +15,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from af2.audio import SAMPLE_RATE
 from af2.data.qa import QAPair, item_rng, multiple_choice, number_options
 
-SR = 16_000
+SR = SAMPLE_RATE  # the corpus rate, short to keep the arithmetic below readable
 CATEGORIES = ("captioning", "plot_qa", "temporal_qa", "needle_qa", "subscene_qa", "counting", "ordering", "general_qa")
 GENERATOR = "longaudio"
 THIRDS = ("the first third", "the middle third", "the last third")
@@ -129,115 +130,159 @@ def _describe(e: Event) -> str:
     return f"a {e.label}" if e.category != "music" else f"music ({e.label})"
 
 
-def longaudio_qa(tl: Timeline, seed: int = 0, clip_audio: dict[str, np.ndarray] | None = None) -> list[QAPair]:
-    """QA for every LongAudio category that the timeline supports; ``extra`` carries the evidence."""
-    rng = item_rng(seed, "longaudio", tl.id)
-    out: list[QAPair] = []
-    ev = tl.events
+class _LongBuilder:
+    """One timeline's QA, in the AudioSkills templates' pattern (``af2.data.qa.templates``): ``add``
+    appends an open pair and its multiple-choice form; one function per LongAudio category adds its
+    questions. The functions run in a fixed order because they share the item's random stream."""
 
-    def add(cat: str, template: str, q: str, a: str, distractors: Sequence[str] = (), option: str | None = None,
+    def __init__(self, tl: Timeline, seed: int, clip_audio: dict[str, np.ndarray] | None):
+        self.tl, self.ev = tl, tl.events
+        self.rng = item_rng(seed, "longaudio", tl.id)
+        self.clip_audio = clip_audio
+        self.out: list[QAPair] = []
+        self.labels = [e.label for e in self.ev]
+        self.kinds = Counter(e.category for e in self.ev)
+        # events whose label occurs once (not counting the last event): "the X" names exactly one of them
+        self.unique = [i for i, lab in enumerate(self.labels[:-1]) if self.labels.count(lab) == 1]
+
+    def add(self, cat: str, template: str, q: str, a: str, distractors: Sequence[str] = (), option: str | None = None,
             **extra: Any) -> None:
         qa = QAPair(question=q, answer=a, skill=cat, generator=GENERATOR, template=template,
-                    sources=(tl.id, *sorted({e.source_id for e in ev} - {tl.id})), extra=extra)
-        out.append(qa)
+                    sources=(self.tl.id, *sorted({e.source_id for e in self.ev} - {self.tl.id})), extra=extra)
+        self.out.append(qa)
         if distractors:
-            mcq = multiple_choice(qa, distractors, rng, answer_option=option)
+            mcq = multiple_choice(qa, distractors, self.rng, answer_option=option)
             if mcq is not None:
-                out.append(mcq)
+                self.out.append(mcq)
 
-    kinds = Counter(e.category for e in ev)
+    def pick(self, indices: Sequence[int]) -> int:
+        return indices[int(self.rng.integers(len(indices)))]
+
+
+def _real(b: _LongBuilder) -> None:
+    """A real recording (or an empty timeline): only what its metadata says."""
+    tl, ev = b.tl, b.ev
+    desc = ev[0].caption if ev else tl.title
+    b.add("captioning", "long.caption.real", "Describe the audio in detail.", desc)
+    b.add("general_qa", "long.general.length", "About how long is this recording?", f"About {clock(tl.duration)}.")
+    for key, q in (("mood", "What is the mood of this music?"), ("theme", "What kind of scene does this music accompany?")):
+        if ev and key in ev[0].attributes:
+            b.add("general_qa", f"long.general.{key}", q, ev[0].attributes[key])
+
+
+def _caption_and_plot(b: _LongBuilder) -> None:
+    tl, ev, kinds = b.tl, b.ev, b.kinds
     bed = f" Quiet background music ({tl.background['label']}) plays throughout." if tl.background else ""
-    if tl.kind == "real" or not ev:
-        desc = ev[0].caption if ev else tl.title
-        add("captioning", "long.caption.real", "Describe the audio in detail.", desc)
-        add("general_qa", "long.general.length", "About how long is this recording?", f"About {clock(tl.duration)}.")
-        for key, q in (("mood", "What is the mood of this music?"), ("theme", "What kind of scene does this music accompany?")):
-            if ev and key in ev[0].attributes:
-                add("general_qa", f"long.general.{key}", q, ev[0].attributes[key])
-        return out
-
     listing = "; ".join(f"{clock(e.start)} {_describe(e)}" for e in ev[:12])
-    add("captioning", "long.caption", "Describe the audio in detail.",
-        f"A {clock(tl.duration)} recording made of {len(ev)} separate sounds: {kinds.get('speech', 0)} speech, "
-        f"{kinds.get('music', 0)} music and {len(ev) - kinds.get('speech', 0) - kinds.get('music', 0)} other sound "
-        f"events, separated by short pauses. It begins with {_describe(ev[0])} and ends with {_describe(ev[-1])}."
-        f"{bed} Timeline: {listing}{' ...' if len(ev) > 12 else ''}.")
+    b.add("captioning", "long.caption", "Describe the audio in detail.",
+          f"A {clock(tl.duration)} recording made of {len(ev)} separate sounds: {kinds.get('speech', 0)} speech, "
+          f"{kinds.get('music', 0)} music and {len(ev) - kinds.get('speech', 0) - kinds.get('music', 0)} other sound "
+          f"events, separated by short pauses. It begins with {_describe(ev[0])} and ends with {_describe(ev[-1])}."
+          f"{bed} Timeline: {listing}{' ...' if len(ev) > 12 else ''}.")
     thirds = [[e for e in ev if i * tl.duration / 3 <= e.start < (i + 1) * tl.duration / 3] for i in range(3)]
     parts = [", ".join(dict.fromkeys(_describe(e) for e in part[:4])) or "silence" for part in thirds]
-    add("plot_qa", "long.plot", "How does the recording unfold from beginning to end?",
-        f"At the start there is {parts[0]}. In the middle there is {parts[1]}. Towards the end there is {parts[2]}.")
-    add("plot_qa", "long.plot.ending", "How does the recording end?", f"It ends with {_describe(ev[-1])}, "
-        f"from {clock(ev[-1].start)} to {clock(ev[-1].end)}.")
-    labels = [e.label for e in ev]
-    all_labels = sorted(set(labels))
-    # temporal: what happens at a time, what comes right after X, when does X happen
-    times = [_event_time(clip_audio.get(e.source_id) if clip_audio else None, e) for e in ev]
+    b.add("plot_qa", "long.plot", "How does the recording unfold from beginning to end?",
+          f"At the start there is {parts[0]}. In the middle there is {parts[1]}. Towards the end there is {parts[2]}.")
+    b.add("plot_qa", "long.plot.ending", "How does the recording end?", f"It ends with {_describe(ev[-1])}, "
+          f"from {clock(ev[-1].start)} to {clock(ev[-1].end)}.")
+
+
+def _temporal(b: _LongBuilder) -> None:
+    """What happens at a time, what comes right after X, when does X happen, in which third."""
+    ev, labels, unique = b.ev, b.labels, b.unique
+    times = [_event_time(b.clip_audio.get(e.source_id) if b.clip_audio else None, e) for e in ev]
     # only events that hold a whole second can be asked about, so only those are distractors: otherwise the
     # answer would be a long event (a long description) more often than the distractors
     askable = [i for i, t in enumerate(times) if t is not None]
-    for i in rng.permutation(len(askable))[:3]:
+    for i in b.rng.permutation(len(askable))[:3]:
         e, t = ev[askable[int(i)]], times[askable[int(i)]]
-        add("temporal_qa", "long.temporal.at", f"What can be heard at {clock(t)}?", _describe(e),
-            distractors=[_describe(ev[k]) for k in askable if ev[k].label != e.label], time=t, event=askable[int(i)])
-    unique = [i for i, lab in enumerate(labels[:-1]) if labels.count(lab) == 1]
-    if unique:
-        i = unique[int(rng.integers(len(unique)))]
-        add("temporal_qa", "long.temporal.after", f"What comes right after the {labels[i]}?", _describe(ev[i + 1]),
-            distractors=[_describe(x) for x in ev if x.label not in (labels[i], labels[i + 1])][:12], event=i + 1)
-        j = unique[int(rng.integers(len(unique)))]
-        add("temporal_qa", "long.temporal.when", f"When does the {labels[j]} occur?",
-            f"From {clock(ev[j].start)} to {clock(ev[j].end)}.", event=j,
-            distractors=[f"From {clock(x.start)} to {clock(x.end)}." for x in ev if x.label != labels[j]])
-        k = unique[int(rng.integers(len(unique)))]
-        part = min(2, int(3 * (ev[k].start + ev[k].end) / 2 / tl.duration))
-        add("temporal_qa", "long.temporal.part", f"In which part of the recording is the {labels[k]} heard: the first "
-            "third, the middle third or the last third?", THIRDS[part], distractors=THIRDS, event=k)
-    # needle in a haystack: a single speech event among many
+        b.add("temporal_qa", "long.temporal.at", f"What can be heard at {clock(t)}?", _describe(e),
+              distractors=[_describe(ev[k]) for k in askable if ev[k].label != e.label], time=t, event=askable[int(i)])
+    if not unique:
+        return
+    i = b.pick(unique)
+    b.add("temporal_qa", "long.temporal.after", f"What comes right after the {labels[i]}?", _describe(ev[i + 1]),
+          distractors=[_describe(x) for x in ev if x.label not in (labels[i], labels[i + 1])][:12], event=i + 1)
+    j = b.pick(unique)
+    b.add("temporal_qa", "long.temporal.when", f"When does the {labels[j]} occur?",
+          f"From {clock(ev[j].start)} to {clock(ev[j].end)}.", event=j,
+          distractors=[f"From {clock(x.start)} to {clock(x.end)}." for x in ev if x.label != labels[j]])
+    k = b.pick(unique)
+    part = min(2, int(3 * (ev[k].start + ev[k].end) / 2 / b.tl.duration))
+    b.add("temporal_qa", "long.temporal.part", f"In which part of the recording is the {labels[k]} heard: the first "
+          "third, the middle third or the last third?", THIRDS[part], distractors=THIRDS, event=k)
+
+
+def _needle(b: _LongBuilder) -> None:
+    """A needle in a haystack: a single speech event (and its slots), or a single sound among many."""
+    ev, labels = b.ev, b.labels
     speech = [i for i, e in enumerate(ev) if e.transcript and labels.count(e.label) == 1]
     if speech:
-        i = speech[int(rng.integers(len(speech)))]
+        i = b.pick(speech)
         e = ev[i]
-        add("needle_qa", "long.needle.say", "At one point a voice speaks. What does it say?",
-            f"\"{e.transcript}\" (at {clock(e.start)}).", event=i)
+        b.add("needle_qa", "long.needle.say", "At one point a voice speaks. What does it say?",
+              f"\"{e.transcript}\" (at {clock(e.start)}).", event=i)
         slots = e.attributes.get("slots", {})
         for slot, question in sorted(e.attributes.get("slot_questions", {}).items())[:1]:
-            add("needle_qa", f"long.needle.slot.{slot}", f"Somewhere in the recording a voice makes an announcement. "
-                f"{question}", str(slots[slot]), event=i)
-    if unique:
-        i = unique[int(rng.integers(len(unique)))]
-        add("needle_qa", "long.needle.find", f"Is there a {labels[i]} anywhere in the recording? If so, when?",
-            f"Yes, at {clock(ev[i].start)}.", event=i)
-    # subscene: describe a 30 s window
-    if tl.duration >= 20:
-        span = 30 if tl.duration >= 60 else 10
-        a = float(rng.integers(0, int(tl.duration - span)))
-        inside = [e for e in ev if e.end > a and e.start < a + span]
-        add("subscene_qa", "long.subscene", f"Describe what happens between {clock(a)} and {clock(a + span)}.",
-            ("; ".join(f"at {clock(max(e.start, a))} {_describe(e)}" for e in inside) or "Nothing but silence")
-            + ".", window=[a, a + span])
-    # counting
-    counts = Counter(labels)
-    lab, n = counts.most_common(1)[0]
-    add("counting", "long.count.repeat", f"How many times is the {lab} heard?", f"{n} {'time' if n == 1 else 'times'}.",
-        distractors=number_options(n, rng, lambda k: f"{k} {'time' if k == 1 else 'times'}."))
-    add("counting", "long.count.speech", "How many times does someone speak?", f"{kinds.get('speech', 0)}.")
-    add("counting", "long.count.events", "How many separate sound events are there in total?", f"{len(ev)}.")
-    # ordering
+            b.add("needle_qa", f"long.needle.slot.{slot}", f"Somewhere in the recording a voice makes an announcement. "
+                  f"{question}", str(slots[slot]), event=i)
+    if b.unique:
+        i = b.pick(b.unique)
+        b.add("needle_qa", "long.needle.find", f"Is there a {labels[i]} anywhere in the recording? If so, when?",
+              f"Yes, at {clock(ev[i].start)}.", event=i)
+
+
+def _subscene(b: _LongBuilder) -> None:
+    """Describe a 30-s window (10 s in recordings under a minute)."""
+    tl = b.tl
+    if tl.duration < 20:
+        return
+    span = 30 if tl.duration >= 60 else 10
+    a = float(b.rng.integers(0, int(tl.duration - span)))
+    inside = [e for e in b.ev if e.end > a and e.start < a + span]
+    b.add("subscene_qa", "long.subscene", f"Describe what happens between {clock(a)} and {clock(a + span)}.",
+          ("; ".join(f"at {clock(max(e.start, a))} {_describe(e)}" for e in inside) or "Nothing but silence")
+          + ".", window=[a, a + span])
+
+
+def _counting(b: _LongBuilder) -> None:
+    lab, n = Counter(b.labels).most_common(1)[0]
+    b.add("counting", "long.count.repeat", f"How many times is the {lab} heard?", f"{n} {'time' if n == 1 else 'times'}.",
+          distractors=number_options(n, b.rng, lambda k: f"{k} {'time' if k == 1 else 'times'}."))
+    b.add("counting", "long.count.speech", "How many times does someone speak?", f"{b.kinds.get('speech', 0)}.")
+    b.add("counting", "long.count.events", "How many separate sound events are there in total?", f"{len(b.ev)}.")
+
+
+def _ordering(b: _LongBuilder) -> None:
+    ev, labels = b.ev, b.labels
     if len(ev) >= 3:
-        add("ordering", "long.order.first3", "List the first three sounds in order.",
-            ", then ".join(_describe(e) for e in ev[:3]) + ".")
-    if len(unique) >= 2:
-        i, j = sorted(int(k) for k in rng.choice(unique, size=2, replace=False))
-        named = (j, i) if rng.random() < 0.5 else (i, j)  # the first-named sound is not always the answer
-        qa_text = f"Which is heard first, the {labels[named[0]]} or the {labels[named[1]]}?"
-        add("ordering", "long.order.pair", qa_text,
-            f"The {labels[i]} ({clock(ev[i].start)}), before the {labels[j]} ({clock(ev[j].start)}).",
-            distractors=[labels[j]], option=labels[i], first=i, second=j)
-    # general
-    add("general_qa", "long.general.speech", "Is there any speech in this recording?",
-        "Yes." if kinds.get("speech") else "No.")  # open only: with a spoken needle the answer is nearly always yes
-    add("general_qa", "long.general.music", "Is there background music?",
-        f"Yes, {tl.background['label']}." if tl.background else "No, only separate sounds with silence between them.")
-    add("general_qa", "long.general.kinds", "What kinds of sounds make up this recording?",
-        ", ".join(all_labels[:15]) + ("..." if len(all_labels) > 15 else "") + ".")
-    return out
+        b.add("ordering", "long.order.first3", "List the first three sounds in order.",
+              ", then ".join(_describe(e) for e in ev[:3]) + ".")
+    if len(b.unique) >= 2:
+        i, j = sorted(int(k) for k in b.rng.choice(b.unique, size=2, replace=False))
+        named = (j, i) if b.rng.random() < 0.5 else (i, j)  # the first-named sound is not always the answer
+        b.add("ordering", "long.order.pair", f"Which is heard first, the {labels[named[0]]} or the {labels[named[1]]}?",
+              f"The {labels[i]} ({clock(ev[i].start)}), before the {labels[j]} ({clock(ev[j].start)}).",
+              distractors=[labels[j]], option=labels[i], first=i, second=j)
+
+
+def _general(b: _LongBuilder) -> None:
+    tl, all_labels = b.tl, sorted(set(b.labels))
+    b.add("general_qa", "long.general.speech", "Is there any speech in this recording?",
+          "Yes." if b.kinds.get("speech") else "No.")  # open only: with a spoken needle the answer is nearly always yes
+    b.add("general_qa", "long.general.music", "Is there background music?",
+          f"Yes, {tl.background['label']}." if tl.background else "No, only separate sounds with silence between them.")
+    b.add("general_qa", "long.general.kinds", "What kinds of sounds make up this recording?",
+          ", ".join(all_labels[:15]) + ("..." if len(all_labels) > 15 else "") + ".")
+
+
+# In this order: they draw from one random stream per item, so reordering changes every corpus.
+_COMPOSED = (_caption_and_plot, _temporal, _needle, _subscene, _counting, _ordering, _general)
+
+
+def longaudio_qa(tl: Timeline, seed: int = 0, clip_audio: dict[str, np.ndarray] | None = None) -> list[QAPair]:
+    """QA for every LongAudio category that the timeline supports; ``extra`` carries the evidence."""
+    b = _LongBuilder(tl, seed, clip_audio)
+    for make in (_real,) if tl.kind == "real" or not tl.events else _COMPOSED:
+        make(b)
+    return b.out

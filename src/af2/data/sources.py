@@ -19,7 +19,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from af2.errors import SourceError
-from af2.data.audio_io import load_mono_16k, normalise_peak, trim_silence
+from af2.audio import SAMPLE_RATE
+from af2.audio.clips import normalise_peak, trim_silence
+from af2.audio.decode import load_mono
 
 # name -> path prefixes that belong to it; nothing under these may enter the corpus.
 RESERVED: dict[str, tuple[str, ...]] = {
@@ -68,7 +70,7 @@ class Clip:
 
     @property
     def duration(self) -> float:
-        return len(self.audio) / 16_000
+        return len(self.audio) / SAMPLE_RATE
 
     def meta(self) -> dict[str, Any]:
         out = {"id": self.id, "source": self.source, "category": self.category, "label": self.label,
@@ -113,7 +115,7 @@ class BuildContext:
 
 def _load(path: Path, *, trim: bool = True) -> np.ndarray:
     check_not_reserved(path)
-    x = load_mono_16k(path)
+    x = load_mono(path)
     return normalise_peak(trim_silence(x) if trim else x)
 
 
@@ -185,7 +187,7 @@ def sfx_context(label: str, source: str) -> str:
 
 def _sfx_clip(path: Path, source: str, ctx: BuildContext) -> Clip | None:
     x = _load(path)
-    if not (0.15 <= len(x) / 16_000 <= 30.0):
+    if not (0.15 <= len(x) / SAMPLE_RATE <= 30.0):
         return None
     label = SFX_NAMES.get(path.stem, _words(path.stem))
     caption = f"A {label} sound effect from {GAME_CONTEXT[source]}."

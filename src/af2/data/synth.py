@@ -15,7 +15,9 @@ from typing import Iterator
 
 import numpy as np
 
-from af2.data.audio_io import load_mono_16k, normalise_peak, trim_silence
+from af2.audio import SAMPLE_RATE
+from af2.audio.clips import normalise_peak, trim_silence
+from af2.audio.decode import load_mono
 from af2.data.sources import BuildContext, Clip, check_not_reserved
 from af2.errors import SourceError
 
@@ -47,9 +49,9 @@ def tempo_word(bpm: int) -> str:
 def render_midi(midi_path: Path, sf2: Path, gain: float = 1.0) -> np.ndarray:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.wav"
-        subprocess.run(["fluidsynth", "-ni", "-q", "-g", str(gain), "-r", "16000", "-F", str(out), str(sf2),
+        subprocess.run(["fluidsynth", "-ni", "-q", "-g", str(gain), "-r", str(SAMPLE_RATE), "-F", str(out), str(sf2),
                         str(midi_path)], check=True, capture_output=True, timeout=120)
-        return load_mono_16k(out)
+        return load_mono(out)
 
 
 def _midi_notes(rng: np.random.Generator, tonic: int, mode: str, pattern: str) -> list[int]:
@@ -155,14 +157,14 @@ def collect_music21(ctx: BuildContext, count: int = 160, seconds: float = 20.0) 
             with tempfile.TemporaryDirectory() as tmp:
                 mid = Path(tmp) / "s.mid"
                 excerpt.write("midi", fp=str(mid))
-                x = trim_silence(render_midi(mid, sf2))[: int(seconds * 16_000)]
+                x = trim_silence(render_midi(mid, sf2))[: int(seconds * SAMPLE_RATE)]
         except subprocess.TimeoutExpired:
             ctx.skipped["music21 render timed out"] += 1
             continue
         except Music21Exception as exc:  # some corpus scores have malformed repeats etc.: named, counted skip
             ctx.skipped[f"music21 score unusable ({type(exc).__name__})"] += 1
             continue
-        if len(x) < 16_000:
+        if len(x) < SAMPLE_RATE:
             ctx.skipped["music21 excerpt shorter than 1 s"] += 1
             continue
         title = Path(path).stem
@@ -339,7 +341,7 @@ def collect_tts(ctx: BuildContext, per_voice: int = 150, engines: tuple[str, ...
         if piper_jobs:
             _piper_render(piper_jobs)
         for engine, voice, gender, desc, sentence, rate, out, i in plan:
-            x = normalise_peak(trim_silence(load_mono_16k(out)))
+            x = normalise_peak(trim_silence(load_mono(out)))
             yield Clip(id=f"tts/{engine}-{voice}/{i:04d}", source=f"tts-{engine}", category="speech",
                        label=f"speech: {sentence['situation']}",
                        caption=f"A {gender} synthetic voice says: \"{sentence['text']}\"", audio=x,

@@ -75,6 +75,7 @@ class AF2Adapter:
     def __init__(self, model: str | None, device: str = "cpu", dtype: str = "float32", max_new_tokens: int = 256,
                  audio_control: str = "own"):
         from af2 import inference
+        from af2.checkpoint.folder import resolve_model_dir
 
         if audio_control not in AUDIO_CONTROLS:
             raise ValueError(f"audio_control {audio_control!r}: choose one of {', '.join(AUDIO_CONTROLS)}")
@@ -84,7 +85,7 @@ class AF2Adapter:
         self.generation = {"max_new_tokens": max_new_tokens, "do_sample": False}
         self.pipeline = (inference.load(device=device, dtype=dtype) if model is None
                          else inference.load(model, device=device, dtype=dtype))
-        self.model_dir = inference.resolve_model_dir(self.model_id)
+        self.model_dir = resolve_model_dir(self.model_id)
         if audio_control == "zero-gates":
             zero_gates(self.pipeline.model)
 

@@ -14,13 +14,17 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from af2.audio import log_mel
+from af2.audio.features import log_mel
 from af2.config import AF2Config
 from af2.model.audio_transformer import AudioTransformer
 from af2.model.htsat import HTSAT
 from af2.model.xattn import AudioContext, GatedCrossAttentionBlock, XAttnDecoderLayer
 
 TOKENS_PER_WINDOW = 64
+# Where the base LM's parts sit in AF2Model's state dict: any Hugging Face causal LM whose decoder
+# layers live at ``model.layers`` (Qwen2, Llama), under ``lm.``. A tied LM head is an alias of the embedding.
+EMBEDDING_KEY = "lm.model.embed_tokens.weight"
+LM_HEAD_KEY = "lm.lm_head.weight"
 
 
 def build_lm(cfg: AF2Config) -> PreTrainedModel:

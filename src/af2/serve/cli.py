@@ -8,9 +8,9 @@ import logging
 import os
 import sys
 
-from af2.ask import DEFAULT_MODEL_ENV
 from af2.errors import RequestError
 from af2.inference import DEFAULT_MODEL
+from af2.registry import DEFAULT_MODEL_ENV
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -19,7 +19,8 @@ from af2.config import AF2Config
 from af2.errors import ConfigError
 from af2.tokens import IGNORE_INDEX, special_token_ids
 from af2.train.config import TrainConfig
-from af2.train.data import Collator, ManifestDataset, blended_items
+from af2.data.dataset import ManifestDataset
+from af2.train.data import Collator, blended_items
 from af2.train.distributed import unwrap
 from af2.train.engine import Task
 from af2.train.tower_cache import TowerCache

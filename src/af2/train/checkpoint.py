@@ -28,7 +28,8 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from af2.errors import CheckpointError
 from af2.train.distributed import DistInfo, barrier, gather_objects, unwrap
 from af2.train.lora import join_lora_state, split_lora_state
-from af2.checkpoint import expand_saved_state, load_state_dict_strict, read_model_folder_config, tied_aliases
+from af2.checkpoint.folder import expand_saved_state, read_model_folder_config
+from af2.checkpoint.weights import load_state_dict_strict, tied_aliases
 from af2.train.sampler import Position
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)

@@ -234,9 +234,5 @@ def load_train_config(recipe: str, overrides: dict[str, Any] | None = None) -> T
         raise ConfigError(f"{path}: {exc}") from exc
 
 
-def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    return config_from_dict(TrainConfig, data)
-
-
 def dump_train_config(cfg: TrainConfig) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

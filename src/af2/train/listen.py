@@ -22,7 +22,7 @@ from af2.audio import pad_windows
 from af2.data.manifest import ManifestItem, read_manifest
 from af2.model.af2 import AF2Model
 from af2.tokens import inference_prompt
-from af2.train.data import ManifestDataset
+from af2.data.dataset import ManifestDataset
 from af2.train.stages import train_mode
 
 _ANSWER = re.compile(r"^\(([a-h])\)", re.IGNORECASE)

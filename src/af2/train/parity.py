@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from af2.checkpoint import alias_target, load_official, official_to_ours
+from af2.checkpoint.official import alias_target, load_official, official_to_ours
 from af2.config import AF2Config, AudioConfig, AudioTransformerConfig, HTSATConfig, TokensConfig, XAttnConfig
 from af2.errors import CheckpointError
 from af2.parity import Check, compare

@@ -10,15 +10,17 @@ from safetensors.torch import load_file
 
 from af2.config import AF2Config, af2_config, apply_overrides, nano_config, tiny_config
 from af2.base_lm import load_base_lm, resolve_base_lm
-from af2.checkpoint import BaseRef, save_pretrained
+from af2.checkpoint.folder import BaseRef, save_pretrained
 from af2.errors import CheckpointError, ConfigError
 from af2.model.af2 import AF2Model
 from af2.tokens import add_special_tokens
 from af2.train.alm import alm_task, with_training_options
 from af2.train.checkpoint import latest_checkpoint, load_weights
-from af2.train.clap import text_encoder_dir, AFClap, ClapCollator, build_text_encoder, clap_loss, export_audio_tower
+from af2.model.clap import AFClap
+from af2.train.clap import text_encoder_dir, ClapCollator, build_text_encoder, clap_loss, export_audio_tower
 from af2.train.config import TrainConfig
-from af2.train.data import ManifestDataset, blended_items
+from af2.data.dataset import ManifestDataset
+from af2.train.data import blended_items
 from af2.train.distributed import init_distributed, shutdown, unwrap
 from af2.train.engine import Task, TrainResult, train
 from af2.train.listen import listen_check, multiple_choice_items
@@ -36,7 +38,7 @@ def model_config(cfg: TrainConfig) -> AF2Config:
 def load_tokenizer(path: str, what: str):
     if not path:
         raise ConfigError(f"{what} is required: a local tokenizer folder")
-    from af2.checkpoint import load_tokenizer as load  # one loader: offline failures are one-line errors
+    from af2.base_lm import load_tokenizer as load  # one loader: offline failures are one-line errors
 
     try:
         return load(path)
@@ -115,7 +117,8 @@ def build_clap_task(cfg: TrainConfig) -> Task:
     """Stage 0: AF-CLAP on (clip, captions) items; each checkpoint also holds audio_tower.safetensors."""
     arch = model_config(cfg)
     torch.manual_seed(cfg.seed)
-    model = AFClap(arch.htsat, arch.audio, cfg.clap, build_text_encoder(cfg.clap))
+    model = AFClap(arch.htsat, arch.audio, build_text_encoder(cfg.clap), embed_dim=cfg.clap.embed_dim,
+                   logit_scale_init=cfg.clap.logit_scale_init)
     if cfg.init_checkpoint:
         load_weights(model, cfg.init_checkpoint)
     apply_stage(model, cfg.trainable)

@@ -29,7 +29,7 @@ GROUP_PATTERNS: dict[str, Callable[[str], bool]] = {
     "xattn": lambda n: re.match(r"lm\.model\.layers\.\d+\.xattn\.", n) is not None,
     "embeddings": lambda n: n == "lm.model.embed_tokens.weight",
     "lora": lambda n: re.search(r"\.lora_[ab]\.weight$", n) is not None,
-    # stage 0 (af2.train.clap.AFClap): the text tower and both projection heads
+    # stage 0 (af2.model.clap.AFClap): the text tower and both projection heads
     "text_tower": lambda n: n.startswith("text_encoder."),
     "projections": lambda n: n.startswith(("audio_projection.", "text_projection.")) or n == "logit_scale",
 }

@@ -1,4 +1,4 @@
-"""Model commands: ``af2 check-parity``, ``af2 check-train-parity`` and ``af2 convert``."""
+"""Model folders: ``af2 convert`` (NVIDIA's layout -> af2's), ``af2 export`` (a run's model) and ``af2 base-lm``."""
 
 from __future__ import annotations
 
@@ -8,25 +8,6 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("check-parity", help="compare against a golden fixture computed by the official code",
-                       description="Load a golden fixture (config.json, cases.json, checkpoint/, audio/, "
-                                   "expected.safetensors), run every case and the batch, print each tensor's "
-                                   "error against the fixture's tolerances; exit 0 only if all pass.")
-    p.add_argument("fixture", type=Path, help="fixture folder, e.g. ../shared/fixtures/af2-golden-a")
-    p.set_defaults(func=_check_parity)
-
-    p = sub.add_parser("check-train-parity", help="compare one training step against a golden training fixture",
-                       description="Load a golden TRAINING fixture (config.json, cases.json, checkpoint/, manifests/, "
-                                   "audio/, expected.safetensors) computed by the official trainer, run af2's own "
-                                   "data path and one training step (stage-1 freezing, loss, backward, embedding-row "
-                                   "mask, clip, AdamW) per cross-attention variant, print each tensor's error and a "
-                                   "per-group summary; exit 0 only if all pass.")
-    p.add_argument("fixture", type=Path, help="fixture folder, e.g. ../shared/fixtures/af2-train-golden-a")
-    p.add_argument("--variant", action="append", default=None,
-                   help="run only this variant of the fixture (repeatable; default: every variant it records, "
-                        "e.g. a_full_xattn = xattn_mask full, b_fewshot_mask = xattn_mask official_fewshot)")
-    p.set_defaults(func=_check_train_parity)
-
     p = sub.add_parser("convert", help="convert an official AF2 checkpoint folder to af2's format",
                        description="Read NVIDIA's released layout (safe_ckpt/ + clap_ckpt/) plus the base LM's "
                                    "config and tokenizer, check every key, write config.json + model.safetensors "
@@ -58,39 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_base_lm)
 
 
-def _check_parity(args: argparse.Namespace) -> int:
-    import torch
-
-    from af2.parity import run_parity
-
-    torch.manual_seed(0)
-    checks = run_parity(args.fixture)
-    failed = [c for c in checks if not c.passed]
-    print(f"\n{len(checks) - len(failed)} passed, {len(failed)} failed")
-    return 1 if failed else 0
-
-
-def _check_train_parity(args: argparse.Namespace) -> int:
-    import torch
-
-    from af2.train.parity import run_train_parity, summarise
-
-    torch.manual_seed(0)
-    checks = run_train_parity(args.fixture, args.variant)
-    failed = [c for c in checks if not c.passed]
-    print("\nper group:")
-    for line in summarise(checks):
-        print(line)
-    print(f"\n{len(checks) - len(failed)} passed, {len(failed)} failed")
-    return 1 if failed else 0
-
-
 def _convert(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from af2.checkpoint import load_official, save_pretrained
+    from af2.checkpoint.folder import save_pretrained
+    from af2.checkpoint.official import load_official, official_base_lm
     from af2.config import load_config_yaml
-    from af2.inference import official_base_lm
 
     cfg = load_config_yaml(args.config) if args.config else None  # None: sizes read from the shapes
     if args.base_lm is None and (args.official_dir / "safe_ckpt").is_dir() and \
@@ -107,7 +61,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from af2.checkpoint import export_model_folder
+    from af2.checkpoint.folder import export_model_folder
 
     out = export_model_folder(args.source, args.out_dir)
     size = sum(f.stat().st_size for f in out.iterdir()) / 1e6

@@ -1,26 +1,27 @@
-"""The AF2 audio front end (spec section 1): decode, normalise, window, log-mel.
+"""Decoding (spec 1.1): any file, bytes or array -> normalised mono float64 at 16 kHz; header probing.
 
-Pure functions in the style of whisper's ``audio.py``. The order of operations reproduces the
-official ``read_audio`` / ``load_audio`` / ``CLAP.get_mel`` bit for bit where the golden fixture
-checks it (windows) and to ~1e-4 dB where it does not need to (mel):
+The one decoder of af2 (inference, the server, the training data, the corpus builder) and the one
+header prober (``af2 data check``). Pure functions in the style of whisper's ``audio.py``. The
+order of operations reproduces the official ``read_audio`` / ``load_audio`` bit for bit where the
+golden fixture checks it (windows):
 
     read at most max_seconds -> /peak if peak > 1 -> resample to 16 kHz (soxr HQ)
-    -> first channel -> peak-normalise -> int16 round trip -> 10-s windows -> log-mel
+    -> first channel -> peak-normalise -> int16 round trip
 
 Every float step before the windows are cast to float32 runs in float64, as numpy does in the
-official code; doing them in float32 puts some samples 1 LSB off.
+official code; doing them in float32 puts some samples 1 LSB off. Windows and log-mel live in
+``af2.audio.features``.
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import math
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence, Union
+from typing import Literal, Union
 
 import av
 import numpy as np
@@ -28,10 +29,11 @@ import soundfile as sf
 import soxr
 import torch
 
-from af2.errors import AudioError  # noqa: F401  (re-exported: raised here, defined in af2.errors)
+from af2.audio import SAMPLE_RATE
+from af2.audio.features import make_windows, max_read_seconds
 from af2.config import AudioConfig
+from af2.errors import AudioError  # noqa: F401  (re-exported: raised here, defined in af2.errors)
 
-SAMPLE_RATE = 16_000  # hard-coded by the official code (compute_sliding_window, inference.py)
 INT16_MAX = 32767  # np.iinfo(np.int16).max: the official round trip multiplies and divides by it
 RESAMPLE_QUALITY = "HQ"  # librosa 0.11 default res_type 'soxr_hq'
 # A decode that yields fewer frames than the header promised, by more than this, is a truncated file.
@@ -73,11 +75,6 @@ class DecodedAudio:
     @property
     def num_samples(self) -> int:
         return int(self.samples.shape[0])
-
-
-def max_read_seconds(cfg: AudioConfig) -> float:
-    """Seconds the official loader reads: max_windows * (window - overlap) + overlap."""
-    return cfg.max_windows * (cfg.window_seconds - cfg.window_overlap_seconds) + cfg.window_overlap_seconds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,106 +337,48 @@ def load_audio(source: AudioSource, *, sample_rate: int = SAMPLE_RATE, max_secon
                         truncated_s=truncated_s, source=name)
 
 
-# ---------------------------------------------------------------------------------------------
-# windowing
+def load_mono(source: AudioSource, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode ``source`` to mono float32 at ``sample_rate``: the channels averaged, the level kept.
 
-
-def num_windows(num_samples: int, cfg: AudioConfig) -> int:
-    """Windows the official loader cuts from ``num_samples`` samples (spec 1.2)."""
-    size, hop = cfg.window_samples, cfg.hop_samples
-    if num_samples <= size:
-        return 1
-    return min(cfg.max_windows, 1 + math.ceil((num_samples - size) / hop))
-
-
-def make_windows(samples: np.ndarray | torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
-    """Cut (T,) audio into zero-padded windows (W, window_samples) float32, W <= cfg.max_windows."""
-    x = torch.as_tensor(samples)
-    if x.ndim != 1 or x.shape[0] == 0:
-        raise ValueError(f"make_windows expects non-empty 1-D audio, got shape {tuple(x.shape)}")
-    if cfg.hop_samples <= 0:
-        raise ValueError(f"window_overlap_seconds ({cfg.window_overlap_seconds}) must be below "
-                         f"window_seconds ({cfg.window_seconds})")
-    size, hop = cfg.window_samples, cfg.hop_samples
-    w = num_windows(x.shape[0], cfg)
-    full = (w - 1) * hop + size
-    # Cast after padding: float64 k/32767 -> float32 is the official (x / 32767.0).astype(float32).
-    padded = torch.zeros(full, dtype=x.dtype)
-    keep = min(full, x.shape[0])
-    padded[:keep] = x[:keep]
-    return padded.unfold(0, size, hop).to(torch.float32).contiguous()  # (W, S)
-
-
-def pad_windows(windows: Sequence[np.ndarray | torch.Tensor], max_windows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack per-clip windows (W_i, S) into (B, Wmax, S) float32 plus a (B, Wmax) mask (1 = real).
-
-    Wmax is the largest W_i; a clip with more than ``max_windows`` windows is an error, since
-    make_windows never produces one.
+    The corpus builder's loader: the same decoders and resampler as ``load_audio``, without the
+    official peak normalisation and int16 round trip (the corpus normalises clips its own way).
     """
-    if len(windows) == 0:
-        raise ValueError("pad_windows needs at least one clip")
-    clips = [torch.as_tensor(w, dtype=torch.float32) for w in windows]
-    for i, clip in enumerate(clips):
-        if clip.ndim != 2 or clip.shape[1] != clips[0].shape[1] or clip.shape[0] == 0:
-            raise ValueError(f"clip {i} has windows of shape {tuple(clip.shape)}; expected (W, "
-                             f"{clips[0].shape[1]}) with W >= 1")
-        if clip.shape[0] > max_windows:
-            raise ValueError(f"clip {i} has {clip.shape[0]} windows, more than max_windows={max_windows}; "
-                             "make its windows with the same AudioConfig.max_windows")
-    lengths = torch.tensor([clip.shape[0] for clip in clips])
-    batch = torch.nn.utils.rnn.pad_sequence(clips, batch_first=True)  # (B, Wmax, S), zero padded
-    mask = (torch.arange(batch.shape[1])[None, :] < lengths[:, None]).to(torch.float32)  # (B, Wmax)
-    return batch, mask
+    data, source_rate, _ = _decode(source, None, _describe(source))
+    mono = data.mean(axis=1) if data.shape[0] else np.zeros(0)
+    return np.ascontiguousarray(_resample(mono, source_rate, sample_rate), dtype=np.float32)
 
 
-# ---------------------------------------------------------------------------------------------
-# log-mel
+@dataclass(frozen=True)
+class AudioHeader:
+    """What a file's header says, without decoding it: its rate, channels and length (None if unsaid)."""
+
+    sample_rate: int
+    channels: int
+    duration_s: float | None
 
 
-def _hz_to_mel(hz: float) -> float:
-    return 2595.0 * math.log10(1.0 + hz / 700.0)  # HTK
+def probe(path: str | os.PathLike) -> AudioHeader:
+    """Read the header of ``path`` (libsndfile first, FFmpeg for everything else); no decoding.
 
-
-@functools.lru_cache(maxsize=16)
-def _mel_filters(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float,
-                 device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """HTK triangular filterbank (n_fft//2+1, n_mels), no area normalisation (torchaudio semantics).
-
-    Built in float32 like torchaudio's default, then cast. Cached: treat the result as read-only.
+    Raises AudioError when neither can open it.
     """
-    freqs = torch.linspace(0, sample_rate // 2, n_fft // 2 + 1)
-    mels = torch.linspace(_hz_to_mel(f_min), _hz_to_mel(f_max), n_mels + 2)
-    edges = 700.0 * (10.0 ** (mels / 2595.0) - 1.0)  # (n_mels + 2,) Hz
-    widths = edges[1:] - edges[:-1]
-    slopes = edges[None, :] - freqs[:, None]  # (n_freqs, n_mels + 2)
-    rising = (-1.0 * slopes[:, :-2]) / widths[:-1]
-    falling = slopes[:, 2:] / widths[1:]
-    fb = torch.clamp(torch.minimum(rising, falling), min=0.0)
-    return fb.to(device=device, dtype=dtype)
-
-
-@functools.lru_cache(maxsize=16)
-def _hann(win_length: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return torch.hann_window(win_length, periodic=True, dtype=torch.float32).to(device=device, dtype=dtype)
-
-
-def log_mel(windows: torch.Tensor, cfg: AudioConfig = AudioConfig()) -> torch.Tensor:
-    """Log-mel in dB of audio windows: (..., S) -> (..., frames, n_mels), e.g. (W, 160000) -> (W, 1001, 64).
-
-    torchaudio MelSpectrogram (periodic Hann, centred reflect-padded STFT, power 2, HTK mels, no
-    norm) then AmplitudeToDB(top_db=None) = 10*log10(max(P, amin)). Batched, differentiable;
-    half-precision inputs are computed in float32.
-    """
-    x = windows if windows.dtype in (torch.float32, torch.float64) else windows.float()
-    lead, length = x.shape[:-1], x.shape[-1]
-    spec = torch.stft(x.reshape(-1, length), n_fft=cfg.n_fft, hop_length=cfg.hop_length,
-                      win_length=cfg.win_length, window=_hann(cfg.win_length, x.device, x.dtype),
-                      center=True, pad_mode="reflect", normalized=False, onesided=True, return_complex=True)
-    power = spec.abs().pow(2.0)  # (N, n_freqs, frames)
-    fb = _mel_filters(cfg.sample_rate, cfg.n_fft, cfg.n_mels, float(cfg.f_min), float(cfg.f_max), x.device, x.dtype)
-    mel = torch.matmul(power.transpose(-1, -2), fb)  # (N, frames, n_mels)
-    db = 10.0 * torch.log10(torch.clamp(mel, min=cfg.amin))
-    return db.reshape(*lead, *db.shape[-2:])
+    try:
+        info = sf.info(str(path))
+        if info.samplerate > 0 and info.frames > 0:
+            return AudioHeader(info.samplerate, info.channels, info.frames / info.samplerate)
+    except (RuntimeError, sf.LibsndfileError):
+        pass
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.audio[0]
+            rate, channels = stream.rate or 0, stream.channels or 0
+            if container.duration is not None:
+                return AudioHeader(rate, channels, container.duration / 1_000_000)  # av.time_base
+            if stream.duration is None or stream.time_base is None:
+                return AudioHeader(rate, channels, None)
+            return AudioHeader(rate, channels, float(stream.duration * stream.time_base))
+    except (av.FFmpegError, IndexError, OSError) as exc:
+        raise AudioError(f"{path}: cannot read an audio header ({exc})") from exc
 
 
 # ---------------------------------------------------------------------------------------------

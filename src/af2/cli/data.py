@@ -49,6 +49,10 @@ def register(subparsers) -> None:
     qa.add_argument("--cache-dir", type=Path, default=Path(".af2-llm-cache"))
     qa.set_defaults(func=_qa)
 
+    _register_corpus(subparsers)
+
+
+def _register_corpus(subparsers) -> None:
     corpus = subparsers.add_parser("corpus", help="build the offline training corpus")
     corpus_sub = corpus.add_subparsers(dest="corpus_command", required=True, metavar="SUBCOMMAND")
     build = corpus_sub.add_parser("build", help="render, compose and annotate the corpus into --out")

@@ -1,4 +1,4 @@
-"""The ``af2`` command line. Each area of the package registers its own sub-commands.
+"""The ``af2`` command line: one module per command group in this package, each thin over the library.
 
 A command module exposes ``register(subparsers)``; the parser it adds sets ``func`` to a callable
 taking the parsed ``argparse.Namespace`` and returning an exit code.
@@ -14,14 +14,15 @@ import sys
 from af2 import __version__
 from af2.errors import AF2Error
 
-# One line per area; each module's register() adds its sub-commands.
+# One line per command group; each module's register() adds its sub-commands, in this order in --help.
 _COMMAND_MODULES = (
-    "af2.commands",
-    "af2.ask",
-    "af2.data.cli",
-    "af2.eval.cli",
-    "af2.train.cli",
-    "af2.serve.cli",
+    "af2.cli.parity",
+    "af2.cli.convert",
+    "af2.cli.ask",
+    "af2.cli.data",
+    "af2.cli.eval",
+    "af2.cli.train",
+    "af2.serve.cli",  # stays beside the server for now; af2.cli.serve once the server work has merged
 )
 
 
@@ -65,6 +66,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"af2 {args.command}: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

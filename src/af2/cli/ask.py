@@ -9,11 +9,10 @@ import sys
 import warnings
 from pathlib import Path
 
-from af2.errors import AF2Error, RequestError
-from af2.jsonl import answered_ids, append_jsonl, compact, read_jsonl, record_id
-from af2.registry import DEFAULT_MODEL
-
-DEFAULT_MODEL_ENV = "AF2_MODEL"
+from af2.ask_file import answer_record, answer_requests, open_output, precheck_audio, read_requests
+from af2.errors import RequestError
+from af2.jsonl import answered_ids
+from af2.registry import DEFAULT_MODEL, DEFAULT_MODEL_ENV
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -100,12 +99,6 @@ def _load(args: argparse.Namespace):
     return api
 
 
-def answer_record(answer) -> dict:
-    return {"answer": answer.text, "finish_reason": answer.finish_reason, "duration_s": answer.audio.duration_s,
-            "kept_s": answer.audio.kept_s, "truncated_s": answer.audio.truncated_s, "windows": answer.audio.windows,
-            "first_token_s": round(answer.timings.first_token_s, 4), "new_tokens": answer.timings.new_tokens}
-
-
 def _print(answer, as_json: bool) -> None:
     if as_json:
         print(json.dumps({"question": answer.question, **answer_record(answer)}))
@@ -143,7 +136,7 @@ class EncodeProgress:
 
 
 def _one(args: argparse.Namespace, question: str) -> int:
-    from af2.audio import check_audio_path
+    from af2.audio.decode import check_audio_path
 
     if not question.strip():
         raise RequestError("the question is empty; ask something about the audio")
@@ -187,85 +180,17 @@ def _ask(args: argparse.Namespace) -> int:
     return _one(args, args.question)
 
 
-# Fields an answer record writes; a request's own fields of these names are not copied into it.
-_ANSWER_FIELDS = ("answer", "finish_reason", "duration_s", "kept_s", "truncated_s", "windows", "first_token_s",
-                  "new_tokens", "error")
-
-
-def read_requests(path: Path) -> list[dict]:
-    """The requests of a JSONL file, each checked; errors name ``file:line`` and the field."""
-    if path.is_dir():
-        raise RequestError(f"{path}: is a folder; --input takes a JSONL file")
-    if not path.is_file():
-        raise RequestError(f"{path}: no such request file")
-    requests, seen = [], set()
-    for n, item in read_jsonl(path, error=RequestError).records:
-        where = f"{path}:{n}"
-        if not isinstance(item, dict):
-            raise RequestError(f"{where}: expected an object with 'audio' and 'question', got {type(item).__name__}")
-        for key in ("audio", "question"):
-            value = item.get(key)
-            if not isinstance(value, str) or not value.strip():
-                got = "missing" if value is None else f"{type(value).__name__} {json.dumps(value)[:40]}"
-                raise RequestError(f"{where}: '{key}' must be a non-empty string, got {got}")
-        item.setdefault("id", f"line-{n}")
-        rid = record_id(item)
-        if rid is None or not rid.strip():
-            raise RequestError(f"{where}: 'id' must be a non-empty string or an integer, got "
-                               f"{type(item['id']).__name__} {json.dumps(item['id'])[:40]}")
-        if rid in seen:
-            raise RequestError(f"{where}: duplicate id {rid!r}")
-        seen.add(rid)
-        audio = Path(item["audio"])
-        request = {k: v for k, v in item.items() if k not in _ANSWER_FIELDS}
-        request.update(id=rid, audio=str(audio if audio.is_absolute() else path.parent / audio))
-        requests.append(request)
-    return requests
-
-
-def _open_output(path: Path) -> int:
-    """Make the output file valid JSONL with one record per id (the latest); fail early if unwritable."""
-    if path.is_dir():
-        raise RequestError(f"{path}: is a folder; --output takes a JSONL file")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8"):
-            pass
-        return compact(path)
-    except OSError as exc:
-        raise RequestError(f"{path}: cannot write the answers here ({exc.strerror or exc}); pick another --output")\
-            from None
-
-
-def _precheck_audio(todo: list[dict], output: Path) -> tuple[int, list[dict]]:
-    """Record requests whose audio file is missing, empty or a folder without loading the model;
-    return (how many failed, the requests left)."""
-    from af2.audio import check_audio_path
-
-    failed, left = [], []
-    for r in todo:
-        try:
-            check_audio_path(r["audio"])
-            left.append(r)
-        except AF2Error as exc:
-            failed.append({**r, "error": str(exc)})
-    if failed:
-        append_jsonl(output, failed)
-        compact(output)
-    return len(failed), left
-
-
 def run_jsonl(args: argparse.Namespace) -> int:
     requests = read_requests(args.input)
     options = _check_common(args)
-    dropped = _open_output(args.output)
+    dropped = open_output(args.output)
     if dropped:
         print(f"{args.output}: dropped {dropped} unreadable, id-less or superseded line(s)", file=sys.stderr)
     done = answered_ids(args.output)
     todo = [r for r in requests if r["id"] not in done]
     print(f"{len(requests)} requests, {len(requests) - len(todo)} already answered, {len(todo)} to do",
           file=sys.stderr)
-    failures, todo = _precheck_audio(todo, args.output)
+    failures, todo = precheck_audio(todo, args.output)
     if todo:
         failures += _answer(args, todo, options)
     if failures:
@@ -274,27 +199,10 @@ def run_jsonl(args: argparse.Namespace) -> int:
 
 
 def _answer(args: argparse.Namespace, todo: list[dict], options: dict) -> int:
-    """Answer ``todo`` in batches, appending each batch's records; returns how many failed."""
+    """Answer ``todo`` with a progress bar; returns how many failed."""
     from tqdm import tqdm
 
     model = _load(args)
-    failures = 0
     with tqdm(total=len(todo), unit="q", desc="af2 ask", disable=args.quiet) as bar, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # truncation goes into each record instead
-        for start in range(0, len(todo), max(1, args.batch_size)):
-            chunk = todo[start:start + args.batch_size]
-            try:
-                answers = model.ask_batch([r["audio"] for r in chunk], [r["question"] for r in chunk], **options)
-                records = [{**r, **answer_record(a)} for r, a in zip(chunk, answers)]
-            except AF2Error:
-                records = []  # one bad file must not sink its batch: answer its members one by one
-                for r in chunk:
-                    try:
-                        records.append({**r, **answer_record(model.ask(r["audio"], r["question"], **options))})
-                    except AF2Error as exc:
-                        failures += 1
-                        records.append({**r, "error": str(exc)})
-            append_jsonl(args.output, records)
-            bar.update(len(chunk))
-    compact(args.output)  # a retried id that failed before keeps only its latest record
-    return failures
+        return answer_requests(model, todo, args.output, options, args.batch_size, on_batch=bar.update)

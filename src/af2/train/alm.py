@@ -16,16 +16,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from af2.config import AF2Config
+from af2.data.dataset import ManifestDataset
 from af2.errors import ConfigError
+from af2.model.af2 import EMBEDDING_KEY
 from af2.tokens import IGNORE_INDEX, special_token_ids
 from af2.train.config import TrainConfig
-from af2.data.dataset import ManifestDataset
 from af2.train.data import Collator, blended_items
 from af2.train.distributed import unwrap
 from af2.train.engine import Task
 from af2.train.tower_cache import TowerCache
 
-EMBEDDING = "lm.model.embed_tokens.weight"
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -97,7 +97,7 @@ class EmbeddingGradMask:
         self.rows = rows
 
     def __call__(self, model: nn.Module) -> None:
-        weight = unwrap(model).get_parameter(EMBEDDING)
+        weight = unwrap(model).get_parameter(EMBEDDING_KEY)
         grad = weight.grad
         if grad is None:
             return
@@ -125,10 +125,10 @@ def alm_task(cfg: TrainConfig, model: nn.Module, tokenizer, base_vocab: int | No
     tokens = replace(arch.tokens, max_tokens=cfg.data.max_tokens)
     fewshot = cfg.xattn_fewshot_tokens if cfg.xattn_mask == "official_fewshot" else None
     grad_mask = None
-    if cfg.embedding_grad_rows == "special" and model.get_parameter(EMBEDDING).requires_grad:
+    if cfg.embedding_grad_rows == "special" and model.get_parameter(EMBEDDING_KEY).requires_grad:
         ids = special_token_ids(tokenizer, arch.tokens)
         grad_mask = EmbeddingGradMask([ids.audio, ids.end_of_chunk])
-    elif cfg.embedding_grad_rows == "new" and model.get_parameter(EMBEDDING).requires_grad:
+    elif cfg.embedding_grad_rows == "new" and model.get_parameter(EMBEDDING_KEY).requires_grad:
         if base_vocab is None:
             raise ConfigError("embedding_grad_rows: new needs a base_lm (its rows are the ones kept frozen)")
         grad_mask = EmbeddingGradMask(list(range(base_vocab, arch.vocab_size)))

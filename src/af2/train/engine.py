@@ -18,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from af2.errors import CheckpointError, ConfigError
+from af2.model.af2 import EMBEDDING_KEY
 from af2.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from af2.train.config import TrainConfig, dump_train_config
 from af2.train.distributed import (DistInfo, init_distributed, mean_across_ranks, no_grad_sync, sum_across_ranks,
@@ -162,7 +163,7 @@ def finish_gradients(task: Task, model: nn.Module, params: list[torch.Tensor], c
 
 def _decays(name: str, p: torch.Tensor, cfg: TrainConfig) -> bool:
     name = name.removeprefix("module.")  # DDP
-    if cfg.embedding_grad_rows != "all" and name == "lm.model.embed_tokens.weight":
+    if cfg.embedding_grad_rows != "all" and name == EMBEDDING_KEY:
         return False  # decay would shrink the rows the gradient mask keeps frozen
     if cfg.optim.decay_params == "xattn":
         return GROUP_PATTERNS["xattn"](name)

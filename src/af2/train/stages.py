@@ -22,12 +22,13 @@ from dataclasses import dataclass
 
 from torch import nn
 from af2.errors import ConfigError
+from af2.model.af2 import EMBEDDING_KEY
 
 GROUP_PATTERNS: dict[str, Callable[[str], bool]] = {
     "clap": lambda n: n.startswith("audio_encoder."),
     "audio_transformer": lambda n: n.startswith("audio_transformer."),
     "xattn": lambda n: re.match(r"lm\.model\.layers\.\d+\.xattn\.", n) is not None,
-    "embeddings": lambda n: n == "lm.model.embed_tokens.weight",
+    "embeddings": lambda n: n == EMBEDDING_KEY,
     "lora": lambda n: re.search(r"\.lora_[ab]\.weight$", n) is not None,
     # stage 0 (af2.model.clap.AFClap): the text tower and both projection heads
     "text_tower": lambda n: n.startswith("text_encoder."),

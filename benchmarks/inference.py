@@ -40,6 +40,7 @@ from af2.config import af2_config, apply_overrides, config_to_dict
 from af2.generate import GenerationConfig, left_pad, stream_tokens
 from af2.inference import default_encoder_chunk, resolve_dtype
 from af2.model.af2 import AF2Model, TOKENS_PER_WINDOW
+from af2.model.cpu_pack import can_pack, pack_for_cpu
 from af2.model.xattn import AudioContext
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,9 +163,12 @@ def weight_bytes(model: AF2Model, decode_only: bool = False) -> int:
     seen, total = set(), 0
     root = model.lm if decode_only else model
     for name, t in [*root.named_parameters(), *root.named_buffers()]:
-        if t.data_ptr() in seen or (decode_only and (".to_kv." in name or "inv_freq" in name)):
+        key = id(t) if t.is_mkldnn else t.data_ptr()  # packed oneDNN weights (cpu_pack) have no data_ptr
+        if key in seen or (decode_only and (".to_kv." in name or "inv_freq" in name)):
             continue
-        seen.add(t.data_ptr())
+        if decode_only and name.endswith("lm_head.packed.packed"):
+            continue  # the head's packed copy: a step reads it or the plain table, not both
+        seen.add(key)
         total += t.numel() * t.element_size()
     return total
 
@@ -220,6 +224,8 @@ def child_run(dtype_name: str, folder: Path, clips: list[int], tokens: int, ref_
     torch_dtype, int8 = resolve_dtype(API_DTYPE[dtype_name], "cpu")  # what af2.load does, minus the tokenizer
     t = time.perf_counter()
     model = load_pretrained(folder / "ours", torch_dtype, int8=int8)
+    if not int8 and can_pack(model.lm, torch.device("cpu")):
+        pack_for_cpu(model.lm)  # as af2.load does
     load_s, runs = time.perf_counter() - t, []
     with torch.inference_mode():  # warm-up: kernels chosen and buffers allocated once, outside the timings
         warm = model.encode_audio(torch.zeros(1, 1, 160_000), torch.ones(1, 1), cache_kv=True)

@@ -357,7 +357,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--tokens", type=int, default=None, help="new tokens per decode (default 24, quick 8)")
     ap.add_argument("--ref-tokens", type=int, default=3, help="new tokens on the (slow) reference path")
+    ap.add_argument("--clips", help="clip lengths in seconds (default 30,300; quick 30)")
     ap.add_argument("--out", type=Path, help="results JSON (default benchmarks/results-<cpu>[-quick].json)")
+    ap.add_argument("--merge", action="store_true",
+                    help="run in parts: keep the other dtypes' results already in --out (this run's floors kept)")
     ap.add_argument("--readme", type=Path, metavar="RESULTS", help="only rewrite README's table from RESULTS")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -379,7 +382,7 @@ def main() -> int:
     print(f"{cpu['name']}: floors {json.dumps({k: f'{v:.3g}' for k, v in floors.items()})}", file=sys.stderr)
     cfg = bench_config(args.quick)
     tokens = args.tokens or (8 if args.quick else 24)
-    clips = [30] if args.quick else [30, 300]
+    clips = [int(c) for c in args.clips.split(",")] if args.clips else [30] if args.quick else [30, 300]
     common = ["--threads", str(args.threads)]
     results = {"cpu": cpu, "floors": floors, "threads": args.threads, "quick": args.quick,
                "shapes": "reduced (--quick)" if args.quick else "AF2-0.5B", "loads": [], "runs": []}
@@ -396,6 +399,12 @@ def main() -> int:
             print(f"  run {name}: {results['runs'][-1]['runs']}", file=sys.stderr, flush=True)
     slug = re.sub(r"[^a-z0-9]+", "-", cpu["name"].lower()).strip("-")[:40]
     out = args.out or REPO / "benchmarks" / f"results-{slug}{'-quick' if args.quick else ''}.json"
+    if args.merge and out.exists():
+        old = json.loads(out.read_text())
+        results["loads"] = [r for r in old["loads"] if r["dtype"] not in dtypes] + results["loads"]
+        results["runs"] = [r for r in old["runs"] if r["dtype"] not in dtypes] + results["runs"]
+        results["runs"].sort(key=lambda r: DTYPES.index(r["dtype"]))
+        results["loads"].sort(key=lambda r: DTYPES.index(r["dtype"]))
     out.write_text(json.dumps(results, indent=1))
     print(f"\n{table(results)}\n\nraw results: {out}; README table: python benchmarks/inference.py --readme {out}")
     return 0

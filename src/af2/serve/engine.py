@@ -27,6 +27,12 @@ from af2.tokens import clean_answer
 
 log = logging.getLogger("af2.serve")
 
+# A joining group is encoded and prefilled in passes of its own, each of which streams every weight
+# once, like a decoding step: while rows are decoding, new requests join in groups of up to
+# JOIN_GROUP (fewer when fewer slots are free), or once the oldest has waited JOIN_WAIT_S.
+JOIN_GROUP = 4
+JOIN_WAIT_S = 0.2
+
 
 class QueueFull(AF2Error):
     """More requests are waiting than ``max_queue`` allows; the client should retry later."""
@@ -147,10 +153,11 @@ class Engine:
                 if self._stop:
                     break
                 joining = []
-                while self._waiting and len(self.rows) + len(joining) < self.max_batch:
-                    job = self._waiting.popleft()
-                    if not job.cancelled:
-                        joining.append(job)
+                if self._ready_to_join():
+                    while self._waiting and len(self.rows) + len(joining) < self.max_batch:
+                        job = self._waiting.popleft()
+                        if not job.cancelled:
+                            joining.append(job)
             try:
                 if joining:
                     self._join(joining)
@@ -165,6 +172,16 @@ class Engine:
         for job in self.rows + list(self._waiting):
             job.emit(Failed("the server is shutting down"))
 
+    def _ready_to_join(self) -> bool:
+        """Whether waiting requests join now (called under the lock; see JOIN_GROUP)."""
+        while self._waiting and self._waiting[0].cancelled:
+            self._waiting.popleft()
+        if not self._waiting:
+            return False
+        free = self.max_batch - len(self.rows)
+        return (not self.rows or len(self._waiting) >= min(free, JOIN_GROUP)
+                or time.perf_counter() - self._waiting[0].submitted >= JOIN_WAIT_S)
+
     def _join(self, jobs: list[Job]) -> None:
         """Encode the new jobs' audio in one pass, prefill them together and add them to the batch."""
         api = self.api
@@ -178,15 +195,20 @@ class Engine:
         with torch.inference_mode():
             audio = api.model.encode_audio(windows.to(api.device), mask.to(api.device, dtype), cache_kv=True,
                                            chunk=api.encoder_chunk)
+        encoded = time.perf_counter()
+        self.metrics.engine_busy("encode", encoded - now)
         opts = SamplingTensors.of([j.options for j in jobs], api.device)
         first = self.batch.join(audio, [j.prompt for j in jobs], opts)
+        self.metrics.engine_busy("prefill", time.perf_counter() - encoded)
         self.rows.extend(jobs)
         self._advance(len(self.rows) - len(jobs), first.tolist())
 
     def _step(self) -> None:
         self.metrics.observe_batch(len(self.rows))
-        tokens = self.batch.step()
-        self._advance(0, tokens.tolist())
+        start = time.perf_counter()
+        tokens = self.batch.step().tolist()
+        self.metrics.engine_busy("step", time.perf_counter() - start)
+        self._advance(0, tokens)
 
     def _advance(self, offset: int, tokens: list[int]) -> None:
         """Book rows ``offset..`` 's new tokens; send text; let finished and cancelled rows leave."""
@@ -214,6 +236,7 @@ class Engine:
         keep = [i for i, job in enumerate(self.rows) if not (job.cancelled or job.done)]
         self.rows = [self.rows[i] for i in keep]
         self.batch.keep(keep)
+        self.metrics.engine_busy("text", time.perf_counter() - now)
 
     def _send(self, job: Job, text: str) -> None:
         if len(text) > len(job.sent) and text.startswith(job.sent):

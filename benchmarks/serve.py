@@ -237,8 +237,8 @@ def engine_counters(url: str) -> dict[str, float]:
 
 
 def where_time_went(rows: list[dict]) -> str:
-    head = ("| mode | decoding steps | mean rows per step | engine busy: encode | prefill | steps | text "
-            "| engine idle |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+    head = ("| mode | decoding steps | mean rows per step | encoder thread busy | engine thread busy: prefill "
+            "| steps | text | engine thread idle |\n|---|---:|---:|---:|---:|---:|---:|---:|")
     lines = []
     for r in rows:
         e = r.get("engine")
@@ -246,9 +246,9 @@ def where_time_went(rows: list[dict]) -> str:
             continue
         steps = e.get("af2_batch_size_count", 0)
         mean = e.get("af2_batch_size_sum", 0) / steps if steps else 0
-        busy = {k: e.get(f"engine_{k}", 0.0) for k in ("encode", "prefill", "step", "text")}
-        idle = max(r["wall_s"] - sum(busy.values()), 0.0)
-        cells = " | ".join(f"{v:.1f} s ({v / r['wall_s']:.0%})" for v in [*busy.values(), idle])
+        busy = [e.get(f"engine_{k}", 0.0) for k in ("encode", "prefill", "step", "text")]
+        idle = max(r["wall_s"] - sum(busy[1:]), 0.0)
+        cells = " | ".join(f"{v:.1f} s ({v / r['wall_s']:.0%})" for v in [*busy, idle])
         lines.append(f"| {r['mode']} | {steps:.0f} | {mean:.1f} | {cells} |")
     return "\n".join([head, *lines])
 

@@ -10,7 +10,7 @@ from torch import nn
 
 import af2
 from af2.generate import GenerationConfig, generate, left_pad
-from af2.model.cpu_pack import PackedLinear, RowAwareLinear, can_pack, is_packed, pack_for_cpu
+from af2.model.cpu_pack import PackedLinear, PackedHead, can_pack, is_packed, pack_for_cpu
 from af2.parity import fixture_config
 
 pytestmark = pytest.mark.skipif(not (torch.backends.mkldnn.is_available()
@@ -51,7 +51,7 @@ def test_packed_model_decodes_as_the_plain_one(official_model, open_gates):
 
     plain_tokens, plain_logits = run([0, 1, 2])
     assert pack_for_cpu(model.lm) > 0 and is_packed(model.lm)
-    assert isinstance(model.lm.lm_head, RowAwareLinear) and model.lm.lm_head.weight is model.lm.model.embed_tokens.weight
+    assert isinstance(model.lm.lm_head, PackedHead) and model.lm.lm_head.weight is model.lm.model.embed_tokens.weight
     assert not any(type(m) is nn.Linear for m in model.lm.modules() if m is not model.lm.lm_head.linear)
     tokens, logits = run([0, 1, 2])
     assert tokens == plain_tokens and torch.equal(logits, plain_logits)

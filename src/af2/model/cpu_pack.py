@@ -13,16 +13,16 @@ at load time (``torch.ops.mkldnn._reorder_linear_weight``), one layout serves 1 
 whole prompts at the read-bandwidth rate, and oneDNN can stay on for the cross-attention over
 the audio keys/values (2x faster than PyTorch's own bf16 ``bmm`` for one query).
 
-The tied embedding / LM head keeps its plain table (the embedding looks rows up in it): one-row
-calls of the head run PyTorch's own kernel on it, calls of more rows a packed copy (AF2-0.5B,
-8 rows: 45 -> 20 ms a step; the copy costs the table's bytes again, 0.27 GB in bf16).
+The tied embedding / LM head keeps its plain table (the embedding looks rows up in it) and the
+head computes from a packed copy (AF2-0.5B, 8 rows: 45 -> 20 ms a step; one row: as fast as
+PyTorch's own kernel; the copy costs the table's bytes again, 0.27 GB in bf16). Nothing here
+switches oneDNN on or off globally, so the server's encoder and decoder threads can share it.
 A packed model is for inference only: its packed weights are opaque and not in its state dict.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 ROWS_HINT = 8  # the batch the packed layout is tuned for; measured as fast for 1 and 16 rows
@@ -55,8 +55,9 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, oneDNN-packed"
 
 
-class RowAwareLinear(nn.Module):
-    """A plain (tied) linear: one-row inputs through PyTorch's own kernel, others through a packed copy."""
+class PackedHead(nn.Module):
+    """A tied output head: the plain linear (sharing the embedding's table) kept for its weight,
+    the products computed from a packed copy."""
 
     def __init__(self, linear: nn.Linear, rows_hint: int = ROWS_HINT):
         super().__init__()
@@ -68,28 +69,21 @@ class RowAwareLinear(nn.Module):
         return self.linear.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() // x.shape[-1] != 1:
-            return self.packed(x)
-        before = torch.backends.mkldnn.enabled
-        torch.backends.mkldnn.enabled = False
-        try:
-            return F.linear(x, self.linear.weight, self.linear.bias)
-        finally:
-            torch.backends.mkldnn.enabled = before
+        return self.packed(x)
 
 
 def pack_for_cpu(lm: nn.Module, rows_hint: int = ROWS_HINT) -> int:
     """Replace, in place, every ``nn.Linear`` of ``lm`` (decoder layers and cross-attention blocks)
-    by a ``PackedLinear``, and its output head by a ``RowAwareLinear``. Returns the number packed."""
+    by a ``PackedLinear``, and its output head by a ``PackedHead``. Returns the number packed."""
     head = lm.get_output_embeddings()
     targets = [(name, m) for name, m in lm.named_modules() if type(m) is nn.Linear and m is not head]
     for name, module in targets:
         parent_name, _, attr = name.rpartition(".")
         setattr(lm.get_submodule(parent_name) if parent_name else lm, attr, PackedLinear(module, rows_hint))
     if type(head) is nn.Linear:
-        lm.set_output_embeddings(RowAwareLinear(head, rows_hint))
+        lm.set_output_embeddings(PackedHead(head, rows_hint))
     return len(targets)
 
 
 def is_packed(lm: nn.Module) -> bool:
-    return isinstance(lm.get_output_embeddings(), RowAwareLinear)
+    return isinstance(lm.get_output_embeddings(), PackedHead)

@@ -307,6 +307,25 @@ def test_a_failing_step_answers_500_and_the_server_recovers(url, clips, monkeypa
     assert client(url).chat.completions.create(**ask).usage.completion_tokens == 4
 
 
+def test_a_failing_encode_answers_500_and_the_server_recovers(url, clips, monkeypatch):
+    from af2.model.af2 import AF2Model
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("simulated encoder failure")
+
+    ask = dict(model=MODEL, messages=user(QUESTIONS[0], audio_part(clips["short.wav"])), max_tokens=3)
+    with monkeypatch.context() as patch:
+        patch.setattr(AF2Model, "encode_audio", broken)
+        with pytest.raises(openai.InternalServerError) as err:
+            client(url).chat.completions.create(**ask)
+        assert err.value.status_code == 500 and "while encoding the audio" in err.value.body["message"]
+    assert client(url).chat.completions.create(**ask).usage.completion_tokens == 3
+    deadline = time.monotonic() + 10  # the finished row leaves the batch just after its last event
+    while metric(url, "af2_running_requests") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert metric(url, "af2_running_requests") == 0 and metric(url, "af2_queue_depth") == 0
+
+
 def test_api_key_401_and_not_ready_503(api, clips):
     gate = threading.Event()
 

@@ -113,6 +113,8 @@ class Engine:
         self._stop = False
         self._threads = [threading.Thread(target=self._run, name="af2-engine", daemon=True),
                          threading.Thread(target=self._encode_loop, name="af2-encoder", daemon=True)]
+        # On CPUs the two threads split the cores torch was given (each its own compute threads).
+        self._compute_threads = max(1, torch.get_num_threads() // 2) if api.device.type == "cpu" else None
 
     # -- handler side ---------------------------------------------------------------------------
 
@@ -156,7 +158,12 @@ class Engine:
 
     # -- encoder thread -------------------------------------------------------------------------
 
+    def _own_threads(self) -> None:
+        if self._compute_threads is not None:
+            torch.set_num_threads(self._compute_threads)
+
     def _encode_loop(self) -> None:
+        self._own_threads()
         while True:
             with self._lock:
                 while not self._stop and not self._ready_to_encode():
@@ -211,6 +218,7 @@ class Engine:
     # -- engine thread --------------------------------------------------------------------------
 
     def _run(self) -> None:
+        self._own_threads()
         while True:
             with self._lock:
                 while not self._stop and not self._encoded and not self.rows:

@@ -153,7 +153,8 @@ async def concurrent(url: str, reqs, clients: int, max_tokens: int, timeout: flo
         await asyncio.gather(*(worker(client) for _ in range(clients)))
     wall = time.perf_counter() - t0
     ok = [r for r in results if r[0] == 200]
-    return summary(f"server, {clients} clients", wall, [r[1] for r in ok if r[1] is not None], [r[2] for r in ok],
+    mode = f"server, {clients} client{'s' if clients != 1 else ''}"
+    return summary(mode, wall, [r[1] for r in ok if r[1] is not None], [r[2] for r in ok],
                    sum(r[3] for r in ok), len(ok), sum(r[0] == 429 for r in results),
                    sum(r[0] not in (200, 429) for r in results))
 
@@ -183,7 +184,8 @@ def report(results: dict) -> str:
                       "Where the server's time went (its own /metrics: af2_batch_size, af2_engine_seconds_total):",
                       "", where_time_went(results["rows"]), "",
                       f"Model {results['model']} ({results['dtype']}) on {results['device']}: {m.get('cpu', '?')}, "
-                      f"{m.get('cores', '?')} cores, {results.get('threads', '?')} compute thread(s) on both sides, "
+                      f"{m.get('cores', '?')} cores; {results.get('threads', '?')} compute thread(s) for the one-by-one run "
+                      f"and for each of the server's two worker threads (decoder, audio encoder); "
                       f"torch {m.get('torch', '?')}; {results['requests']} requests per "
                       f"level (the shipped example clips × {len(results.get('questions', []))} questions, greedy, "
                       f"at most {results['max_tokens']} new tokens), server --max-batch {results.get('max_batch', '?')}."])

@@ -42,6 +42,7 @@ from af2.inference import default_encoder_chunk, resolve_dtype
 from af2.model.af2 import AF2Model, TOKENS_PER_WINDOW
 from af2.model.cpu_pack import can_pack, pack_for_cpu
 from af2.model.xattn import AudioContext
+from readme_block import rewrite_block
 
 REPO = Path(__file__).resolve().parents[1]
 DTYPES = ("fp32", "bf16", "int8")
@@ -334,12 +335,7 @@ def table(results: dict) -> str:
 
 
 def rewrite_readme(results: dict) -> None:
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise SystemExit(f"{readme}: no {README_START} ... {README_END} markers to replace between")
-    head, rest = text.split(README_START, 1)
-    readme.write_text(head + README_START + "\n" + table(results) + "\n" + README_END + rest.split(README_END, 1)[1])
+    rewrite_block(README_START, README_END, table(results))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ import af2
 import af2.examples
 from af2.inference import DEFAULT_MODEL
 from af2.serve.local import wait_healthy
+from readme_block import rewrite_block
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO.parent / "shared" / "fixtures" / "af2-golden-a"
@@ -192,12 +193,7 @@ def report(results: dict) -> str:
 
 
 def rewrite_readme(results: dict) -> None:
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise SystemExit(f"{readme}: no {README_START} ... {README_END} markers to replace between")
-    head, rest = text.split(README_START, 1)
-    readme.write_text(head + README_START + "\n" + report(results) + "\n" + README_END + rest.split(README_END, 1)[1])
+    rewrite_block(README_START, README_END, report(results))
 
 
 def cpu_name() -> str:

@@ -42,7 +42,9 @@ from af2.config import af2_config, apply_overrides, config_to_dict
 from af2.generate import GenerationConfig, left_pad, stream_tokens
 from af2.inference import default_encoder_chunk, resolve_dtype
 from af2.model.af2 import AF2Model, TOKENS_PER_WINDOW
+from af2.model.cpu_pack import can_pack, pack_for_cpu
 from af2.model.xattn import AudioContext
+from readme_block import rewrite_block
 
 REPO = Path(__file__).resolve().parents[1]
 DTYPES = ("fp32", "bf16", "int8")
@@ -164,9 +166,12 @@ def weight_bytes(model: AF2Model, decode_only: bool = False) -> int:
     seen, total = set(), 0
     root = model.lm if decode_only else model
     for name, t in [*root.named_parameters(), *root.named_buffers()]:
-        if t.data_ptr() in seen or (decode_only and (".to_kv." in name or "inv_freq" in name)):
+        key = id(t) if t.is_mkldnn else t.data_ptr()  # packed oneDNN weights (cpu_pack) have no data_ptr
+        if key in seen or (decode_only and (".to_kv." in name or "inv_freq" in name)):
             continue
-        seen.add(t.data_ptr())
+        if decode_only and name.endswith("lm_head.packed.packed"):
+            continue  # the head's packed copy: a step reads it or the plain table, not both
+        seen.add(key)
         total += t.numel() * t.element_size()
     return total
 
@@ -222,6 +227,8 @@ def child_run(dtype_name: str, folder: Path, clips: list[int], tokens: int, ref_
     torch_dtype, int8 = resolve_dtype(API_DTYPE[dtype_name], "cpu")  # what af2.load does, minus the tokenizer
     t = time.perf_counter()
     model = load_pretrained(folder / "ours", torch_dtype, int8=int8)
+    if not int8 and can_pack(model.lm, torch.device("cpu")):
+        pack_for_cpu(model.lm)  # as af2.load does
     load_s, runs = time.perf_counter() - t, []
     with torch.inference_mode():  # warm-up: kernels chosen and buffers allocated once, outside the timings
         warm = model.encode_audio(torch.zeros(1, 1, 160_000), torch.ones(1, 1), cache_kv=True)
@@ -330,12 +337,7 @@ def table(results: dict) -> str:
 
 
 def rewrite_readme(results: dict) -> None:
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise SystemExit(f"{readme}: no {README_START} ... {README_END} markers to replace between")
-    head, rest = text.split(README_START, 1)
-    readme.write_text(head + README_START + "\n" + table(results) + "\n" + README_END + rest.split(README_END, 1)[1])
+    rewrite_block(README_START, README_END, table(results))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -353,7 +355,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--tokens", type=int, default=None, help="new tokens per decode (default 24, quick 8)")
     ap.add_argument("--ref-tokens", type=int, default=3, help="new tokens on the (slow) reference path")
+    ap.add_argument("--clips", help="clip lengths in seconds (default 30,300; quick 30)")
     ap.add_argument("--out", type=Path, help="results JSON (default benchmarks/results-<cpu>[-quick].json)")
+    ap.add_argument("--merge", action="store_true",
+                    help="run in parts: keep the other dtypes' results already in --out (this run's floors kept)")
     ap.add_argument("--readme", type=Path, metavar="RESULTS", help="only rewrite README's table from RESULTS")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -375,7 +380,7 @@ def main() -> int:
     print(f"{cpu['name']}: floors {json.dumps({k: f'{v:.3g}' for k, v in floors.items()})}", file=sys.stderr)
     cfg = bench_config(args.quick)
     tokens = args.tokens or (8 if args.quick else 24)
-    clips = [30] if args.quick else [30, 300]
+    clips = [int(c) for c in args.clips.split(",")] if args.clips else [30] if args.quick else [30, 300]
     common = ["--threads", str(args.threads)]
     results = {"cpu": cpu, "floors": floors, "threads": args.threads, "quick": args.quick,
                "shapes": "reduced (--quick)" if args.quick else "AF2-0.5B", "loads": [], "runs": []}
@@ -392,6 +397,12 @@ def main() -> int:
             print(f"  run {name}: {results['runs'][-1]['runs']}", file=sys.stderr, flush=True)
     slug = re.sub(r"[^a-z0-9]+", "-", cpu["name"].lower()).strip("-")[:40]
     out = args.out or REPO / "benchmarks" / f"results-{slug}{'-quick' if args.quick else ''}.json"
+    if args.merge and out.exists():
+        old = json.loads(out.read_text())
+        results["loads"] = [r for r in old["loads"] if r["dtype"] not in dtypes] + results["loads"]
+        results["runs"] = [r for r in old["runs"] if r["dtype"] not in dtypes] + results["runs"]
+        results["runs"].sort(key=lambda r: DTYPES.index(r["dtype"]))
+        results["loads"].sort(key=lambda r: DTYPES.index(r["dtype"]))
     out.write_text(json.dumps(results, indent=1))
     print(f"\n{table(results)}\n\nraw results: {out}; README table: python benchmarks/inference.py --readme {out}")
     return 0

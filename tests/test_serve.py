@@ -292,19 +292,27 @@ def test_non_streamed_disconnect_cancels_and_a_flood_ends_in_200_or_429(api, cli
         assert statuses.count(200) >= 8 and statuses.count(429) >= 1
 
 
-def test_a_failing_step_answers_500_and_the_server_recovers(url, clips, monkeypatch):
+@pytest.mark.parametrize("part", ["step", "encode"])
+def test_a_failing_step_or_encode_answers_500_and_the_server_recovers(url, clips, monkeypatch, part):
+    from af2.model.af2 import AF2Model
     from af2.serve.batch import DecodeBatch
 
-    def broken(self):
+    def broken(self, *args, **kwargs):
         raise RuntimeError("simulated device failure")
 
+    owner, name, message = ((DecodeBatch, "step", "internal error while decoding") if part == "step" else
+                            (AF2Model, "encode_audio", "internal error while encoding the audio"))
     ask = dict(model=MODEL, messages=user(QUESTIONS[0], audio_part(clips["short.wav"])), max_tokens=4)
     with monkeypatch.context() as patch:
-        patch.setattr(DecodeBatch, "step", broken)
+        patch.setattr(owner, name, broken)
         with pytest.raises(openai.InternalServerError) as err:
             client(url).chat.completions.create(**ask)
-        assert err.value.status_code == 500 and "internal error while decoding" in err.value.body["message"]
+        assert err.value.status_code == 500 and message in err.value.body["message"]
     assert client(url).chat.completions.create(**ask).usage.completion_tokens == 4
+    deadline = time.monotonic() + 10  # the finished row leaves the batch just after its last event
+    while metric(url, "af2_running_requests") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert metric(url, "af2_running_requests") == 0 and metric(url, "af2_queue_depth") == 0
 
 
 def test_api_key_401_and_not_ready_503(api, clips):

@@ -30,6 +30,7 @@ from af2.errors import CheckpointError, DeviceError, RequestError
 from af2.registry import DEFAULT_MODEL, model_entry
 from af2.generate import GenerationConfig, left_pad, stream_tokens
 from af2.model.af2 import AF2Model
+from af2.model.cpu_pack import can_pack, pack_for_cpu
 from af2.tokens import SpecialTokens, add_special_tokens, clean_answer, prompt_ids, special_token_ids
 
 CAPTION_PROMPT = "Caption the input audio."
@@ -335,6 +336,8 @@ def load(path_or_id: str | Path = DEFAULT_MODEL, *, device: str | torch.device =
         raise CheckpointError(f"{folder}: neither an af2 model (config.json + model.safetensors) nor an official AF2 "
                               "checkpoint (safe_ckpt/ + clap_ckpt/); convert one with `af2 convert`")
     model = model.to(device=device, dtype=torch_dtype)
+    if not int8 and can_pack(model.lm, torch.device(device)):
+        pack_for_cpu(model.lm)  # bf16 on CPUs: weights packed once for oneDNN (af2.model.cpu_pack)
     api = AF2(model, tokenizer, special, device=device, max_audio_seconds=max_audio_seconds,
               strict_length=strict_length)
     api.load_s = time.perf_counter() - t0

@@ -43,6 +43,7 @@ class Metrics:
         self.first_token = Histogram(_SECONDS_BUCKETS)
         self.latency = Histogram(_SECONDS_BUCKETS)
         self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) for tokens/s
+        self.engine_seconds: Counter[str] = Counter()  # the engine thread's busy time, by phase
 
     def request_done(self, status: int, latency_s: float, audio_s: float = 0.0) -> None:
         with self._lock:
@@ -61,6 +62,12 @@ class Metrics:
     def observe_first_token(self, seconds: float) -> None:
         with self._lock:
             self.first_token.observe(seconds)
+
+    def engine_busy(self, phase: str, seconds: float) -> None:
+        """Time the engine thread spent on ``phase``: encode (audio of joining requests), prefill, step,
+        text (per-row bookkeeping: detokenising, stop strings, sending)."""
+        with self._lock:
+            self.engine_seconds[phase] += seconds
 
     def count_tokens(self, n: int) -> None:
         now = time.monotonic()
@@ -103,4 +110,7 @@ class Metrics:
             lines += ["# HELP af2_request_latency_seconds Request start to last byte.",
                       "# TYPE af2_request_latency_seconds histogram"]
             lines += self.latency.lines("af2_request_latency_seconds")
+            lines += ["# HELP af2_engine_seconds_total Engine thread busy time by phase (encode, prefill, step, text).",
+                      "# TYPE af2_engine_seconds_total counter"]
+            lines += [f'af2_engine_seconds_total{{phase="{k}"}} {v:.6f}' for k, v in sorted(self.engine_seconds.items())]
         return "\n".join(lines) + "\n"

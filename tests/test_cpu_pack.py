@@ -1,0 +1,64 @@
+"""bf16 on CPUs: linear weights pre-packed for oneDNN compute what the plain linears compute."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import af2
+from af2.generate import GenerationConfig, generate, left_pad
+from af2.model.cpu_pack import PackedLinear, PackedHead, can_pack, is_packed, pack_for_cpu
+from af2.parity import fixture_config
+
+pytestmark = pytest.mark.skipif(not (torch.backends.mkldnn.is_available()
+                                     and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+                                reason="needs oneDNN with bf16 kernels")
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_linear_equals_the_plain_one(bias):
+    g = torch.Generator().manual_seed(0)
+    linear = nn.Linear(96, 200, bias=bias).bfloat16()
+    packed = PackedLinear(linear)
+    for shape in [(1, 96), (3, 96), (8, 1, 96), (2, 5, 96)]:
+        x = torch.randn(shape, generator=g).bfloat16()
+        assert torch.equal(packed(x), linear(x)), shape
+    x = torch.randn(8, 96, generator=g).bfloat16()
+    assert torch.equal(packed(x[:1]), packed(x)[:1])  # rows are independent of the batch
+    with pytest.raises(RuntimeError, match="inference only"):
+        packed.state_dict()
+
+
+def test_packed_model_decodes_as_the_plain_one(official_model, open_gates):
+    model = copy.deepcopy(official_model[0]).bfloat16().eval()
+    open_gates(model, torch.Generator().manual_seed(1))
+    assert can_pack(model.lm, torch.device("cpu")) and not can_pack(model.lm, torch.device("meta"))
+    g = torch.Generator().manual_seed(0)
+    windows, mask = torch.rand(3, 2, 160_000, generator=g) - 0.5, torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    with torch.inference_mode():
+        audio = model.encode_audio(windows, mask.bfloat16(), cache_kv=True)
+    prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
+    gen = GenerationConfig(max_new_tokens=6)
+
+    def run(rows):
+        logits: list[torch.Tensor] = []
+        ids, attn = left_pad([prompts[r] for r in rows], 0)
+        tokens = generate(model, audio.select(torch.tensor(rows)), ids, attn, gen, (), 0, logits)
+        return tokens, torch.stack(logits)
+
+    plain_tokens, plain_logits = run([0, 1, 2])
+    assert pack_for_cpu(model.lm) > 0 and is_packed(model.lm)
+    assert isinstance(model.lm.lm_head, PackedHead) and model.lm.lm_head.weight is model.lm.model.embed_tokens.weight
+    assert not any(type(m) is nn.Linear for m in model.lm.modules() if m is not model.lm.lm_head.linear)
+    tokens, logits = run([0, 1, 2])
+    assert tokens == plain_tokens and torch.equal(logits, plain_logits)
+    assert [run([r])[0][0] for r in range(3)] == tokens  # batch = alone, packed
+
+
+def test_load_packs_bf16_on_cpu_only(fixture_dir):
+    load = dict(config=fixture_config(fixture_dir), max_audio_seconds=120)
+    assert is_packed(af2.load(fixture_dir / "checkpoint", dtype="bfloat16", **load).model.lm)
+    assert not is_packed(af2.load(fixture_dir / "checkpoint", dtype="float32", **load).model.lm)

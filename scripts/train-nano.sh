@@ -16,13 +16,14 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 common=(data.data_root="$CORPUS" data.dataset_file_root="$CORPUS/manifests")
 listen=(listen.manifest="$CORPUS/manifests/AF2Corpus-AudioSkills/val.json")
 case " $STAGES " in *" 1 "*|*" 2 "*)  # stages 1-2 train on the short-answer AudioSkills items
-  [ -f "$CORPUS/manifests/AF2Corpus-AudioSkills-Short/train.json" ] ||
+  [ -f "$CORPUS/manifests/AF2Corpus-AudioSkills-Focus/val.json" ] ||
     "${AF2_PYTHON:-.venv/bin/python}" scripts/nano-short-manifest.py "$CORPUS" ;;
 esac
 for s in $STAGES; do
   case $s in
     0) extra=(output_dir="$RUNS/nano_stage0") ;;
-    1) extra=(output_dir="$RUNS/nano_stage1" audio_tower_checkpoint="$RUNS/nano_stage0" "${listen[@]}") ;;
+    1) extra=(output_dir="$RUNS/nano_stage1" audio_tower_checkpoint="$RUNS/nano_stage0"
+              listen.manifest="$CORPUS/manifests/AF2Corpus-AudioSkills-Focus/val.json") ;;
     2) extra=(output_dir="$RUNS/nano_stage2" init_checkpoint="$RUNS/nano_stage1" "${listen[@]}") ;;
     3) extra=(output_dir="$RUNS/nano_stage3" init_checkpoint="$RUNS/nano_stage2"
               listen.manifest="$CORPUS/manifests/AF2Corpus-LongAudio/val.json") ;;

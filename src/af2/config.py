@@ -117,6 +117,12 @@ class XAttnConfig:
     # within a short run; s multiplies the blocks' output scale and, under Adam, their effective learning
     # rate. Gates still start at 0, so the LM is unchanged at initialisation for any s.
     output_scale: float = 1.0
+    # The starting value of the attention branch's gate parameter (the branch is scaled by its tanh). The
+    # official blocks start at 0, which leaves the LM unchanged but also gives the branch's weights no
+    # gradient until the gate moves; with a frozen LM whose loss is first lowered by text-only routes (the
+    # FF branch, the new token rows) the gate then never moves. A small value (0.1) lets the audio branch
+    # learn from the first step. The FF branch's gate always starts at 0.
+    attn_gate_init: float = 0.0
 
     def has_block(self, layer: int) -> bool:
         """Whether decoder layer ``layer`` (0-based) gets a gated cross-attention block."""

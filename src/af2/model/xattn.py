@@ -106,7 +106,7 @@ class GatedCrossAttentionBlock(nn.Module):
     def __init__(self, dim: int, dim_audio: int, cfg: XAttnConfig):
         super().__init__()
         self.attn = MaskedCrossAttention(dim, dim_audio, cfg)
-        self.attn_gate = nn.Parameter(torch.zeros(1))
+        self.attn_gate = nn.Parameter(torch.full((1,), float(cfg.attn_gate_init)))
         self.ff = nn.Sequential(
             nn.LayerNorm(dim, eps=cfg.layernorm_eps),
             nn.Linear(dim, dim * cfg.ff_mult, bias=False),

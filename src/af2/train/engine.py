@@ -77,15 +77,8 @@ def train(cfg: TrainConfig, task: Task, info: DistInfo | None = None,
 
     step, position, counters = 0, Position(), {"skipped": 0, "samples": 0}
     if cfg.resume:
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is None:
-            raise CheckpointError(f"resume: no checkpoint in {run_dir / 'checkpoints'}; run without --resume")
-        record = load_checkpoint(ckpt, model, optimizer, scheduler, info)
-        step, position, counters = record["step"], record["position"], record["counters"]
+        step, position, counters, ckpt = _resume(cfg, run_dir, model, optimizer, scheduler, info)
         if step >= cfg.max_steps:
-            if info.is_main:
-                print(f"{cfg.stage}: already complete ({step}/{cfg.max_steps} steps, checkpoint {ckpt}); "
-                      "nothing to resume", flush=True)
             return TrainResult(run_dir=run_dir, step=step, losses=[], checkpoint=ckpt,
                                skipped=counters.get("skipped", 0))
     config_yaml = dump_train_config(cfg)
@@ -102,32 +95,10 @@ def train(cfg: TrainConfig, task: Task, info: DistInfo | None = None,
     budget_end = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes > 0 else None
     out_of_time = False
     while step < cfg.max_steps and not out_of_time:
-        started = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        micro_losses = []
-        n_samples = n_tokens = 0
-        for micro in range(cfg.grad_accum):
-            batch, position, n = _next_batch(task, plan, position, info, cfg, counters)
-            n_samples += n
-            with no_grad_sync(model, skip=micro < cfg.grad_accum - 1):
-                with autocast:
-                    loss = task.loss(model, batch)
-                (loss / cfg.grad_accum).backward()
-            micro_losses.append(loss.detach().float())
-            n_tokens += int(batch["attention_mask"].sum()) if isinstance(batch, dict) and "attention_mask" in batch else 0
-        grad_norm = finish_gradients(task, model, params, cfg.optim.clip_norm)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        loss_value = mean_across_ranks(torch.stack(micro_losses).mean(), info)
-        n_global = sum_across_ranks(n_samples, info)
-        counters["samples"] += n_global
-        elapsed = time.perf_counter() - started
-        record = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
-                  "samples_per_s": n_global / elapsed, "epoch": position.epoch,
-                  "tokens_per_s": sum_across_ranks(n_tokens, info) / elapsed,
-                  "skipped": sum_across_ranks(counters["skipped"], info) if info.enabled else counters["skipped"]}
+        record, position = _optimizer_step(cfg, task, model, params, optimizer, scheduler, plan, position, info,
+                                           counters, autocast)
+        step = record["step"] = step + 1
+        loss_value = record["loss"]
         losses.append(loss_value)
         out_of_time = budget_end is not None and time.monotonic() >= budget_end
         final = step == cfg.max_steps or out_of_time
@@ -136,7 +107,7 @@ def train(cfg: TrainConfig, task: Task, info: DistInfo | None = None,
         if log is not None and (step % cfg.log_interval == 0 or final):
             log.write(record)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", sps=f"{record['samples_per_s']:.1f}")
+        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{record['lr']:.2e}", sps=f"{record['samples_per_s']:.1f}")
         if step % cfg.save_interval == 0 or final:
             checkpoint = save_checkpoint(run_dir, step, model, optimizer, scheduler, position, counters,
                                          config_yaml, info, export=task.export, save_model=task.save_model,
@@ -151,6 +122,52 @@ def train(cfg: TrainConfig, task: Task, info: DistInfo | None = None,
               "spent; run again with --resume to continue", flush=True)
     return TrainResult(run_dir=run_dir, step=step, losses=losses, checkpoint=checkpoint,
                        skipped=counters["skipped"])
+
+
+def _resume(cfg: TrainConfig, run_dir: Path, model: nn.Module, optimizer, scheduler, info: DistInfo):
+    """The latest checkpoint's (step, position, counters, path), loaded into the model, optimizer and scheduler."""
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise CheckpointError(f"resume: no checkpoint in {run_dir / 'checkpoints'}; run without --resume")
+    record = load_checkpoint(ckpt, model, optimizer, scheduler, info)
+    step, position, counters = record["step"], record["position"], record["counters"]
+    if step >= cfg.max_steps and info.is_main:
+        print(f"{cfg.stage}: already complete ({step}/{cfg.max_steps} steps, checkpoint {ckpt}); "
+              "nothing to resume", flush=True)
+    return step, position, counters, ckpt
+
+
+def _optimizer_step(cfg: TrainConfig, task: Task, model: nn.Module, params: list[torch.Tensor], optimizer, scheduler,
+                    plan: BatchPlan, position: Position, info: DistInfo, counters: dict[str, int],
+                    autocast) -> tuple[dict[str, Any], Position]:
+    """One optimizer step over ``grad_accum`` micro-batches → its metrics record (without "step") and the
+    data position after it."""
+    started = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    micro_losses = []
+    n_samples = n_tokens = 0
+    for micro in range(cfg.grad_accum):
+        batch, position, n = _next_batch(task, plan, position, info, cfg, counters)
+        n_samples += n
+        with no_grad_sync(model, skip=micro < cfg.grad_accum - 1):
+            with autocast:
+                loss = task.loss(model, batch)
+            (loss / cfg.grad_accum).backward()
+        micro_losses.append(loss.detach().float())
+        n_tokens += int(batch["attention_mask"].sum()) if isinstance(batch, dict) and "attention_mask" in batch else 0
+    grad_norm = finish_gradients(task, model, params, cfg.optim.clip_norm)
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    loss_value = mean_across_ranks(torch.stack(micro_losses).mean(), info)
+    n_global = sum_across_ranks(n_samples, info)
+    counters["samples"] += n_global
+    elapsed = time.perf_counter() - started
+    record = {"step": 0, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
+              "samples_per_s": n_global / elapsed, "epoch": position.epoch,
+              "tokens_per_s": sum_across_ranks(n_tokens, info) / elapsed,
+              "skipped": sum_across_ranks(counters["skipped"], info) if info.enabled else counters["skipped"]}
+    return record, position
 
 
 def finish_gradients(task: Task, model: nn.Module, params: list[torch.Tensor], clip_norm: float) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Write af2-nano's training manifests from the corpus's AudioSkills items:
 
 - AF2Corpus-AudioSkills-Short/train.json (stages 2-3): the items whose answer is short (a
-  multiple-choice letter and option, or at most 4 words), without transcription and duration items.
+  multiple-choice option, or at most 4 words), without transcription and duration items; multiple-choice
+  answers are written as the option's text without its letter ("speech", not "(D) speech").
   Those items are answered from the audio in one or two tokens, so their loss is about listening; long
   transcripts and captions make most of the per-token loss of the full manifest and mostly teach the
   text side (measured in stage 1: own-audio and shuffled-audio accuracy stayed equal at 200 steps).
@@ -11,6 +12,13 @@
   the items) the cross-attention gates did not open in 100 steps of stage 1; concentrating the
   gradient on a few attributes that the stage-0 tower separates linearly is the first step.
 
+- AF2Corpus-LongAudio-Text/train.json (stage 3): the LongAudio items, multiple-choice answers as text.
+
+Why the option text: a frozen 135M LM does not bind an answer to its letter. After stage 1 the model
+told kinds of audio apart in open answers (answer NLL 0.76 with its own audio vs 1.17 with another
+clip's) while its letter choice stayed at chance; the official string match (MMAU, MMAR) scores the
+words of the answer, not the letter, so an answer given as the option's text is scored the same way.
+
     python scripts/nano-short-manifest.py CORPUS
 """
 
@@ -18,6 +26,9 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+
+import re
+from dataclasses import replace
 
 from af2.data.manifest import read_manifest, write_manifest
 
@@ -39,17 +50,28 @@ def focus(item) -> bool:
     return short(item) and template(item).removesuffix(":mcq") in FOCUS_TEMPLATES
 
 
-def write(corpus: Path, split: str, name: str, keep) -> None:
-    manifest = read_manifest(corpus / "manifests" / "AF2Corpus-AudioSkills" / f"{split}.json")
-    items = [it for it in manifest.items if keep(it)]
+_LETTERED = re.compile(r"^\([A-H]\)\s*(.+)$")
+
+
+def option_text(item):
+    """The item with a multiple-choice answer "(B) text" written as "text"."""
+    found = _LETTERED.match(item.output.strip())
+    return replace(item, output=found.group(1)) if found else item
+
+
+def write(corpus: Path, split: str, name: str, keep, text_answers: bool = False,
+          source: str = "AF2Corpus-AudioSkills") -> None:
+    manifest = read_manifest(corpus / "manifests" / source / f"{split}.json")
+    items = [option_text(it) if text_answers else it for it in manifest.items if keep(it)]
     out = corpus / "manifests" / name / f"{split}.json"
-    write_manifest(out, items, split=split, split_path=items[0].split_path, flamingo_task="AF2Corpus-AudioSkills")
+    write_manifest(out, items, split=split, split_path=items[0].split_path, flamingo_task=source)
     print(f"{out}: {len(items)} of {len(manifest.items)} items")
 
 
 def main(corpus: str) -> None:
     root = Path(corpus)
-    write(root, "train", "AF2Corpus-AudioSkills-Short", short)
+    write(root, "train", "AF2Corpus-AudioSkills-Short", short, text_answers=True)
+    write(root, "train", "AF2Corpus-LongAudio-Text", lambda it: True, text_answers=True, source="AF2Corpus-LongAudio")
     write(root, "train", "AF2Corpus-AudioSkills-Focus", focus)
     write(root, "val", "AF2Corpus-AudioSkills-Focus", focus)
 

@@ -106,6 +106,12 @@ class ListenConfig:
     interval: int = 0  # optimizer steps between checks; 0 = only at the end of the run
     items: int = 128
     max_cosine: float = 0.95
+    # "letter": the answer letter read after "(" (a model trained on "(B) text" answers); "options": the option
+    # texts ranked by their mean answer-token NLL (a model trained to answer with the option's text).
+    scoring: str = "letter"
+
+    def __post_init__(self) -> None:
+        _check_choice("listen.scoring", self.scoring, ("letter", "options"))
 
 
 @dataclass(frozen=True)

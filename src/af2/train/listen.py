@@ -21,7 +21,7 @@ import torch
 from af2.audio import pad_windows
 from af2.data.manifest import ManifestItem, read_manifest
 from af2.model.af2 import AF2Model
-from af2.tokens import inference_prompt
+from af2.tokens import IGNORE_INDEX, encode_training_batch, inference_prompt
 from af2.data.dataset import ManifestDataset
 from af2.train.stages import train_mode
 
@@ -62,10 +62,47 @@ def _n_options(prompt: str) -> int:
     return max(2, len(re.findall(r"\([A-Ha-h]\)", prompt)))
 
 
+def _options(item: ManifestItem) -> tuple[list[str], int]:
+    """The item's option texts and the index of the answer (from the manifest, else parsed from the prompt)."""
+    options, gold = item.extra.get("options"), item.extra.get("answer_index")
+    if not options or gold is None:
+        options = [o.strip().rstrip(".") for o in re.split(r"\([A-H]\)", item.prompt)[1:]]
+        gold = LETTERS.index(_ANSWER.match(item.output.strip()).group(1).lower())
+    return list(options), int(gold)
+
+
+def _option_scores(model: AF2Model, tokenizer, batch: list[ManifestItem], audio, cfg_tokens) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean answer-token NLL of every option text as the answer → (items, max options) with +inf where an item has
+    fewer options, and the gold indices (items,)."""
+    pairs, owner, gold, counts = [], [], [], []
+    for i, s in enumerate(batch):
+        options, g = _options(s)
+        pairs += [(s.prompt, o) for o in options]
+        owner += [i] * len(options)
+        gold.append(g)
+        counts.append(len(options))
+    enc = encode_training_batch(tokenizer, [p for p, _ in pairs], [a for _, a in pairs], cfg_tokens)
+    device = audio.features.device
+    owner_t = torch.tensor(owner, device=device)
+    logits = model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
+                   audio=audio.select(owner_t)).logits[:, :-1].float()
+    labels = enc["labels"][:, 1:].to(device)
+    nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX,
+                                            reduction="none").view(labels.shape)
+    per_option = nll.sum(1) / (labels != IGNORE_INDEX).sum(1).clamp_min(1)
+    scores = torch.full((len(batch), max(counts)), float("inf"), device=device)
+    slot = torch.cat([torch.arange(c) for c in counts]).to(device)
+    scores[owner_t, slot] = per_option
+    return scores.cpu(), torch.tensor(gold)
+
+
 @torch.no_grad()
 def listen_check(model: AF2Model, tokenizer, items: list[ManifestItem], data_root: str, windows: int,
-                 batch_size: int = 8) -> ListenReport:
-    """Accuracy with own vs shuffled audio, and feature diversity, over ``items`` (model left in eval)."""
+                 batch_size: int = 8, scoring: str = "letter") -> ListenReport:
+    """Accuracy with own vs shuffled audio, and feature diversity, over ``items`` (model left in eval).
+
+    scoring: "letter" reads the answer letter after "(" (models trained on "(B) text" answers); "options"
+    ranks the option texts by their mean answer-token NLL (models trained to answer with the option text)."""
     was_training = model.training
     model.eval()
     audio_cfg = replace(model.cfg.audio, max_windows=windows)
@@ -92,6 +129,12 @@ def listen_check(model: AF2Model, tokenizer, items: list[ManifestItem], data_roo
         # the same prompts with the audio rolled by one item (a derangement for batches of 2+)
         perm = torch.roll(torch.arange(len(batch)), 1) if len(batch) > 1 else torch.arange(1)
         for variant, (bucket, context) in enumerate(((own, audio), (shuffled, audio.select(perm.to(device))))):
+            if scoring == "options":
+                scores, gold_o = _option_scores(model, tokenizer, items[start:start + len(batch)], context,
+                                                model.cfg.tokens)
+                bucket.append(scores.argmin(1) == gold_o)
+                nll[variant].append((-scores).log_softmax(1).gather(1, gold_o[:, None]).squeeze(1).neg())
+                continue
             logits = model(input_ids=ids, attention_mask=attn, audio=context).logits[rows, last]
             scores = logits[:, letter_ids.to(device)].float().cpu().masked_fill(~allowed, float("-inf"))
             bucket.append(scores.argmax(1) == gold)

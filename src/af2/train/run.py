@@ -99,7 +99,8 @@ def listen_evaluator(cfg: TrainConfig, tokenizer):
     items = multiple_choice_items(cfg.listen.manifest, cfg.listen.items)
 
     def evaluate(model) -> dict[str, float]:
-        report = listen_check(unwrap(model), tokenizer, items, cfg.data.data_root, cfg.windows)
+        report = listen_check(unwrap(model), tokenizer, items, cfg.data.data_root, cfg.windows,
+                              scoring=cfg.listen.scoring)
         if report.feature_cosine > cfg.listen.max_cosine:
             print(f"warning: audio features are collapsing: mean pairwise cosine {report.feature_cosine:.3f} > "
                   f"{cfg.listen.max_cosine} across {report.items} held-out clips", flush=True)

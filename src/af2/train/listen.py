@@ -66,7 +66,7 @@ def _options(item: ManifestItem) -> tuple[list[str], int]:
     """The item's option texts and the index of the answer (from the manifest, else parsed from the prompt)."""
     options, gold = item.extra.get("options"), item.extra.get("answer_index")
     if not options or gold is None:
-        options = [o.strip().rstrip(".") for o in re.split(r"\([A-H]\)", item.prompt)[1:]]
+        options = [o.strip().rstrip(".") for o in re.split(r"\([A-Ha-h]\)", item.prompt)[1:]]
         gold = LETTERS.index(_ANSWER.match(item.output.strip()).group(1).lower())
     return list(options), int(gold)
 

@@ -118,9 +118,8 @@ class GatedCrossAttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, audio_mask: torch.Tensor,
                 kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        s = self.output_scale
-        x = x + (self.attn_gate.tanh() * s if s != 1.0 else self.attn_gate.tanh()) * self.attn(x, audio_mask, kv)
-        return x + (self.ff_gate.tanh() * s if s != 1.0 else self.ff_gate.tanh()) * self.ff(x)
+        x = x + self.attn_gate.tanh() * self.output_scale * self.attn(x, audio_mask, kv)  # × 1.0 is exact
+        return x + self.ff_gate.tanh() * self.output_scale * self.ff(x)
 
 
 class XAttnDecoderLayer(nn.Module):

@@ -14,15 +14,18 @@ check costs one teacher-forced pass per item and variant instead of a generation
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 
 from af2.audio import pad_windows
+from af2.data.dataset import ManifestDataset
 from af2.data.manifest import ManifestItem, read_manifest
 from af2.model.af2 import AF2Model
+from af2.model.xattn import AudioContext
 from af2.tokens import IGNORE_INDEX, encode_training_batch, inference_prompt
-from af2.data.dataset import ManifestDataset
 from af2.train.stages import train_mode
 
 _ANSWER = re.compile(r"^\(([a-h])\)", re.IGNORECASE)
@@ -36,8 +39,8 @@ class ListenReport:
     shuffled_accuracy: float  # another item's audio
     chance: float  # mean of 1 / options
     feature_cosine: float  # mean pairwise cosine of pooled audio-transformer outputs across items
-    # Mean negative log-probability of the gold letter among the allowed letters, with own and with shuffled
-    # audio: a finer signal than accuracy. A model that listens has nll < nll_shuffled well before its
+    # Mean negative log-probability of the gold answer among the item's choices (letters, or option texts), with
+    # own and with shuffled audio: a finer signal than accuracy. A model that listens has nll < nll_shuffled well before its
     # accuracy moves.
     nll: float = float("nan")
     nll_shuffled: float = float("nan")
@@ -71,29 +74,53 @@ def _options(item: ManifestItem) -> tuple[list[str], int]:
     return list(options), int(gold)
 
 
-def _option_scores(model: AF2Model, tokenizer, batch: list[ManifestItem], audio, cfg_tokens) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean answer-token NLL of every option text as the answer → (items, max options) with +inf where an item has
-    fewer options, and the gold indices (items,)."""
-    pairs, owner, gold, counts = [], [], [], []
-    for i, s in enumerate(batch):
-        options, g = _options(s)
-        pairs += [(s.prompt, o) for o in options]
-        owner += [i] * len(options)
-        gold.append(g)
-        counts.append(len(options))
-    enc = encode_training_batch(tokenizer, [p for p, _ in pairs], [a for _, a in pairs], cfg_tokens)
-    device = audio.features.device
-    owner_t = torch.tensor(owner, device=device)
-    logits = model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
-                   audio=audio.select(owner_t)).logits[:, :-1].float()
+Scorer = Callable[[AudioContext], torch.Tensor]
+
+
+def _letter_scorer(model: AF2Model, tokenizer, batch: list[ManifestItem], device) -> tuple[Scorer, torch.Tensor,
+                                                                                          torch.Tensor]:
+    """Scores of the answer letters read after "(" → (scorer: audio → (B, 8) logits, -inf past the item's
+    options), the gold letters (B,) and the option counts (B,)."""
+    enc = tokenizer([inference_prompt(it.prompt) + "(" for it in batch], return_tensors="pt", padding="longest",
+                    add_special_tokens=False)
+    ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    last = attn.sum(1) - 1  # right padding: the position of "("
+    rows = torch.arange(len(batch), device=device)
+    letter_ids = torch.tensor([tokenizer.convert_tokens_to_ids(c) for c in LETTERS], device=device)
+    gold = torch.tensor([LETTERS.index(_ANSWER.match(it.output.strip()).group(1).lower()) for it in batch])
+    counts = torch.tensor([_n_options(it.prompt) for it in batch])
+    allowed = torch.arange(len(LETTERS))[None, :] < counts[:, None]
+
+    def score(audio: AudioContext) -> torch.Tensor:
+        logits = model(input_ids=ids, attention_mask=attn, audio=audio).logits[rows, last]
+        return logits[:, letter_ids].float().cpu().masked_fill(~allowed, float("-inf"))
+
+    return score, gold, counts
+
+
+def _option_scorer(model: AF2Model, tokenizer, batch: list[ManifestItem], device) -> tuple[Scorer, torch.Tensor,
+                                                                                          torch.Tensor]:
+    """Scores of the option texts as answers: minus their mean answer-token NLL → (scorer: audio → (B, max options),
+    -inf past the item's options), the gold indices (B,) and the option counts (B,). Tokenised once per batch."""
+    found = [_options(it) for it in batch]
+    counts = torch.tensor([len(options) for options, _ in found])
+    prompts = [it.prompt for it, (options, _) in zip(batch, found) for _ in options]
+    enc = encode_training_batch(tokenizer, prompts, [o for options, _ in found for o in options], model.cfg.tokens)
+    ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     labels = enc["labels"][:, 1:].to(device)
-    nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX,
-                                            reduction="none").view(labels.shape)
-    per_option = nll.sum(1) / (labels != IGNORE_INDEX).sum(1).clamp_min(1)
-    scores = torch.full((len(batch), max(counts)), float("inf"), device=device)
-    slot = torch.cat([torch.arange(c) for c in counts]).to(device)
-    scores[owner_t, slot] = per_option
-    return scores.cpu(), torch.tensor(gold)
+    owner = torch.repeat_interleave(torch.arange(len(batch)), counts).to(device)
+    slot = torch.cat([torch.arange(int(c)) for c in counts]).to(device)
+
+    def score(audio: AudioContext) -> torch.Tensor:
+        logits = model(input_ids=ids, attention_mask=attn, audio=audio.select(owner)).logits[:, :-1].float()
+        nll = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX,
+                              reduction="none").view(labels.shape)
+        mean_nll = nll.sum(1) / (labels != IGNORE_INDEX).sum(1).clamp_min(1)
+        scores = torch.full((len(batch), int(counts.max())), float("-inf"), device=device)
+        scores[owner, slot] = -mean_nll
+        return scores.cpu()
+
+    return score, torch.tensor([g for _, g in found]), counts
 
 
 @torch.no_grad()
@@ -105,45 +132,30 @@ def listen_check(model: AF2Model, tokenizer, items: list[ManifestItem], data_roo
     ranks the option texts by their mean answer-token NLL (models trained to answer with the option text)."""
     was_training = model.training
     model.eval()
-    audio_cfg = replace(model.cfg.audio, max_windows=windows)
-    dataset = ManifestDataset(items, data_root, audio_cfg)
-    letter_ids = torch.tensor([tokenizer.convert_tokens_to_ids(c) for c in LETTERS])
+    make_scorer = _option_scorer if scoring == "options" else _letter_scorer
+    dataset = ManifestDataset(items, data_root, replace(model.cfg.audio, max_windows=windows))
     device = next(model.parameters()).device
-    features, own, shuffled, chance = [], [], [], []
-    nll: dict[int, list[torch.Tensor]] = {0: [], 1: []}
+    features, chance = [], []
+    correct: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])  # own audio, shuffled audio
+    nll: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
     for start in range(0, len(items), batch_size):
         batch = [dataset[i] for i in range(start, min(start + batch_size, len(items)))]
         wins, mask = pad_windows([s.windows for s in batch], windows)
-        wins, mask = wins.to(device), mask.to(device)
-        audio = model.encode_audio(wins, mask)
+        audio = model.encode_audio(wins.to(device), mask.to(device))
         real = audio.mask.unsqueeze(-1).to(audio.features.dtype)
         features.append((audio.features * real).sum(1) / real.sum(1))
-        texts = [inference_prompt(s.prompt) + "(" for s in batch]
-        enc = tokenizer(texts, return_tensors="pt", padding="longest", add_special_tokens=False)
-        ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-        last = attn.sum(1) - 1  # right padding: the position of "("
-        rows = torch.arange(len(batch), device=device)
-        gold = torch.tensor([LETTERS.index(_ANSWER.match(s.output.strip()).group(1).lower()) for s in batch])
-        n_opts = torch.tensor([_n_options(s.prompt) for s in batch])
-        allowed = torch.arange(len(LETTERS))[None, :] < n_opts[:, None]
+        score, gold, counts = make_scorer(model, tokenizer, items[start:start + len(batch)], device)
         # the same prompts with the audio rolled by one item (a derangement for batches of 2+)
         perm = torch.roll(torch.arange(len(batch)), 1) if len(batch) > 1 else torch.arange(1)
-        for variant, (bucket, context) in enumerate(((own, audio), (shuffled, audio.select(perm.to(device))))):
-            if scoring == "options":
-                scores, gold_o = _option_scores(model, tokenizer, items[start:start + len(batch)], context,
-                                                model.cfg.tokens)
-                bucket.append(scores.argmin(1) == gold_o)
-                nll[variant].append((-scores).log_softmax(1).gather(1, gold_o[:, None]).squeeze(1).neg())
-                continue
-            logits = model(input_ids=ids, attention_mask=attn, audio=context).logits[rows, last]
-            scores = logits[:, letter_ids.to(device)].float().cpu().masked_fill(~allowed, float("-inf"))
-            bucket.append(scores.argmax(1) == gold)
+        for variant, context in enumerate((audio, audio.select(perm.to(device)))):
+            scores = score(context)
+            correct[variant].append(scores.argmax(1) == gold)
             nll[variant].append(-scores.log_softmax(1).gather(1, gold[:, None]).squeeze(1))
-        chance.append(1.0 / n_opts.float())
+        chance.append(1.0 / counts.float())
     if was_training:
         train_mode(model)
-    return ListenReport(items=len(items), accuracy=torch.cat(own).float().mean().item(),
-                        shuffled_accuracy=torch.cat(shuffled).float().mean().item(),
+    return ListenReport(items=len(items), accuracy=torch.cat(correct[0]).float().mean().item(),
+                        shuffled_accuracy=torch.cat(correct[1]).float().mean().item(),
                         chance=torch.cat(chance).mean().item(), feature_cosine=mean_pairwise_cosine(torch.cat(features)),
                         nll=torch.cat(nll[0]).mean().item(), nll_shuffled=torch.cat(nll[1]).mean().item())
 

@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 common=(data.data_root="$CORPUS" data.dataset_file_root="$CORPUS/manifests")
 listen=(listen.manifest="$CORPUS/manifests/AF2Corpus-AudioSkills/val.json")
 case " $STAGES " in *" 1 "*|*" 2 "*)  # stages 1-2 train on the short-answer AudioSkills items
-  [ -f "$CORPUS/manifests/AF2Corpus-AudioSkills-Focus/val.json" ] ||
+  [ -f "$CORPUS/manifests/AF2Corpus-AudioSkills-Acoustic/val.json" ] ||
     "${AF2_PYTHON:-.venv/bin/python}" scripts/nano-short-manifest.py "$CORPUS" ;;
 esac
 for s in $STAGES; do

@@ -252,3 +252,23 @@ def test_bf16_autocast_trains(tmp_path):
     result = train(toy_cfg(tmp_path, precision="bf16", max_steps=10, save_interval=10), toy_task(dropout=0.0))
     assert all(torch.isfinite(torch.tensor(result.losses)))
     assert result.losses[-1] < result.losses[0]
+
+
+def test_resume_with_a_trainable_tensor_that_never_gets_a_gradient(tmp_path):
+    """HTSAT keeps classification heads that the forward never computes: trainable in the CLAP stage, they
+    get no AdamW state. A resume restores the others and leaves those without state (it used to refuse)."""
+    def task():
+        t = toy_task()
+        t.model.audio_encoder.register_parameter("head", nn.Parameter(torch.zeros(3)))  # trainable, never used
+        return t
+    first = train(toy_cfg(tmp_path, max_steps=4, save_interval=2), task())
+    resumed = train(toy_cfg(tmp_path, max_steps=6, save_interval=2, resume=True), task())
+    whole = train(toy_cfg(tmp_path / "whole", max_steps=6, save_interval=2), task())
+    assert resumed.losses == pytest.approx(whole.losses[4:], rel=1e-6), (first.losses, resumed.losses)
+
+
+def test_resume_refuses_a_checkpoint_whose_trainable_set_differs(tmp_path):
+    train(toy_cfg(tmp_path, max_steps=2, save_interval=2), toy_task())
+    with pytest.raises(Exception, match="trainable set changed"):
+        train(toy_cfg(tmp_path, max_steps=4, save_interval=2, resume=True,
+                      trainable=("audio_transformer", "xattn")), toy_task(groups=("audio_transformer", "xattn")))

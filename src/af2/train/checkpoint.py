@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
 
 from af2.errors import CheckpointError
 from af2.train.distributed import DistInfo, barrier, gather_objects, unwrap
@@ -141,6 +142,17 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch
     return final
 
 
+def _check_optimizer_names(ckpt: Path, model: nn.Module, optim_state: dict[str, Any]) -> None:
+    """Every saved AdamW state belongs to a tensor this stage trains (a different trainable set is a
+    different stage: start it with init_checkpoint rather than --resume)."""
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    unexpected = sorted(set(optim_state.get("state", {})) - trainable)
+    if unexpected:
+        raise CheckpointError(f"{ckpt}: optimizer state for {len(unexpected)} tensor(s) this stage does not train "
+                              f"(first: {unexpected[0]}); the trainable set changed, so start from the "
+                              "checkpoint with init_checkpoint instead of --resume")
+
+
 def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                     info: DistInfo) -> dict[str, Any]:
     """Restore everything ``save_checkpoint`` wrote; returns the trainer record (step, position, ...)."""
@@ -153,8 +165,12 @@ def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     for alias, canonical in tied_aliases(bare).items():
         state.setdefault(alias, state[canonical])
     trainer = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=True)
-    set_state_dict(model, optimizer, model_state_dict=state, optim_state_dict=trainer["optimizer"],
-                   options=StateDictOptions(full_state_dict=True, strict=True))
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=True))
+    _check_optimizer_names(ckpt, bare, trainer["optimizer"])
+    # Not strict: a trainable tensor that never received a gradient (HTSAT's classification heads, which
+    # the forward never computes) has no AdamW state when saved, and so none after the resume either.
+    set_optimizer_state_dict(model, optimizer, trainer["optimizer"],
+                             options=StateDictOptions(full_state_dict=True, strict=False))
     scheduler.load_state_dict(trainer["scheduler"])
     rngs = trainer["rng"]
     if len(rngs) != info.world_size:

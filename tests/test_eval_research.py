@@ -5,6 +5,7 @@ golden report (fixed predictions -> byte-identical report.md and summary.json)."
 import json
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -283,7 +284,11 @@ def test_from_corpus_builds_three_tasks_from_the_val_split(tmp_path, capsys):
                        flamingo_task=task)
         write_manifest(corpus / "manifests" / task / "train.json", items[1:], split="train", split_path="audio",
                        flamingo_task=task)  # training items never become benchmark items
+    derived = [replace(items[0], output="a dog")]  # a selection of the val items, as nano-short-manifest.py writes
+    write_manifest(corpus / "manifests" / "AF2Corpus-LongAudio-Text" / "val.json", derived, split="val",
+                   split_path="audio", flamingo_task="AF2Corpus-LongAudio")
     assert main(["eval", "from-corpus", str(corpus), str(tmp_path / "data")]) == 0
+    assert not (tmp_path / "data/manifests/AF2Corpus-LongAudio-Text").exists()
     assert "af2-manifest (4 items), mmau-test-mini (1 items), mmar (1 items)" in capsys.readouterr().out
     (mc,) = get_task("mmau-test-mini").load(tmp_path / "data/mmau")
     assert (mc.question, mc.choices, mc.reference) == ("What is heard?", ("rain", "a dog"), "a dog")

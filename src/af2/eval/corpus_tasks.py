@@ -35,6 +35,15 @@ def _mc_item(item, audio: Path, base: Path) -> dict[str, Any] | None:
             "category": str(item.extra.get("skill", "all"))}
 
 
+def _originals(paths: list[Path]) -> list[tuple[Path, Any]]:
+    """The manifests that are not a subset of a larger one: a derived manifest (a selection of another's items
+    under the same ids, e.g. scripts/nano-short-manifest.py's) would repeat its items in the benchmarks."""
+    manifests = [(path, read_manifest(path)) for path in paths]
+    ids = [{item.id for item in m.items} for _, m in manifests]
+    return [(path, m) for i, (path, m) in enumerate(manifests)
+            if not any(len(other) > len(ids[i]) and ids[i] <= other for other in ids)]
+
+
 def build_from_corpus(corpus: Path, out: Path, split: str = "val") -> dict[str, int]:
     """Write the three benchmark folders above into ``out``; returns the item count of each."""
     manifests = sorted((corpus / "manifests").glob(f"*/{split}.json"))
@@ -45,11 +54,10 @@ def build_from_corpus(corpus: Path, out: Path, split: str = "val") -> dict[str, 
     (out / "mmau").mkdir(exist_ok=True)
     (out / "mmar").mkdir(exist_ok=True)
     short, long, total = [], [], 0
-    for path in manifests:
+    for path, manifest in _originals(manifests):
         target = out / "manifests" / path.parent.name / path.name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
-        manifest = read_manifest(path)
         for item in manifest.items:
             total += 1
             audio = (corpus / item.split_path / item.name).resolve()

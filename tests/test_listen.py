@@ -60,6 +60,18 @@ def test_multiple_choice_items_are_lettered_answers_spread_over_the_file(tmp_pat
         multiple_choice_items(str(open_only), 3)
 
 
+def test_options_scoring_also_takes_items_answered_with_the_option_text(tmp_path):
+    # scripts/nano-short-manifest.py answers multiple-choice items with the option's text and records the options
+    texted = [item(i, "what is it? (A) a dog. (B) a cat.", ["a dog", "a cat"][i % 2], options=["a dog", "a cat"],
+                   answer_index=i % 2) for i in range(4)]
+    open_items = [item(10 + i, "what is it?", "a dog") for i in range(3)]
+    path = write_manifest(tmp_path / "m.json", texted + open_items, split="val", split_path="clips",
+                          flamingo_task="T-AQA")
+    assert [it.id for it in multiple_choice_items(str(path), 10, "options")] == [f"t/{i}" for i in range(4)]
+    with pytest.raises(ValueError, match="no multiple-choice items"):  # letter scoring cannot read these
+        multiple_choice_items(str(path), 10, "letter")
+
+
 # --- _options -----------------------------------------------------------------------------------------------------
 
 def test_options_from_manifest_fields_and_from_the_prompt():

@@ -51,12 +51,21 @@ class ListenReport:
                 "listen_nll": self.nll, "listen_nll_shuffled": self.nll_shuffled}
 
 
-def multiple_choice_items(manifest: str, limit: int) -> list[ManifestItem]:
-    """The first ``limit`` items of ``manifest`` whose answer is an option letter ``(x) ...``, in a fixed
-    order spread over the file (every k-th item), so each check sees the same items."""
-    items = [it for it in read_manifest(manifest).items if _ANSWER.match(it.output.strip())]
+def multiple_choice_items(manifest: str, limit: int, scoring: str = "letter") -> list[ManifestItem]:
+    """The first ``limit`` multiple-choice items of ``manifest``, in a fixed order spread over the file (every
+    k-th item), so each check sees the same items. "letter" scoring needs answers that start with the option
+    letter ``(x) ...``; "options" scoring also takes items answered with the option's text, whose options and
+    answer index the manifest records (``options``, ``answer_index``)."""
+    def is_choice(it: ManifestItem) -> bool:
+        if _ANSWER.match(it.output.strip()):
+            return True
+        return scoring == "options" and bool(it.extra.get("options")) and it.extra.get("answer_index") is not None
+
+    items = [it for it in read_manifest(manifest).items if is_choice(it)]
     if not items:
-        raise ValueError(f"listen.manifest {manifest}: no multiple-choice items (answers starting '(A)')")
+        wanted = "answers starting '(A)'" if scoring == "letter" else "answers starting '(A)', or 'options' and 'answer_index'"
+        raise ValueError(f"listen.manifest {manifest}: no multiple-choice items ({wanted}); point listen.manifest "
+                         "at a manifest with multiple-choice items")
     step = max(1, len(items) // limit)
     return items[::step][:limit]
 

@@ -96,7 +96,7 @@ def listen_evaluator(cfg: TrainConfig, tokenizer):
     """The shuffled-audio control and feature-diversity check of ``cfg.listen`` (None when unset)."""
     if not cfg.listen.manifest:
         return None
-    items = multiple_choice_items(cfg.listen.manifest, cfg.listen.items)
+    items = multiple_choice_items(cfg.listen.manifest, cfg.listen.items, cfg.listen.scoring)
 
     def evaluate(model) -> dict[str, float]:
         report = listen_check(unwrap(model), tokenizer, items, cfg.data.data_root, cfg.windows,

@@ -13,24 +13,31 @@ once per request.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 # Activations of the int8 matmul: the kernel has a fast bf16 path; its fp32 path is ~6x slower.
 ACT_DTYPE = torch.bfloat16
-_ROWS = 8192
+_SLICE = 1 << 20  # values quantized at a time: a few MB of fp32 temporaries, whatever the weight's width
 
 
-def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, K) float weight → (N, K) int8 codes and (N,) bf16 scales, symmetric per row."""
-    codes = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
-    scale = torch.empty(weight.shape[0], dtype=ACT_DTYPE, device=weight.device)
-    for start in range(0, weight.shape[0], _ROWS):  # in slices: a whole fp32 copy of the vocabulary is 0.5 GB
-        w = weight[start:start + _ROWS].detach().float()
+def quantize_rows(weight: torch.Tensor, codes: torch.Tensor | None = None,
+                  scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) float weight → (N, K) int8 codes and (N,) bf16 scales, symmetric per row; written
+    into ``codes`` and ``scale`` when given (a loader's tensors)."""
+    if codes is None:
+        codes = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    if scale is None:
+        scale = torch.empty(weight.shape[0], dtype=ACT_DTYPE, device=weight.device)
+    rows = max(1, _SLICE // max(math.prod(weight.shape[1:]), 1))
+    for start in range(0, weight.shape[0], rows):  # in slices: a whole fp32 copy of the vocabulary is 0.5 GB
+        w = weight[start:start + rows].detach().float()
         s = (w.abs().amax(dim=1) / 127).clamp_min(torch.finfo(ACT_DTYPE).tiny).to(ACT_DTYPE)
-        codes[start:start + _ROWS] = (w / s.float()[:, None]).round_().clamp_(-127, 127)
-        scale[start:start + _ROWS] = s
+        codes[start:start + rows] = (w / s.float()[:, None]).round_().clamp_(-127, 127)
+        scale[start:start + rows] = s
     return codes, scale
 
 

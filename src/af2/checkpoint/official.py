@@ -312,7 +312,7 @@ def build_official(ckpt_dir: str | Path, cfg: AF2Config, dtype: torch.dtype = to
                    int8: bool = False, strict: bool = False) -> AF2Model:
     """The model of an official checkpoint folder for a complete ``cfg`` (LM and vocabulary
     filled), in ``dtype``, holding one copy of the weights: built on the meta device, it adopts
-    each tensor as read (aliases are compared on disk, never loaded). ``int8``: the LM's linear
+    each tensor as read (aliases are compared on disk, never loaded). ``int8``: the linear
     weights are quantized as they are read (``af2.model.quant``). NaN/Inf weights warn
     (``strict``: raise)."""
     from af2.model.quant import quantize_int8
@@ -323,7 +323,7 @@ def build_official(ckpt_dir: str | Path, cfg: AF2Config, dtype: torch.dtype = to
     with torch.device("meta"):  # no random init, no second copy: the checkpoint's tensors are adopted
         model = AF2Model(cfg).to(dtype)
         if int8:
-            quantize_int8(model.lm)
+            quantize_int8(model)
     try:
         state = convert_official_state_dict(official, model, source=str(ckpt / "safe_ckpt"), dtype=dtype,
                                             clap=clap[0] if clap else None, clap_source=str(clap[1]) if clap else "")

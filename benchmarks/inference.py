@@ -5,7 +5,7 @@ One run measures, on this machine:
     matmul rates, and a read-only memory stream (the bandwidth a decoding step can use);
   loading: time and peak RSS to load our format and NVIDIA's layout (aliases included) in
     each dtype, each in its own process;
-  the optimised path in fp32, bf16 and int8 (int8 LM weights), for a 30-s and a 5-min clip, at
+  the optimised path in fp32, bf16 and int8 (int8 linear weights), for a 30-s and a 5-min clip, at
     batch 1 and 8: encode time, time to first token, ms/token, tokens/s, peak RSS, and at batch 8
     the share of a decoding step spent on cross-attention over the audio tokens;
   a reference path in the same process: windows encoded one at a time and the audio keys/values

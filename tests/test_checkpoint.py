@@ -189,9 +189,56 @@ def test_tensor_file_converts_and_compares_chunk_by_chunk(tmp_path, monkeypatch)
     assert torch.equal(f.read("a", torch.bfloat16), a.to(torch.bfloat16))
     assert torch.equal(f.read("i", torch.bfloat16), torch.arange(5))  # integers keep their dtype
     assert f.same_bytes("a", f, "a2") and not f.same_bytes("a", f, "b") and not f.same_bytes("a", f, "i")
+    rows = torch.empty(2, 7, dtype=torch.bfloat16)
+    assert f.read_into("a", rows, first=11) is rows and torch.equal(rows, a[11:].to(torch.bfloat16))
+    with pytest.raises(ValueError, match="asked for 14 from row 12"):
+        f.read_into("a", torch.empty(2, 7), first=12)
     (tmp_path / "cut.safetensors").write_bytes((tmp_path / "t.safetensors").read_bytes()[:-8])
     with pytest.raises(CheckpointError, match="cut.safetensors.*unreadable"):
         TensorFile(tmp_path / "cut.safetensors")
+
+
+def test_official_chunks_answer_membership_from_their_headers(fixture_dir, monkeypatch):
+    from af2.checkpoint.official import read_official_chunks
+    from af2.tensorfile import TensorFile
+
+    chunks = read_official_chunks(fixture_dir / "checkpoint")
+    monkeypatch.setattr(TensorFile, "read_into", lambda *a, **k: pytest.fail("a tensor was read"))
+    try:
+        assert all(key in chunks for key in list(chunks)) and "lang_encoder.nothing" not in chunks
+    finally:
+        chunks.close()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_every_non_finite_value_is_found(dtype, value):
+    from af2.checkpoint.weights import check_finite
+
+    ok = {"a": torch.randn(1000).to(dtype), "i": torch.arange(3), "empty": torch.zeros(0), "scalar": torch.tensor(2.0)}
+    assert check_finite(ok, "src") == []
+    for where in (0, 517, -1):
+        bad = torch.randn(33, 31).to(dtype)
+        bad.view(-1)[where] = value
+        with pytest.raises(CheckpointError, match="src: 1 tensor.*NaN or Inf.*e.g. b;"):
+            check_finite({**ok, "b": bad}, "src", strict=True)
+
+
+def test_read_state_quantizes_a_slice_of_rows_at_a_time(monkeypatch):
+    import af2.checkpoint.weights as weights
+    from af2.model.quant import quantize_rows
+
+    monkeypatch.setattr(weights, "_SLICE", 10)  # two rows of 4 values per slice
+    w, b = torch.randn(11, 4), torch.randn(11)
+    with torch.device("meta"):
+        expected = {"l.weight": torch.empty(11, 4, dtype=torch.int8), "l.scale": torch.empty(11, dtype=torch.bfloat16),
+                    "l.bias": torch.empty(11)}
+    stored = weights.InMemory({"w": w, "b": b})
+    state = weights.read_state({"l.weight": (stored, "w"), "l.bias": (stored, "b")}, expected, torch.bfloat16)
+    codes, scale = quantize_rows(w.to(torch.bfloat16))  # as if loaded in bf16, then quantized
+    assert state.keys() == expected.keys()
+    assert torch.equal(state["l.weight"], codes) and torch.equal(state["l.scale"], scale)
+    assert torch.equal(state["l.bias"], b.to(torch.bfloat16))
 
 
 def test_folder_naming_its_base_lm_loads_in_every_dtype(official_model, fixture_dir, open_gates, tmp_path):

@@ -12,7 +12,9 @@ from torch import nn
 
 import af2
 from af2 import inference
-from af2.model.quant import Int8Embedding, Int8Linear, quantize_int8, quantize_rows
+from af2.config import af2_config
+from af2.model.af2 import AF2Model
+from af2.model.quant import Int8DequantLinear, Int8Embedding, Int8Linear, quantize_int8, quantize_rows
 from af2.parity import fixture_config
 
 
@@ -40,18 +42,74 @@ def test_int8_linear_matches_its_dequantized_reference(shape):
         torch.testing.assert_close(q(x[:1]), got[:1], atol=1e-2, rtol=1e-2)
 
 
-def test_quantize_int8_shares_the_tied_table(official_model):
-    model = copy.deepcopy(official_model[0])
-    before = sum(m.weight.numel() for m in model.lm.modules() if isinstance(m, (nn.Linear, nn.Embedding))
+def test_int8_dequant_linear_is_the_float_linear_of_its_dequantized_weight():
+    g = torch.Generator().manual_seed(1)
+    linear = nn.Linear(40, 24)  # 40: any width, no kernel constraint
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(24, 40, generator=g) * torch.rand(24, 1, generator=g))
+    q = Int8DequantLinear.from_linear(linear)
+    assert q.weight.dtype == torch.int8
+    x = torch.randn(2, 7, 40, generator=g)
+    # Dequantizing in the input's dtype is exact (q · s rounded once): the same float matmul.
+    assert torch.equal(q(x), nn.functional.linear(x, q.dequantized(), linear.bias))
+    xb = x.bfloat16()
+    assert torch.equal(q(xb), nn.functional.linear(xb, q.dequantized().bfloat16(), linear.bias.bfloat16()))
+
+
+def _dequantized_copy(model: AF2Model, quantized: AF2Model) -> AF2Model:
+    """``model`` holding, in every quantized linear and the embedding, the weights its int8 codes stand for."""
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, module in quantized.named_modules():
+            if isinstance(module, (Int8Linear, Int8Embedding)):
+                weight = module.weight.float() * module.scale.float()[:, None]
+                ref.get_submodule(name).weight.copy_(weight)
+    return ref
+
+
+def test_quantize_int8_covers_every_linear_and_shares_the_tied_table(official_model):
+    model = official_model[0]
+    quantized = copy.deepcopy(model)
+    before = sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding))
                  and m is not model.lm.lm_head)
-    count = quantize_int8(model.lm)
-    assert count == before
-    assert isinstance(model.lm.model.embed_tokens, Int8Embedding) and isinstance(model.lm.lm_head, Int8Linear)
-    assert model.lm.lm_head.weight is model.lm.model.embed_tokens.weight
-    assert not any(isinstance(m, nn.Linear) for m in model.lm.modules())
-    ids = torch.tensor([[3, 7, 11]])
-    codes, scale = quantize_rows(official_model[0].lm.model.embed_tokens.weight)
-    torch.testing.assert_close(model.lm.model.embed_tokens(ids), (codes[ids].float() * scale[ids, None].float()))
+    assert quantize_int8(quantized) == before
+    lm = quantized.lm
+    assert isinstance(lm.model.embed_tokens, Int8Embedding) and isinstance(lm.lm_head, Int8Linear)
+    assert lm.lm_head.weight is lm.model.embed_tokens.weight and lm.lm_head.scale is lm.model.embed_tokens.scale
+    assert not any(isinstance(m, nn.Linear) for m in quantized.modules())
+    assert all(type(m) is Int8DequantLinear for tower in (quantized.audio_encoder, quantized.audio_transformer)
+               for m in tower.modules() if isinstance(m, Int8Linear))
+    ref = _dequantized_copy(model, quantized)
+    # Embedding: the rows looked up are the dequantized rows, exactly.
+    ids = torch.tensor([[3, 7, 11], [0, 5, lm.model.embed_tokens.num_embeddings - 1]])
+    codes, scale = quantize_rows(model.lm.model.embed_tokens.weight)
+    want = codes[ids].float() * scale[ids, None].float()
+    assert torch.equal(lm.model.embed_tokens(ids), want) and torch.equal(ref.lm.model.embed_tokens(ids), want)
+    # Tied head: logits from the int8 kernel against the float product with the dequantized table.
+    hidden = torch.randn(2, 3, model.lm.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(lm.lm_head(hidden), ref.lm.lm_head(hidden.bfloat16().float()), atol=2e-2, rtol=2e-2)
+    # Audio side (dequantized per call, in fp32 here): the float model with the dequantized weights, exactly.
+    mel = torch.randn(2, model.cfg.audio.frames_per_window, model.cfg.audio.n_mels,
+                      generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        tokens = quantized.audio_encoder(mel)
+        assert torch.equal(tokens, ref.audio_encoder(mel))
+        mask = torch.ones(1, tokens.shape[0] * tokens.shape[1], dtype=torch.bool)
+        flat = tokens.reshape(1, -1, tokens.shape[-1])
+        assert torch.equal(quantized.audio_transformer(flat, mask), ref.audio_transformer(flat, mask))
+
+
+def test_int8_weights_are_half_of_bf16_at_af2_05b():
+    def weight_bytes(model):
+        tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}  # the tied table once
+        return sum(t.numel() * t.element_size() for t in tensors.values())
+
+    with torch.device("meta"):
+        bf16 = AF2Model(af2_config("0.5b")).to(torch.bfloat16)
+        bytes_bf16 = weight_bytes(bf16)
+        quantize_int8(bf16)
+    ratio = weight_bytes(bf16) / bytes_bf16
+    assert 0.5 < ratio < 0.51, ratio  # scales, biases, norms and convolutions stay in bf16
 
 
 def _teacher_forced(api, wav, question, answer_ids):
@@ -110,7 +168,7 @@ def test_int8_quantized_while_loading_equals_quantized_after(official_model, fix
     folder = save_pretrained(model, tmp_path / "m", tokenizer)
     direct = load_pretrained(folder, torch.bfloat16, int8=True)
     after = load_pretrained(folder, torch.bfloat16)
-    quantize_int8(after.lm)
+    quantize_int8(after)
     got, want = direct.state_dict(), after.state_dict()
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     assert direct.lm.lm_head.weight is direct.lm.model.embed_tokens.weight

@@ -252,8 +252,8 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device) -
     """(compute dtype, int8 weights?) for a requested ``dtype`` on ``device``.
 
     ``None`` picks bf16 on CPUs with native bf16 matrix instructions (half the bytes per decoding
-    step, ~5x the fp32 matmul rate of the audio encoder) and fp32 elsewhere. ``"int8"`` stores the
-    LM's and cross-attention's linear weights in int8; the rest computes in bf16 where the CPU has
+    step, ~5x the fp32 matmul rate of the audio encoder) and fp32 elsewhere. ``"int8"`` stores every
+    linear layer's weights in int8 (``af2.model.quant``); the rest computes in bf16 where the CPU has
     it (else fp32).
     """
     cpu = torch.device(device).type == "cpu"
@@ -315,7 +315,7 @@ def load(path_or_id: str | Path = DEFAULT_MODEL, *, device: str | torch.device =
     HF_HUB_OFFLINE). A folder whose config.json names its base LM is built from that base LM.
     ``config`` gives the architecture of an official checkpoint where its tensor shapes do not
     (default: the released AF2). ``dtype``: None (bf16 on CPUs with native bf16, else fp32),
-    "float32", "bfloat16" or "int8" (int8 LM weights). Bad arguments, devices and files raise
+    "float32", "bfloat16" or "int8" (int8 linear weights). Bad arguments, devices and files raise
     AF2Errors before weights are read."""
     t0 = time.perf_counter()
     check_device(device)

@@ -5,8 +5,9 @@ tensor's dtype, shape and byte range, then the raw bytes. Reading with ``pread``
 own (instead of memory-mapping the file) keeps the file's pages out of the process's resident
 memory; each range read is then dropped from the page cache (``POSIX_FADV_DONTNEED``). A tensor
 stored in fp32 and wanted in bf16 is converted through a small staging buffer, so the fp32 copy
-never exists whole. Two tensors can be compared byte for byte, chunk by chunk, without holding
-either (the official layout stores every decoder weight twice).
+never exists whole; ``read_into`` fills a tensor the caller allocated (a slice of rows, too), so a
+loader can allocate every weight before it reads any. Two tensors can be compared byte for byte,
+chunk by chunk, without holding either (the official layout stores every decoder weight twice).
 """
 
 from __future__ import annotations
@@ -60,36 +61,43 @@ class TensorFile:
     def shape(self, key: str) -> tuple[int, ...]:
         return self._entries[key][1]
 
+    def dtype(self, key: str) -> torch.dtype:
+        """The dtype tensor ``key`` is stored in."""
+        return self._entries[key][0]
+
     def read(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Tensor ``key``; floating-point tensors are converted to ``dtype`` chunk by chunk."""
-        src, shape, start, nbytes = self._entries[key]
-        return self._read(src, shape, start, nbytes, dtype)
-
-    def read_rows(self, key: str, first: int, stop: int, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Rows ``first:stop`` of tensor ``key`` (along its first dimension), floats in ``dtype``."""
-        src, shape, start, _ = self._entries[key]
-        stop = min(stop, shape[0])
-        row = _numel(shape[1:]) * src.itemsize
-        return self._read(src, (stop - first, *shape[1:]), start + first * row, (stop - first) * row, dtype)
-
-    def _read(self, src: torch.dtype, shape: tuple[int, ...], start: int, nbytes: int,
-              dtype: torch.dtype | None) -> torch.Tensor:
+        src, shape, _, _ = self._entries[key]
         want = dtype if dtype is not None and src.is_floating_point else src
-        out = torch.empty(shape, dtype=want)
-        if want == src:
-            self._pread_into(out.view(-1).view(torch.uint8) if out.numel() else out, start, nbytes)
-        else:
-            flat, per = out.view(-1), CHUNK_BYTES // src.itemsize
-            stage = torch.empty(min(nbytes, per * src.itemsize), dtype=torch.uint8)
-            for first in range(0, flat.numel(), per):
-                n = min(per, flat.numel() - first)
-                self._pread_into(stage[:n * src.itemsize], start + first * src.itemsize, n * src.itemsize)
-                flat[first:first + n].copy_(stage[:n * src.itemsize].view(src))
-        self._drop_pages(start, nbytes)
-        return out
+        return self.read_into(key, torch.empty(shape, dtype=want))
 
-    def is_float(self, key: str) -> bool:
-        return self._entries[key][0].is_floating_point
+    def read_into(self, key: str, out: torch.Tensor, first: int = 0, stage: torch.Tensor | None = None) -> torch.Tensor:
+        """Fill the contiguous ``out`` with tensor ``key`` from row ``first`` on (as many values as
+        ``out`` holds), converted to ``out``'s dtype, through ``stage`` (a uint8 buffer, default: a new
+        one of up to CHUNK_BYTES) when the dtypes differ. Returns ``out``."""
+        src, shape, start, nbytes = self._entries[key]
+        begin = first * _numel(shape[1:]) * src.itemsize
+        size = out.numel() * src.itemsize
+        if begin + size > nbytes:
+            raise ValueError(f"{self.path}: {key} has {nbytes // src.itemsize} values, asked for {out.numel()} "
+                             f"from row {first}")
+        if size == 0:
+            return out
+        if out.dtype == src:
+            self._pread_into(out.view(-1).view(torch.uint8), start + begin, size)
+        elif src.is_floating_point and out.dtype.is_floating_point:
+            flat = out.view(-1)
+            if stage is None:
+                stage = torch.empty(min(size, CHUNK_BYTES), dtype=torch.uint8)
+            per = stage.numel() // src.itemsize
+            for done in range(0, flat.numel(), per):
+                n = min(per, flat.numel() - done)
+                self._pread_into(stage[:n * src.itemsize], start + begin + done * src.itemsize, n * src.itemsize)
+                flat[done:done + n].copy_(stage[:n * src.itemsize].view(src))
+        else:
+            raise ValueError(f"{self.path}: {key} is stored as {src}, cannot be read into {out.dtype}")
+        self._drop_pages(start + begin, size)
+        return out
 
     def same_bytes(self, key: str, other: TensorFile, other_key: str) -> bool:
         """Whether ``key`` here and ``other_key`` in ``other`` hold the same dtype, shape and bytes."""

@@ -153,8 +153,8 @@ def load_pretrained(model_dir: str | Path, dtype: torch.dtype = torch.float32, i
                     strict: bool = False) -> AF2Model:
     """Build the model of an af2 folder (``config.json`` + ``model.safetensors``) in ``dtype``
     without a second copy: the model is made on the meta device and adopts the tensors read.
-    ``int8``: the LM's linear weights are quantized as they are read (see ``af2.model.quant``),
-    so the float weights never exist whole. A folder that names its base LM (``BaseRef``) is
+    ``int8``: the linear weights are quantized as they are read (see ``af2.model.quant``), so
+    the float weights never exist whole. A folder that names its base LM (``BaseRef``) is
     built from that base LM first, loaded, then cast (and quantized). NaN/Inf weights warn
     (``strict``: raise)."""
     from af2.model.quant import quantize_int8
@@ -165,7 +165,7 @@ def load_pretrained(model_dir: str | Path, dtype: torch.dtype = torch.float32, i
     with torch.device("meta"):
         model = AF2Model(cfg).to(dtype)
         if int8:
-            quantize_int8(model.lm)
+            quantize_int8(model)
     source = str(Path(model_dir) / "model.safetensors")
     state = read_weights(model_dir, model.state_dict(), dtype)
     check_finite(state, source, strict)
@@ -185,7 +185,7 @@ def _load_on_base(model_dir: str | Path, cfg: AF2Config, base: BaseRef, dtype: t
     load_pretrained_weights(model, model_dir, base, strict)
     model = model.to(dtype)
     if int8:
-        quantize_int8(model.lm)
+        quantize_int8(model)
     return model.eval()
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from af2.base_lm import load_tokenizer, read_lm_config
-from af2.checkpoint.weights import check_finite, load_state_dict_strict, read_quantized, tie_int8_head, tied_aliases
+from af2.checkpoint.weights import (InMemory, TensorSource, check_finite, load_state_dict_strict, read_state, scale_key,
+                                    tie_int8_head, tied_aliases)
 from af2.config import AF2Config, check_sizes
 from af2.errors import CheckpointError, ConfigError
 from af2.jsonl import read_json
@@ -82,9 +83,8 @@ def alias_target(key: str) -> str | None:
     return _TIED[1] if key == _TIED[0] else None
 
 
-def read_official_chunks(ckpt_dir: str | Path, dtype: torch.dtype | None = None) -> LazyChunks:
-    """Merge every chunk listed by ``safe_ckpt/metadata.json`` into one (lazy) state dict whose
-    floating-point tensors come out in ``dtype`` (default: as stored)."""
+def read_official_chunks(ckpt_dir: str | Path) -> LazyChunks:
+    """Merge every chunk listed by ``safe_ckpt/metadata.json`` into one (lazy) state dict."""
     safe = Path(ckpt_dir) / "safe_ckpt"
     meta_path = safe / "metadata.json"
     if not meta_path.is_file():
@@ -97,7 +97,7 @@ def read_official_chunks(ckpt_dir: str | Path, dtype: torch.dtype | None = None)
     if bad:
         raise CheckpointError(f"{meta_path}: chunk name {bad[0][:80]!r} is not a file name inside safe_ckpt/; "
                               "refusing to read outside the checkpoint folder (re-download the checkpoint)")
-    return LazyChunks([safe / f"{chunk}.safetensors" for chunk in meta], meta_path, dtype)
+    return LazyChunks([safe / f"{chunk}.safetensors" for chunk in meta], meta_path)
 
 
 class LazyChunks(Mapping):
@@ -105,13 +105,13 @@ class LazyChunks(Mapping):
 
     Released chunks hold every decoder key twice over (alias registrations) in fp32: reading all
     of them would double the memory a load needs (7.2 GB for AF2-0.5B instead of 4.3 GB). Aliases
-    are compared with their primary on disk (``same_bytes``), and each tensor is read straight
-    into ``dtype``.
+    are compared with their primary on disk (``same_bytes``); a loader reads each tensor straight
+    into its own (``read_into``, a ``TensorSource``). Membership and shapes come from the files'
+    headers, never from a read.
     """
 
-    def __init__(self, paths: list[Path], listed_in: Path, dtype: torch.dtype | None = None):
+    def __init__(self, paths: list[Path], listed_in: Path):
         self._where: dict[str, TensorFile] = {}
-        self.dtype = dtype
         for path in paths:
             if not path.is_file():
                 raise CheckpointError(f"{path}: chunk {path.stem!r} listed in {listed_in.name} is missing; "
@@ -123,18 +123,24 @@ class LazyChunks(Mapping):
             self._where.update(dict.fromkeys(handle.keys(), handle))
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        return self._where[key].read(key, self.dtype)
+        return self._where[key].read(key)
+
+    def __contains__(self, key: object) -> bool:  # Mapping's own would read the tensor (0.5 GB for the embedding)
+        return key in self._where
 
     def shape(self, key: str) -> tuple[int, ...]:
         """A tensor's shape from the file header, without reading the tensor."""
         return self._where[key].shape(key)
 
+    def dtype(self, key: str) -> torch.dtype:
+        return self._where[key].dtype(key)
+
+    def read_into(self, key: str, out: torch.Tensor, first: int = 0,
+                  stage: torch.Tensor | None = None) -> torch.Tensor:
+        return self._where[key].read_into(key, out, first, stage)
+
     def same_bytes(self, key: str, other: str) -> bool:
         return self._where[key].same_bytes(key, self._where[other], other)
-
-    def rows(self, key: str) -> Callable[[int, int, torch.dtype | None], torch.Tensor]:
-        """``read(first, stop, dtype)``: rows of tensor ``key``."""
-        return lambda first, stop, dtype: self._where[key].read_rows(key, first, stop, dtype)
 
     def __iter__(self):
         return iter(self._where)
@@ -145,13 +151,6 @@ class LazyChunks(Mapping):
     def close(self) -> None:
         for handle in set(self._where.values()):
             handle.close()
-
-
-def _same_tensor(state: Mapping[str, torch.Tensor], key: str, other: str) -> bool:
-    """Whether ``state[key]`` equals ``state[other]``, on disk when ``state`` can (LazyChunks)."""
-    if isinstance(state, LazyChunks):
-        return state.same_bytes(key, other)
-    return state[key].shape == state[other].shape and torch.equal(state[key], state[other])
 
 
 def read_official_clap(ckpt_dir: str | Path) -> tuple[dict[str, torch.Tensor], Path] | None:
@@ -191,24 +190,25 @@ def _torch_load(path: Path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def convert_official_state_dict(official: Mapping[str, torch.Tensor], model: AF2Model, *, source: str,
-                                clap: dict[str, torch.Tensor] | None = None,
-                                clap_source: str = "clap_ckpt") -> dict[str, torch.Tensor]:
-    """Map an official Flamingo state dict onto ``model``'s keys, strictly.
+def convert_official_state_dict(official: LazyChunks, model: AF2Model, *, source: str,
+                                clap: Mapping[str, torch.Tensor] | None = None, clap_source: str = "clap_ckpt",
+                                dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Map the official Flamingo chunks onto ``model``'s keys, strictly, and read them (``read_state``:
+    floats in ``dtype``, None: as stored; quantized where ``model`` holds int8).
 
     Alias keys must equal their primary; HTSAT keys absent from the Flamingo dict are taken from
     ``clap`` (the official load order: CLAP checkpoint first, Flamingo chunks win). Raises
-    CheckpointError listing every missing, unexpected or mis-shaped key.
+    CheckpointError listing every missing, unexpected or mis-shaped key, before any tensor is read.
     """
     expected = model.state_dict()
-    out: dict[str, torch.Tensor] = {}
+    plan: dict[str, tuple[TensorSource, str]] = {}
     unexpected, mismatched, alias_errors = [], [], []
-    for key in official:  # by key: an alias is compared, never read whole
+    for key in official:  # by key: an alias is compared on disk, never read whole
         target = alias_target(key)
         if target is not None:
             if target not in official:
                 unexpected.append(f"{key} (alias of absent {target})")
-            elif not _same_tensor(official, key, target):
+            elif not official.same_bytes(key, target):
                 alias_errors.append(f"{key} differs from {target}")
             continue
         try:
@@ -216,29 +216,26 @@ def convert_official_state_dict(official: Mapping[str, torch.Tensor], model: AF2
         except KeyError:
             unexpected.append(key)
             continue
-        shape = tuple(official.shape(key) if isinstance(official, LazyChunks) else official[key].shape)
         if ours not in expected:
             unexpected.append(key)
-        elif tuple(expected[ours].shape) != shape:
-            mismatched.append(f"{key}: file {shape} vs model {tuple(expected[ours].shape)}")
-        elif expected[ours].dtype == torch.int8 and isinstance(official, LazyChunks):  # a quantize_int8 model
-            out[ours], out[ours.removesuffix("weight") + "scale"] = read_quantized(official.rows(key), shape,
-                                                                                    official.dtype)
+        elif tuple(expected[ours].shape) != official.shape(key):
+            mismatched.append(f"{key}: file {official.shape(key)} vs model {tuple(expected[ours].shape)}")
         else:
-            out[ours] = official[key]
+            plan[ours] = (official, key)
+    in_clap = InMemory(clap or {})
     for key, value in (clap or {}).items():
         ours = "audio_encoder." + key
-        if ours in out:
+        if ours in plan:
             continue
         if ours not in expected:
             unexpected.append(f"{clap_source}:{CLAP_PREFIX}{key}")
         elif expected[ours].shape != value.shape:
             mismatched.append(f"{clap_source}:{key}: file {tuple(value.shape)} vs model {tuple(expected[ours].shape)}")
         else:
-            out[ours] = value
+            plan[ours] = (in_clap, key)
     tied = tied_aliases(model)
-    missing = [k for k in expected if k not in out and k not in tied
-               and k.removesuffix("scale") + "weight" not in tied]  # a tied int8 head's scales
+    scales = {scale_key(k) for k in [*plan, *tied] if k in expected and expected[k].dtype == torch.int8}
+    missing = [k for k in expected if k not in plan and k not in tied and k not in scales]
     problems = []
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched),
                         ("inconsistent alias", alias_errors)):
@@ -248,7 +245,7 @@ def convert_official_state_dict(official: Mapping[str, torch.Tensor], model: AF2
         raise CheckpointError(f"{source}: does not match the model: " + "; ".join(problems) + ". If it is not the "
                               "released architecture, pass --config with its sizes (htsat.embed_dim, htsat.depths, "
                               "audio_transformer.*, xattn.*)")
-    return out
+    return read_state(plan, expected, dtype)
 
 
 def official_lm_width(ckpt_dir: str | Path) -> int:
@@ -315,24 +312,23 @@ def build_official(ckpt_dir: str | Path, cfg: AF2Config, dtype: torch.dtype = to
                    int8: bool = False, strict: bool = False) -> AF2Model:
     """The model of an official checkpoint folder for a complete ``cfg`` (LM and vocabulary
     filled), in ``dtype``, holding one copy of the weights: built on the meta device, it adopts
-    each tensor as read (aliases are compared on disk, never loaded). ``int8``: the LM's linear
+    each tensor as read (aliases are compared on disk, never loaded). ``int8``: the linear
     weights are quantized as they are read (``af2.model.quant``). NaN/Inf weights warn
     (``strict``: raise)."""
     from af2.model.quant import quantize_int8
 
     ckpt = Path(ckpt_dir)
-    official = read_official_chunks(ckpt, dtype)
-    clap = read_official_clap(ckpt)  # memory-mapped: only the tensors used below are read
+    official = read_official_chunks(ckpt)
+    clap = read_official_clap(ckpt)  # memory-mapped: only the tensors used below are read, and copied
     with torch.device("meta"):  # no random init, no second copy: the checkpoint's tensors are adopted
         model = AF2Model(cfg).to(dtype)
         if int8:
-            quantize_int8(model.lm)
+            quantize_int8(model)
     try:
-        state = convert_official_state_dict(official, model, source=str(ckpt / "safe_ckpt"),
+        state = convert_official_state_dict(official, model, source=str(ckpt / "safe_ckpt"), dtype=dtype,
                                             clap=clap[0] if clap else None, clap_source=str(clap[1]) if clap else "")
     finally:
         official.close()
-    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}  # CLAP's, read as stored
     check_finite(state, str(ckpt), strict)
     tie_int8_head(model, state)
     load_state_dict_strict(model, state, str(ckpt), assign=True)

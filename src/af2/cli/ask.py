@@ -43,7 +43,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                                       "read from the checkpoint's embedding width)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ... (default cpu)")
     p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16", "int8"],
-                   help="default auto: bfloat16 on CPUs with AVX512-BF16/AMX, else float32; int8 = int8 LM weights")
+                   help="default auto: bfloat16 on CPUs with AVX512-BF16/AMX, else float32; int8 = int8 linear weights")
     p.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     p.add_argument("--max-audio-seconds", type=float, default=300.0,
                    help="listen to at most this much of each file (default 300 = 5 min); longer input is "

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ... (default cpu)")
     p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16", "int8"],
-                   help="default auto: bfloat16 on CPUs with AVX512-BF16/AMX, else float32; int8 = int8 LM weights")
+                   help="default auto: bfloat16 on CPUs with AVX512-BF16/AMX, else float32; int8 = int8 linear weights")
     p.add_argument("--max-batch", type=int, default=16, help="rows decoded together (default 16)")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests that may wait for a batch row; more get 429 with Retry-After (default 64)")

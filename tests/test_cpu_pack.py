@@ -1,4 +1,4 @@
-"""bf16 on CPUs: linear weights pre-packed for oneDNN compute what the plain linears compute."""
+"""Linear weights pre-packed for oneDNN (bf16, and fp32 on AVX-512 CPUs) compute what the plain linears compute."""
 
 from __future__ import annotations
 
@@ -13,33 +13,43 @@ from af2.generate import GenerationConfig, generate, left_pad
 from af2.model.cpu_pack import PackedLinear, PackedHead, can_pack, is_packed, pack_for_cpu
 from af2.parity import fixture_config
 
-pytestmark = pytest.mark.skipif(not (torch.backends.mkldnn.is_available()
-                                     and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-                                reason="needs oneDNN with bf16 kernels")
+HAS_BF16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+HAS_FP32 = torch.backends.mkldnn.is_available() and torch.backends.cpu.get_cpu_capability() == "AVX512"
+DTYPES = [pytest.param(torch.bfloat16, marks=pytest.mark.skipif(not HAS_BF16, reason="needs oneDNN's bf16 kernels")),
+          pytest.param(torch.float32, marks=pytest.mark.skipif(not HAS_FP32, reason="fp32 packs on AVX-512 only"))]
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_packed_linear_equals_the_plain_one(bias):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_packed_linear_equals_the_reference_matmul(dtype, bias):
     g = torch.Generator().manual_seed(0)
-    linear = nn.Linear(96, 200, bias=bias).bfloat16()
+    linear = nn.Linear(96, 200, bias=bias).to(dtype)
     packed = PackedLinear(linear)
+    w = linear.weight.double()
     for shape in [(1, 96), (3, 96), (8, 1, 96), (2, 5, 96)]:
-        x = torch.randn(shape, generator=g).bfloat16()
-        assert torch.equal(packed(x), linear(x)), shape
-    x = torch.randn(8, 96, generator=g).bfloat16()
+        x = torch.randn(shape, generator=g).to(dtype)
+        y = packed(x)
+        assert y.dtype == dtype and y.shape == (*shape[:-1], 200)
+        want = x.double() @ w.T + (0 if linear.bias is None else linear.bias.double())
+        tol = 2e-2 if dtype == torch.bfloat16 else 1e-5  # bf16: the output's rounding (8 bits)
+        assert torch.allclose(y.double(), want, rtol=tol, atol=tol), (y.double() - want).abs().max()
+        if dtype == torch.bfloat16:  # the same oneDNN kernel as the plain bf16 linear: bit for bit
+            assert torch.equal(y, linear(x)), shape
+    x = torch.randn(8, 96, generator=g).to(dtype)
     assert torch.equal(packed(x[:1]), packed(x)[:1])  # rows are independent of the batch
     with pytest.raises(RuntimeError, match="inference only"):
         packed.state_dict()
 
 
-def test_packed_model_decodes_as_the_plain_one(official_model, open_gates):
-    model = copy.deepcopy(official_model[0]).bfloat16().eval()
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_packed_model_decodes_as_the_plain_one(official_model, open_gates, dtype):
+    model = copy.deepcopy(official_model[0]).to(dtype).eval()
     open_gates(model, torch.Generator().manual_seed(1))
     assert can_pack(model.lm, torch.device("cpu")) and not can_pack(model.lm, torch.device("meta"))
     g = torch.Generator().manual_seed(0)
     windows, mask = torch.rand(3, 2, 160_000, generator=g) - 0.5, torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
     with torch.inference_mode():
-        audio = model.encode_audio(windows, mask.bfloat16(), cache_kv=True)
+        audio = model.encode_audio(windows, mask.to(dtype), cache_kv=True)
     prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
     gen = GenerationConfig(max_new_tokens=6)
 
@@ -54,11 +64,16 @@ def test_packed_model_decodes_as_the_plain_one(official_model, open_gates):
     assert isinstance(model.lm.lm_head, PackedHead) and model.lm.lm_head.weight is model.lm.model.embed_tokens.weight
     assert not any(type(m) is nn.Linear for m in model.lm.modules() if m is not model.lm.lm_head.linear)
     tokens, logits = run([0, 1, 2])
-    assert tokens == plain_tokens and torch.equal(logits, plain_logits)
+    assert tokens == plain_tokens
+    if dtype == torch.bfloat16:
+        assert torch.equal(logits, plain_logits)
+    else:  # oneDNN's fp32 kernel against MKL's: the same sums, in another order
+        assert torch.allclose(logits, plain_logits, rtol=1e-4, atol=1e-4), (logits - plain_logits).abs().max()
     assert [run([r])[0][0] for r in range(3)] == tokens  # batch = alone, packed
 
 
-def test_load_packs_bf16_on_cpu_only(fixture_dir):
+def test_load_packs_on_cpu_where_measured_faster(fixture_dir):
     load = dict(config=fixture_config(fixture_dir), max_audio_seconds=120)
-    assert is_packed(af2.load(fixture_dir / "checkpoint", dtype="bfloat16", **load).model.lm)
-    assert not is_packed(af2.load(fixture_dir / "checkpoint", dtype="float32", **load).model.lm)
+    assert is_packed(af2.load(fixture_dir / "checkpoint", dtype="bfloat16", **load).model.lm) == HAS_BF16
+    assert is_packed(af2.load(fixture_dir / "checkpoint", dtype="float32", **load).model.lm) == HAS_FP32
+    assert not is_packed(af2.load(fixture_dir / "checkpoint", dtype="int8", **load).model.lm)

@@ -252,10 +252,11 @@ def test_af2_train_cli_with_pretrained_base_lm_and_lora(workspace, tmp_path, cap
     assert config["base_lm"]["name"] == str(base_dir)
     assert not any(k.startswith("lm.model.layers.") and ".decoder_layer." in k for k in weights)
     assert "lm.model.embed_tokens.weight" in weights  # embedding_grad_rows=all: every row trained, all saved
-    # ... which af2.load fills from the base LM: the frozen weights are the pretrained ones, untouched.
-    from af2.inference import load
+    # ... which the loader fills from the base LM: the frozen weights are the pretrained ones, untouched.
+    # (load_pretrained is af2.load's loader, before af2.load packs the weights for CPU inference.)
+    from af2.checkpoint.folder import load_pretrained, resolve_model_dir
 
-    loaded = load(out, dtype="float32").model.state_dict()
+    loaded = load_pretrained(resolve_model_dir(out), torch.float32).state_dict()
     want = base.state_dict()
     frozen = [k for k in want if k.startswith("model.layers.") and k.endswith("mlp.up_proj.weight")]
     assert frozen

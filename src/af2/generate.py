@@ -81,7 +81,8 @@ def decode_kernels(model: AF2Model, device: torch.device, rows: int):
     whole 0.5B decoding step 1.5x faster); fp32 is unaffected, and from 8 rows on oneDNN is the
     faster one (3x). So oneDNN is switched off around single-row decoding steps of unpacked
     models only: prompts, batches and the audio encoder keep it, and a model whose weights
-    ``af2.model.cpu_pack`` packed (what ``af2.load`` does for bf16 on CPUs) needs no switch.
+    ``af2.model.cpu_pack`` packed (what ``af2.load`` does for bf16, and fp32 on AVX-512 CPUs) needs
+    no switch.
     """
     if device.type != "cpu" or rows != 1 or is_packed(model.lm):
         yield

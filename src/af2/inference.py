@@ -337,7 +337,7 @@ def load(path_or_id: str | Path = DEFAULT_MODEL, *, device: str | torch.device =
                               "checkpoint (safe_ckpt/ + clap_ckpt/); convert one with `af2 convert`")
     model = model.to(device=device, dtype=torch_dtype)
     if not int8 and can_pack(model.lm, torch.device(device)):
-        pack_for_cpu(model.lm)  # bf16 on CPUs: weights packed once for oneDNN (af2.model.cpu_pack)
+        pack_for_cpu(model.lm)  # bf16, and fp32 on AVX-512: weights packed once (af2.model.cpu_pack)
     api = AF2(model, tokenizer, special, device=device, max_audio_seconds=max_audio_seconds,
               strict_length=strict_length)
     api.load_s = time.perf_counter() - t0

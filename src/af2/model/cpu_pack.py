@@ -1,23 +1,33 @@
-"""bf16 decoding on CPUs: the language model's linear weights pre-packed once for oneDNN.
+"""Decoding on CPUs: the language model's linear weights pre-packed once for oneDNN (bf16, and fp32
+on AVX-512 CPUs).
 
 A decoding step multiplies a few rows (1 at batch 1, 8 at batch 8) by every weight of the LM.
-Measured on an AVX512-BF16 CPU, one thread, weights streamed from memory (not cache):
+Measured with ``benchmarks/linear_kernels.py`` (AF2-0.5B's whole per-step weight set, 265 calls,
+2-vCPU AMD EPYC with AVX512-BF16, 2 threads, read stream 32 GB/s), ms per step:
 
-    rows   F.linear (oneDNN)   F.linear (PyTorch's own kernel)   pre-packed oneDNN
-    1      6.0 GB/s            13.2 GB/s                         12.3 GB/s
-    8      6.9 GB/s             2.5 GB/s                         13.7 GB/s
+    rows   fp32 F.linear (MKL)   fp32 packed   bf16 F.linear (oneDNN)   bf16 PyTorch's kernel   bf16 packed
+    1      208                   110           88                       42                      63
+    8      371                   122           107                      280                     65
 
-oneDNN re-lays-out (reorders) a plain weight at every call, which triples its memory traffic;
-PyTorch's own bf16 kernel is a fine matrix-vector product but slow from 2 rows on. Packed once
-at load time (``torch.ops.mkldnn._reorder_linear_weight``), one layout serves 1 row, 8 rows and
-whole prompts at the read-bandwidth rate, and oneDNN can stay on for the cross-attention over
-the audio keys/values (2x faster than PyTorch's own bf16 ``bmm`` for one query).
+oneDNN re-lays-out (reorders) a plain weight at every call, which multiplies its memory traffic;
+PyTorch's own bf16 kernel is a fine matrix-vector product (at the read floor for one row) but
+slow from 2 rows on; MKL's fp32 kernels stream at 7-13 GB/s. Packed once at load time
+(``torch.ops.mkldnn._reorder_linear_weight``), one layout serves 1 row, 8 rows and whole prompts
+at 1.3-1.5x the read floor, and oneDNN can stay on for the cross-attention over the audio
+keys/values (2x faster than PyTorch's own bf16 ``bmm`` for one query). With one thread packed fp32
+is as fast as MKL for one row (217 against 210 ms) and still 1.7x faster for 8; fp32 is packed only
+on AVX-512 CPUs, where it was measured. Whole decoding steps (AF2-0.5B, 30-s clip, 2 threads),
+ms/token at batch 1 / 8: fp32 plain 302 / 448, packed 191 / 209; bf16 packed 92 / 122, plain with
+PyTorch's kernel for single rows 82 / 175 -- so bf16 stays packed: its batch-1 gain is small and
+batches lose more.
 
 The tied embedding / LM head keeps its plain table (the embedding looks rows up in it) and the
-head computes from a packed copy (AF2-0.5B, 8 rows: 45 -> 20 ms a step; one row: as fast as
-PyTorch's own kernel; the copy costs the table's bytes again, 0.27 GB in bf16). Nothing here
-switches oneDNN on or off globally, so the server's encoder and decoder threads can share it.
-A packed model is for inference only: its packed weights are opaque and not in its state dict.
+head computes from a packed copy (AF2-0.5B, 8 rows: 45 -> 20 ms a step in bf16; the copy costs the
+table's bytes again, 0.27 GB in bf16, 0.54 GB in fp32). Nothing here switches oneDNN on or off
+globally, so the server's encoder and decoder threads can share it. A packed model is for inference
+only: its packed weights are opaque and not in its state dict. Packed fp32 rows do not depend on the
+batch at input widths 512 and 896; at 3584 and 4864 oneDNN's one-row kernel sums in another order
+than its several-row one (a few ulps apart), as MKL's plain fp32 kernels do at every width.
 """
 
 from __future__ import annotations
@@ -29,10 +39,14 @@ ROWS_HINT = 8  # the batch the packed layout is tuned for; measured as fast for 
 
 
 def can_pack(model: nn.Module, device: torch.device) -> bool:
-    """Whether packing applies: a CPU model in bf16, with oneDNN and its bf16 kernels available."""
+    """Whether packing applies: a CPU model with oneDNN, in bf16 (with oneDNN's bf16 kernels) or in
+    fp32 on an AVX-512 CPU (elsewhere packed fp32 is unmeasured and MKL's kernels stay)."""
     weight = next((m.weight for m in model.modules() if type(m) is nn.Linear), None)
-    return (device.type == "cpu" and weight is not None and weight.dtype == torch.bfloat16
-            and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if device.type != "cpu" or weight is None or not torch.backends.mkldnn.is_available():
+        return False
+    if weight.dtype == torch.bfloat16:
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return weight.dtype == torch.float32 and torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
 class PackedLinear(nn.Module):

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import re
 import subprocess
 import sys
@@ -44,6 +42,7 @@ from af2.inference import default_encoder_chunk, resolve_dtype
 from af2.model.af2 import AF2Model, TOKENS_PER_WINDOW
 from af2.model.cpu_pack import can_pack, pack_for_cpu
 from af2.model.xattn import AudioContext
+from floors import best_of, cpu_features, matmul_rate, read_bandwidth
 from readme_block import rewrite_block
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,38 +58,6 @@ README_START, README_END = "<!-- benchmark table: start -->", "<!-- benchmark ta
 
 # ------------------------------------------------------------------------------------------------
 # machine and floors
-
-
-def cpu_features() -> dict:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
-                platform.processor() or "unknown CPU")
-    return {"name": name, "cores": os.cpu_count(), "avx512": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags,
-            "avx512_vnni": "avx512_vnni" in flags, "amx": bool({"amx_bf16", "amx_tile"} & flags),
-            "torch_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
-
-
-def _best(fn, reps: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-def matmul_rate(dtype: torch.dtype, n: int) -> float:
-    """FLOP/s of an n×n ``F.linear`` (x @ Wᵀ, the layout of every layer)."""
-    a, b = (torch.randn(n, n).to(dtype) for _ in range(2))
-    return 2 * n**3 / _best(lambda: torch.nn.functional.linear(a, b), 5)
-
-
-def read_bandwidth(nbytes: int) -> float:
-    """Bytes/s of a read-only stream (a sum over ``nbytes``): what a decoding step does with weights."""
-    x = torch.empty(nbytes // 4).uniform_()
-    return nbytes / _best(lambda: x.sum(), 5)
 
 
 def measure_floors(quick: bool) -> dict:

@@ -27,6 +27,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from floors import best_of, read_bandwidth
 
 LAYERS = 24
 LAYER = [("q", 896, 896), ("k", 896, 128), ("v", 896, 128), ("o", 896, 896), ("gate", 896, 4864),
@@ -35,21 +36,6 @@ LAYER = [("q", 896, 896), ("k", 896, 128), ("v", 896, 128), ("o", 896, 896), ("g
 HEAD = ("head", 896, 151936)
 FUSED = {"qkv": ("q", "k", "v"), "gate_up": ("gate", "up")}  # one matmul each when fused
 GROUP = 128  # int4 group size (every K here is a multiple)
-
-
-def best_of(fn: Callable[[], object], reps: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-def read_bandwidth(nbytes: int = 1 << 30) -> float:
-    x = torch.empty(nbytes // 4).uniform_()
-    return nbytes / best_of(lambda: x.sum(), 5)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ import base64
 import io
 import json
 import os
-import platform
 import re
 import resource
 import socket
@@ -43,6 +42,7 @@ import af2
 import af2.examples
 from af2.inference import DEFAULT_MODEL
 from af2.serve.local import wait_healthy
+from floors import cpu_name
 from readme_block import rewrite_block
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,13 +194,6 @@ def report(results: dict) -> str:
 
 def rewrite_readme(results: dict) -> None:
     rewrite_block(README_START, README_END, report(results))
-
-
-def cpu_name() -> str:
-    info = Path("/proc/cpuinfo")
-    text = info.read_text() if info.exists() else ""
-    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
-                platform.processor() or "unknown CPU")
 
 
 def serve(model: str, args: argparse.Namespace, log: Path):

@@ -1,0 +1,54 @@
+"""What the benchmarks share: the CPU's name and features, a best-of timer, and the floors a figure is
+compared with (matmul rate, read-only memory bandwidth), measured on this machine in the same run."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def _cpuinfo() -> str:
+    info = Path("/proc/cpuinfo")
+    return info.read_text() if info.exists() else ""
+
+
+def cpu_name() -> str:
+    return next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")),
+                platform.processor() or "unknown CPU")
+
+
+def cpu_features() -> dict:
+    flags = set(next((line.split(":", 1)[1].split() for line in _cpuinfo().splitlines() if line.startswith("flags")),
+                     []))
+    return {"name": cpu_name(), "cores": os.cpu_count(), "avx512": "avx512f" in flags,
+            "avx512_bf16": "avx512_bf16" in flags, "avx512_vnni": "avx512_vnni" in flags,
+            "amx": bool({"amx_bf16", "amx_tile"} & flags), "torch_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__}
+
+
+def best_of(fn: Callable[[], object], reps: int) -> float:
+    """The fastest of ``reps`` timed calls (seconds), after one untimed warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def matmul_rate(dtype: torch.dtype, n: int) -> float:
+    """FLOP/s of an n×n ``F.linear`` (x @ Wᵀ, the layout of every layer)."""
+    a, b = (torch.randn(n, n).to(dtype) for _ in range(2))
+    return 2 * n**3 / best_of(lambda: torch.nn.functional.linear(a, b), 5)
+
+
+def read_bandwidth(nbytes: int = 1 << 30) -> float:
+    """Bytes/s of a read-only stream (a sum over ``nbytes``): what a decoding step does with weights."""
+    x = torch.empty(nbytes // 4).uniform_()
+    return nbytes / best_of(lambda: x.sum(), 5)

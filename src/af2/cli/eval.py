@@ -32,7 +32,8 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--audio-control", default="own", choices=AUDIO_CONTROLS,
                    help="own: each item's audio (the evaluation); shuffled: another clip's audio (a model that "
-                        "listens loses accuracy); zero-gates: cross-attention gates at 0, the text-only baseline")
+                        "listens loses accuracy); silence: silence as long as each clip (the text-only baseline that keeps "
+                        "the answer format); zero-gates: cross-attention gates at 0 (the plain base LM)")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--caption-tokenizer", default="auto", choices=("auto", "ptb", "simple"))
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR (a Java process; slow to start)")

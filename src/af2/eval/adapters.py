@@ -12,6 +12,9 @@ import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
+
+import numpy as np
+
 from af2.errors import CheckpointError, RequestError
 from af2.jsonl import read_jsonl
 
@@ -50,7 +53,7 @@ def hash_model(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-AUDIO_CONTROLS = ("own", "shuffled", "zero-gates")
+AUDIO_CONTROLS = ("own", "shuffled", "silence", "zero-gates")
 
 
 def shuffled_audio(audios: Sequence[str]) -> list[str]:
@@ -61,6 +64,21 @@ def shuffled_audio(audios: Sequence[str]) -> list[str]:
     for i, own in enumerate(audios):
         other = next((audios[(i + k) % n] for k in range(1, n) if audios[(i + k) % n] != own), own)
         out.append(other)
+    return out
+
+
+def silent_audio(audios: Sequence[str], sample_rate: int) -> list[tuple[np.ndarray, int]]:
+    """Each request's audio replaced by silence as long as its own clip (length from the file's header,
+    else from decoding it). The model keeps its prompt, its answer format and its open gates but hears
+    nothing: the text-only baseline of a model whose answer format lives in its cross-attention."""
+    from af2.audio.decode import load_audio, probe
+
+    out = []
+    for path in audios:
+        seconds = probe(path).duration_s
+        if seconds is None:
+            seconds = load_audio(path, sample_rate=sample_rate).kept_s
+        out.append((np.zeros(max(1, round(seconds * sample_rate)), dtype=np.float32), sample_rate))
     return out
 
 
@@ -93,6 +111,8 @@ class AF2Adapter:
         audios = [r.audio for r in requests]
         if self.audio_control == "shuffled":
             audios = shuffled_audio(audios)
+        elif self.audio_control == "silence":
+            audios = silent_audio(audios, self.pipeline.audio_cfg.sample_rate)
         answers = self.pipeline.ask_batch(audios, [r.prompt for r in requests], **self.generation)
         return [a.text for a in answers]
 

@@ -140,6 +140,8 @@ def test_end_to_end_every_format_and_deterministic(bench, tmp_path, capsys):
     assert t["mmau-test-mini"]["metrics"]["accuracy"] == pytest.approx(200 / 3)  # "Man" right twice of 3
     assert t["mmau-test-mini"]["by_category"]["speech"]["accuracy"] == 0.0
     assert t["mmau-test-mini"]["by_facet"]["difficulty"]["easy"]["n"] == 3
+    assert list(t["mmau-test-mini"]["by_facet"]["duration"]) == ["0-10 s"]  # every tiny clip is 0.25 s
+    assert t["mmau-test-mini"]["by_facet"]["duration"]["0-10 s"]["n"] == 3
     assert t["mmar"]["metrics"]["accuracy"] == 50.0
     assert t["muchomusic"]["metrics"]["accuracy"] == 100.0
     assert t["gtzan"]["metrics"]["accuracy"] == pytest.approx(100 / 3)  # always "blues"
@@ -335,6 +337,17 @@ def test_eval_without_model_uses_the_default_of_af2_load(bench, tiny_af2_dir, tm
     assert calls == [()]  # no model argument: af2.load() picks its default
     card = json.loads((tmp_path / "d/card.json").read_text())
     assert card["model"]["model"] == str(tiny_af2_dir) and len(card["model"]["model_sha256"]) == 64
+
+
+def test_duration_bands_follow_the_curriculum_windows(tmp_path):
+    from af2.eval.runner import duration_band, duration_bands
+
+    assert [duration_band(s) for s in (0.5, 10.0, 10.01, 30.0, 119.9, 120.0, 300.0, 300.1)] == [
+        "0-10 s", "0-10 s", "10-30 s", "10-30 s", "30 s-2 min", "30 s-2 min", "2-5 min", "over 5 min"]
+    _wav(tmp_path / "a.wav", 0)
+    clip = str(tmp_path / "a.wav")
+    assert duration_bands([clip, clip]) == ["0-10 s", "0-10 s"]
+    assert duration_bands([clip, str(tmp_path / "missing.wav")]) is None  # no partial breakdown
 
 
 def test_rank_from_env(monkeypatch):

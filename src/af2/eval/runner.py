@@ -143,6 +143,11 @@ def score_task(task: Task, examples: Sequence[Example], predictions: Sequence[st
     for facet in facet_names:
         relabelled = [dataclasses.replace(e, category=e.extra.get("facets", {}).get(facet, "(none)")) for e in examples]
         by_facet[facet] = score_by_category(scorer, relabelled, predictions, options, overall)
+    bands = duration_bands([e.audio for e in examples])
+    if bands is not None and "duration" not in by_facet:
+        relabelled = [dataclasses.replace(e, category=b) for e, b in zip(examples, bands)]
+        table = score_by_category(scorer, relabelled, predictions, options, overall)
+        by_facet["duration"] = {label: table[label] for _, label in DURATION_BANDS if label in table}
     rows = [{"id": e.id, "category": e.category, "audio": e.audio, "prompt": task.prompt(e), "prediction": p,
              "reference": e.reference, "choices": list(e.choices), **s}
             for e, p, s in zip(examples, predictions, overall.per_example)]
@@ -153,6 +158,34 @@ def score_task(task: Task, examples: Sequence[Example], predictions: Sequence[st
         "by_category": score_by_category(scorer, examples, predictions, options, overall),
         "by_facet": by_facet, "details": overall.details, "rows": rows,
     }
+
+
+# Upper bounds (seconds, inclusive) and labels of the duration bands every report is broken down by:
+# AF2's own window (10 s), stage 1's 30 s, stage 2's 2 min, stage 3's 5 min, and beyond.
+DURATION_BANDS = ((10.0, "0-10 s"), (30.0, "10-30 s"), (120.0, "30 s-2 min"), (300.0, "2-5 min"),
+                  (float("inf"), "over 5 min"))
+
+
+def duration_band(seconds: float) -> str:
+    return next(label for upper, label in DURATION_BANDS if seconds <= upper)
+
+
+def duration_bands(audios: Sequence[str]) -> list[str] | None:
+    """Each audio file's duration band (from its header), or None when any file cannot be probed
+    (a predictions-only run without the audio): a partial breakdown would mislead."""
+    from af2.audio.decode import probe
+    from af2.errors import AudioError
+
+    out = []
+    for path in audios:
+        try:
+            seconds = probe(path).duration_s if path and os.path.isfile(path) else None
+        except AudioError:
+            seconds = None
+        if seconds is None:
+            return None
+        out.append(duration_band(seconds))
+    return out
 
 
 def data_folder(task: Task, config: RunConfig) -> Path:

@@ -26,10 +26,12 @@ from af2.audio.decode import load_mono
 # name -> path prefixes that belong to it; nothing under these may enter the corpus.
 RESERVED: dict[str, tuple[str, ...]] = {
     "immich-memories-music": ("immich_memories_music",),
-    "pocketsphinx-testdata": ("/usr/share/pocketsphinx/testdata", "pocketsphinx-testdata"),
+    # Debian installs the test data under /usr/share/pocketsphinx/test/data
+    "pocketsphinx-testdata": ("/usr/share/pocketsphinx/testdata", "/usr/share/pocketsphinx/test/data",
+                              "pocketsphinx-testdata"),
     "warzone2100-music": ("/usr/share/games/warzone2100",),
     "sound-theme-freedesktop": ("/usr/share/sounds/freedesktop",),
-    "oxygen-sounds": ("/usr/share/sounds/oxygen",),
+    "oxygen-sounds": ("/usr/share/sounds/oxygen", "/usr/share/sounds/Oxygen-"),  # Debian: /usr/share/sounds/Oxygen-*.ogg
     # espeak-ng's voices are kept unseen so evaluation can test speech from voices never trained on; the
     # espeak-ng-data that piper bundles for phonemisation is text processing, not a voice, and is not loaded here
     "espeak-ng": ("tts-espeak", "/usr/share/espeak-ng-data", "/usr/lib/x86_64-linux-gnu/espeak-ng-data",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import json
 import pickle
 import shutil
@@ -51,7 +53,10 @@ def test_real_size_manifest_maps_one_to_one(size, fixture_dir):
 
 def test_save_and_from_pretrained_round_trip(official_model, tmp_path):
     model, tokenizer, _ = official_model
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.backend_tokenizer.enable_truncation(max_length=16)  # as a trainer's tokenizer
     out = save_pretrained(model, tmp_path / "m", tokenizer)
+    assert json.loads((out / "tokenizer.json").read_text())["truncation"] is None  # users' prompts are never cut
     cfg = read_config(out)
     assert cfg == model.cfg
     again = AF2Model(cfg)

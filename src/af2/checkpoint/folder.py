@@ -79,7 +79,19 @@ def save_pretrained(model: AF2Model, out_dir: str | Path, tokenizer=None, base: 
     atomic_write_text(out / "config.json", json.dumps({**header, **config_to_dict(cfg or model.cfg)}, indent=1))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
+        _drop_truncation(out / "tokenizer.json")
     return out
+
+
+def _drop_truncation(path: Path) -> None:
+    """A trainer's tokenizer truncates to its max_tokens, and save_pretrained writes that into
+    tokenizer.json; a model folder must not cut users' prompts, so the saved file keeps none."""
+    if not path.is_file():
+        return
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    if doc.get("truncation") is not None:
+        doc["truncation"] = None
+        atomic_write_text(path, json.dumps(doc, ensure_ascii=False, indent=2))
 
 
 def read_model_folder_config(model_dir: str | Path) -> tuple[AF2Config, BaseRef | None]:

@@ -29,7 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--limit", type=int, default=None, help="first N examples of each task (smoke runs)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16", "int8"),
+                   help="int8: weight-only int8 linears, bf16 activations (as af2.load(dtype=\"int8\"))")
     p.add_argument("--audio-control", default="own", choices=AUDIO_CONTROLS,
                    help="own: each item's audio (the evaluation); shuffled: another clip's audio (a model that "
                         "listens loses accuracy); silence: silence as long as each clip (the text-only baseline that keeps "

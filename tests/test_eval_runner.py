@@ -321,6 +321,17 @@ def test_end_to_end_with_a_tiny_af2_model(bench, tiny_af2_dir, tmp_path):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
 
 
+def test_eval_runs_int8_weights(bench, tiny_af2_dir, tmp_path):
+    """--dtype int8 (weight-only int8 linears) is accepted and recorded: the default model's int8 quality
+    is measured with af2 eval (docs/af2-nano.md)."""
+    assert main(["eval", "--model", str(tiny_af2_dir), "--tasks", "mmau-test-mini", "--data-root", str(bench),
+                 "--out", str(tmp_path / "q"), "--no-progress", "--dtype", "int8", "--max-new-tokens", "4"]) == 0
+    card = json.loads((tmp_path / "q/card.json").read_text())
+    assert card["model"]["dtype"] == "int8"
+    summary = json.loads((tmp_path / "q/summary.json").read_text())
+    assert summary["tasks"]["mmau-test-mini"]["n"] == 3
+
+
 def test_eval_without_model_uses_the_default_of_af2_load(bench, tiny_af2_dir, tmp_path, monkeypatch):
     from af2 import inference
 

@@ -49,7 +49,7 @@ from af2.audio import SAMPLE_RATE
 from af2.audio.clips import normalise_peak, trim_silence, write_flac
 from af2.audio.decode import load_audio, load_mono, probe
 from af2.data.qa.templates import _BY_CATEGORY, build_pools, template_qa
-from af2.data.sources import PACK_LANGUAGE, RESERVED, ReservedSourceError, check_not_reserved
+from af2.data.sources import PACK_LANGUAGE, reserved_source
 from af2.data.synth import PIPER_RATES, make_sentence
 from af2.jsonl import read_jsonl, write_jsonl
 
@@ -98,11 +98,10 @@ SENTENCES = {
 
 def _reserved(path: str | Path) -> str:
     """The reserved source ``path`` belongs to; anything else is refused (this set uses only reserved audio)."""
-    try:
-        check_not_reserved(path)
-    except ReservedSourceError:
-        return next(name for name, prefixes in RESERVED.items() if any(p in str(path) for p in prefixes))
-    raise SystemExit(f"{path}: not a reserved source; the external set uses only audio the corpus never sees")
+    name = reserved_source(path)
+    if name is None:
+        raise SystemExit(f"{path}: not a reserved source; the external set uses only audio the corpus never sees")
+    return name
 
 
 # ---- option pools --------------------------------------------------------------------------------------------

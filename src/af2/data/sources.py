@@ -47,13 +47,19 @@ class SourceUnavailableError(SourceError):
     """A source's packages are not installed."""
 
 
+def reserved_source(name_or_path: str | os.PathLike) -> str | None:
+    """The reserved source that ``name_or_path`` names or lies inside, else None."""
+    text = str(name_or_path)
+    return next((name for name, prefixes in RESERVED.items() if text == name or any(p in text for p in prefixes)),
+                None)
+
+
 def check_not_reserved(name_or_path: str | os.PathLike) -> None:
     """Raise ``ReservedSourceError`` for a reserved source name or any path inside one."""
-    text = str(name_or_path)
-    for name, prefixes in RESERVED.items():
-        if text == name or any(p in text for p in prefixes):
-            raise ReservedSourceError(f"{text!r} belongs to {name!r}, which is reserved for evaluation "
-                                      "and never enters training data or the corpus")
+    name = reserved_source(name_or_path)
+    if name is not None:
+        raise ReservedSourceError(f"{str(name_or_path)!r} belongs to {name!r}, which is reserved for evaluation "
+                                  "and never enters training data or the corpus")
 
 
 @dataclass

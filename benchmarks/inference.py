@@ -40,7 +40,7 @@ from af2.config import af2_config, apply_overrides, config_to_dict
 from af2.generate import GenerationConfig, left_pad, stream_tokens
 from af2.inference import default_encoder_chunk, resolve_dtype
 from af2.model.af2 import AF2Model, TOKENS_PER_WINDOW
-from af2.model.cpu_pack import can_pack, pack_for_cpu
+from af2.model.cpu_pack import lay_out_for_cpu
 from af2.model.xattn import AudioContext
 from floors import best_of, cpu_features, matmul_rate, read_bandwidth
 from readme_block import rewrite_block
@@ -191,16 +191,18 @@ def kv_bytes(ctx: AudioContext) -> int:
 
 
 def child_run(dtype_name: str, folder: Path, clips: list[int], tokens: int, ref_tokens: int) -> dict:
+    """Every clip at batch 1 in the weight layout ``af2.load()`` gives one-question use, then at
+    batch 8 in the layout the server and ``af2 eval`` get (``af2.model.cpu_pack``: bf16 decodes
+    single rows from plain weights and batches from packed ones; fp32 is packed for both)."""
     torch_dtype, int8 = resolve_dtype(API_DTYPE[dtype_name], "cpu")  # what af2.load does, minus the tokenizer
+    cpu = torch.device("cpu")
     t = time.perf_counter()
     model = load_pretrained(folder / "ours", torch_dtype, int8=int8)
-    if not int8 and can_pack(model.lm, torch.device("cpu")):
-        pack_for_cpu(model.lm)  # as af2.load does
-    load_s, runs = time.perf_counter() - t, []
+    b1_layout = "plain" if int8 else lay_out_for_cpu(model.lm, cpu, decode_batch=1)
+    load_s, runs, contexts = time.perf_counter() - t, [], []
     with torch.inference_mode():  # warm-up: kernels chosen and buffers allocated once, outside the timings
         warm = model.encode_audio(torch.zeros(1, 1, 160_000), torch.ones(1, 1), cache_kv=True)
-        for batch in (1, 8):
-            decode_steps(model, warm.select(torch.zeros(batch, dtype=torch.long)), batch, 2)
+        decode_steps(model, warm.select(torch.zeros(1, dtype=torch.long)), 1, 2)
     for seconds in clips:
         windows = math.ceil(seconds / 10)
         audio = torch.rand(1, windows, 160_000, generator=torch.Generator().manual_seed(0)) - 0.5
@@ -213,17 +215,7 @@ def child_run(dtype_name: str, folder: Path, clips: list[int], tokens: int, ref_
             one = decode_steps(model, ctx, 1, tokens)
             run = {"seconds": seconds, "windows": windows, "encode_s": encode_s, "first_token_s": one[0] - t0,
                    "b1_s_per_token": per_token(one), "b1_peak_rss_gib": rss_gib(), "kv_bytes_per_row": kv_bytes(ctx),
-                   "encode_flops": encoder_flops(model.cfg, windows)}
-            # Batch 8: eight rows of this clip (the encoder is per window, so 8 clips cost 8x to
-            # encode); and the same with one window each, to price cross-attention over the audio.
-            eight = ctx.select(torch.zeros(8, dtype=torch.long))
-            run["b8_s_per_token"] = per_token(decode_steps(model, eight, 8, tokens))
-            n = TOKENS_PER_WINDOW
-            short = AudioContext(eight.features[:, :n], eight.mask[:, :n],
-                                 tuple(None if p is None else tuple(t[:, :, :n].contiguous() for t in p) for p in eight.kv))
-            run["b8_one_window_s_per_token"] = per_token(decode_steps(model, short, 8, tokens))
-            run["b8_peak_rss_gib"] = rss_gib()
-            del eight, short, ctx
+                   "encode_flops": encoder_flops(model.cfg, windows), "b1_layout": b1_layout}
             t0 = time.perf_counter()  # the reference path: windows one by one, no cached audio K/V
             feats = torch.cat([model.encode_windows(audio[:, i:i + 1], mask[:, i:i + 1]) for i in range(windows)], 1)
             full = mask.bool().repeat_interleave(TOKENS_PER_WINDOW, dim=1)
@@ -231,7 +223,24 @@ def child_run(dtype_name: str, folder: Path, clips: list[int], tokens: int, ref_
             run["ref_encode_s"] = time.perf_counter() - t0
             ref = decode_steps(model, ref_ctx, 1, ref_tokens)
             run.update(ref_first_token_s=ref[0] - t0, ref_s_per_token=per_token(ref))
+            del ref_ctx, feats
         runs.append(run)
+        contexts.append(ctx)
+    b8_layout = "plain" if int8 else lay_out_for_cpu(model.lm, cpu, decode_batch=8)
+    with torch.inference_mode():
+        decode_steps(model, warm.select(torch.zeros(8, dtype=torch.long)), 8, 2)
+        for run, ctx in zip(runs, contexts):
+            # Batch 8: eight rows of this clip (the encoder is per window, so 8 clips cost 8x to
+            # encode); and the same with one window each, to price cross-attention over the audio.
+            reset_peak_rss()
+            eight = ctx.select(torch.zeros(8, dtype=torch.long))
+            run["b8_s_per_token"] = per_token(decode_steps(model, eight, 8, tokens))
+            n = TOKENS_PER_WINDOW
+            short = AudioContext(eight.features[:, :n], eight.mask[:, :n],
+                                 tuple(None if p is None else tuple(t[:, :, :n].contiguous() for t in p) for p in eight.kv))
+            run["b8_one_window_s_per_token"] = per_token(decode_steps(model, short, 8, tokens))
+            run["b8_peak_rss_gib"], run["b8_layout"] = rss_gib(), b8_layout
+            del eight, short
     return {"dtype": dtype_name, "compute_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
             "step_weight_bytes": weight_bytes(model, decode_only=True), "weights_gib": weight_bytes(model) / 2**30,
             "load_s": load_s, "runs": runs}
@@ -254,7 +263,7 @@ def derive(result: dict, floors: dict) -> list[dict]:
             row = {"dtype": result["dtype"], "seconds": r["seconds"], "batch": batch, "ms_per_token": step * 1e3,
                    "tokens_per_s": batch / step, "decode_over_floor": step / step_floor,
                    "decode_speedup_vs_ref": r["ref_s_per_token"] / step if batch == 1 else None,
-                   "peak_rss_gib": r[f"b{batch}_peak_rss_gib"],
+                   "peak_rss_gib": r[f"b{batch}_peak_rss_gib"], "layout": r.get(f"b{batch}_layout", "packed"),
                    "rss_over_weights": r[f"b{batch}_peak_rss_gib"] / result["weights_gib"]}
             if batch == 1:
                 row.update(encode_s=r["encode_s"], encode_over_floor=r["encode_s"] / encode_floor,
@@ -273,8 +282,8 @@ def _f(value, fmt: str) -> str:
 
 
 def table(results: dict) -> str:
-    lines = ["| dtype | clip | batch | encode s (×floor, ref/opt) | first token s (×floor, ref/opt) | ms/token "
-             "(×floor, ref/opt) | tokens/s | peak RSS GiB (×weights) | batch note |", "|---" * 9 + "|"]
+    lines = ["| dtype | clip | batch | weights | encode s (×floor, ref/opt) | first token s (×floor, ref/opt) | "
+             "ms/token (×floor, ref/opt) | tokens/s | peak RSS GiB (×weights) | batch note |", "|---" * 10 + "|"]
     for result in results["runs"]:
         for row in derive(result, results["floors"]):
             clip = f"{row['seconds'] // 60} min" if row["seconds"] >= 60 else f"{row['seconds']} s"
@@ -285,7 +294,8 @@ def table(results: dict) -> str:
             ttft = (f"{row['first_token_s']:.2f} ({row['first_token_over_floor']:.2f}×, "
                     f"{row['first_token_speedup_vs_ref']:.1f}×)" if row["batch"] == 1 else "—")
             ref = f", {row['decode_speedup_vs_ref']:.1f}×" if row["decode_speedup_vs_ref"] else ""
-            lines.append(f"| {row['dtype']} | {clip} | {row['batch']} | {enc} | {ttft} | {row['ms_per_token']:.0f} "
+            lines.append(f"| {row['dtype']} | {clip} | {row['batch']} | {row['layout']} | {enc} | {ttft} | "
+                         f"{row['ms_per_token']:.0f} "
                          f"({row['decode_over_floor']:.2f}×{ref}) | {row['tokens_per_s']:.1f} | "
                          f"{row['peak_rss_gib']:.2f} ({row['rss_over_weights']:.2f}×) | {note} |")
     lines += ["", "| dtype | layout | load s | peak RSS during load GiB | weights GiB | (peak − before) / weights |",
@@ -299,7 +309,10 @@ def table(results: dict) -> str:
               f"Floors measured in the same run: fp32 matmul {fl['fp32_flops_per_s'] / 1e9:.0f} GFLOP/s, bf16 matmul "
               f"{fl['bf16_flops_per_s'] / 1e9:.0f} GFLOP/s, read stream {fl['read_bytes_per_s'] / 1e9:.1f} GB/s. "
               f"Decode floor = (weights read per step + audio K/V) / read stream; encode floor = encoder FLOPs / "
-              f"matmul rate; ref/opt = reference path time / optimised time. Shapes: {results['shapes']}."]
+              f"matmul rate; ref/opt = reference path time / optimised time. Weights: the layout of the LM's "
+              f"linears (af2.model.cpu_pack): rows = plain, PyTorch's kernel for single rows (af2.load's default, "
+              f"one question at a time); packed = oneDNN-packed (the server, af2 eval); plain = unchanged. "
+              f"Shapes: {results['shapes']}."]
     return "\n".join(lines)
 
 

@@ -10,7 +10,9 @@ from torch import nn
 
 import af2
 from af2.generate import GenerationConfig, generate, left_pad
-from af2.model.cpu_pack import PackedLinear, PackedHead, can_pack, is_packed, pack_for_cpu
+from af2.errors import RequestError
+from af2.model.cpu_pack import (PackedHead, PackedLinear, RowLinear, can_pack, cpu_layout, is_packed,
+                                  lay_out_for_cpu, pack_for_cpu)
 from af2.parity import fixture_config
 
 HAS_BF16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -72,8 +74,64 @@ def test_packed_model_decodes_as_the_plain_one(official_model, open_gates, dtype
     assert [run([r])[0][0] for r in range(3)] == tokens  # batch = alone, packed
 
 
-def test_load_packs_on_cpu_where_measured_faster(fixture_dir):
+def test_load_lays_out_weights_for_the_expected_batch(fixture_dir):
     load = dict(config=fixture_config(fixture_dir), max_audio_seconds=120)
-    assert is_packed(af2.load(fixture_dir / "checkpoint", dtype="bfloat16", **load).model.lm) == HAS_BF16
-    assert is_packed(af2.load(fixture_dir / "checkpoint", dtype="float32", **load).model.lm) == HAS_FP32
-    assert not is_packed(af2.load(fixture_dir / "checkpoint", dtype="int8", **load).model.lm)
+    path = fixture_dir / "checkpoint"
+    assert cpu_layout(af2.load(path, dtype="bfloat16", **load).model.lm) == ("rows" if HAS_BF16 else "plain")
+    assert cpu_layout(af2.load(path, dtype="bfloat16", decode_batch=8, **load).model.lm) == \
+        ("packed" if HAS_BF16 else "plain")
+    assert is_packed(af2.load(path, dtype="float32", **load).model.lm) == HAS_FP32
+    assert is_packed(af2.load(path, dtype="float32", decode_batch=8, **load).model.lm) == HAS_FP32
+    assert cpu_layout(af2.load(path, dtype="int8", **load).model.lm) == "plain"
+    with pytest.raises(RequestError, match="decode_batch"):
+        af2.load(path, decode_batch=0, **load)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_row_linear_keeps_the_parameters_and_computes_the_product(bias):
+    g = torch.Generator().manual_seed(0)
+    linear = nn.Linear(96, 200, bias=bias).to(torch.bfloat16)
+    row = RowLinear.from_linear(linear)
+    assert row.weight is linear.weight and row.bias is linear.bias
+    assert row.state_dict().keys() == linear.state_dict().keys()
+    w = linear.weight.double()
+    for shape in [(1, 96), (1, 1, 96), (3, 96), (2, 5, 96)]:
+        x = torch.randn(shape, generator=g).to(torch.bfloat16)
+        y = row(x)
+        want = x.double() @ w.T + (0 if linear.bias is None else linear.bias.double())
+        assert y.dtype == torch.bfloat16 and y.shape == (*shape[:-1], 200)
+        assert torch.allclose(y.double(), want, rtol=2e-2, atol=2e-2), (y.double() - want).abs().max()
+    before = torch.backends.mkldnn.enabled
+    row(torch.randn(1, 96).to(torch.bfloat16))
+    assert torch.backends.mkldnn.enabled == before  # oneDNN's switch restored after a single row
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="needs oneDNN's bf16 kernels")
+def test_row_layout_decodes_as_the_plain_model_and_packs_later(official_model, open_gates):
+    model = copy.deepcopy(official_model[0]).to(torch.bfloat16).eval()
+    open_gates(model, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(0)
+    windows, mask = torch.rand(2, 2, 160_000, generator=g) - 0.5, torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    with torch.inference_mode():
+        audio = model.encode_audio(windows, mask.to(torch.bfloat16), cache_kv=True)
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    gen = GenerationConfig(max_new_tokens=6)
+
+    def run(row):
+        logits: list[torch.Tensor] = []
+        ids, attn = left_pad([prompts[row]], 0)
+        tokens = generate(model, audio.select(torch.tensor([row])), ids, attn, gen, (), 0, logits)
+        return tokens, torch.stack(logits)
+
+    plain = [run(r) for r in range(2)]  # plain weights: oneDNN for every product
+    assert lay_out_for_cpu(model.lm, torch.device("cpu"), decode_batch=1) == "rows"
+    head = model.lm.get_output_embeddings()
+    assert isinstance(head, RowLinear) and head.weight is model.lm.model.embed_tokens.weight  # no second table
+    assert not any(type(m) is nn.Linear for m in model.lm.modules())
+    for r in range(2):  # PyTorch's one-row kernel against oneDNN's: bf16 sums in another order
+        tokens, logits = run(r)
+        assert tokens == plain[r][0]
+        assert torch.allclose(logits, plain[r][1], rtol=0.02, atol=0.02), (logits - plain[r][1]).abs().max()
+    assert lay_out_for_cpu(model.lm, torch.device("cpu"), decode_batch=8) == "packed"
+    for r in range(2):
+        assert run(r)[0] == plain[r][0]

@@ -144,7 +144,7 @@ def test_a_folder_is_not_an_audio_file(tmp_path):
 
 @pytest.fixture
 def no_model(monkeypatch):
-    def refuse(args):
+    def refuse(args, **kw):
         raise AssertionError("the model was loaded before the inputs were checked")
 
     monkeypatch.setattr(ask_cli, "_load", refuse)
@@ -254,7 +254,7 @@ def test_resume_keeps_one_valid_record_per_id(tmp_path, monkeypatch, capsys):
     answers.write_text('5\nnull\n{"id": "q1", "answer": "old", "finish_reason": "stop"}\n{corrupt\n'
                        '{"id": "q2", "answer": "kept"}\n{"id": "q0", "ans')
     model = _FakeModel(failing={str(tmp_path / "clip0.wav")})
-    monkeypatch.setattr(ask_cli, "_load", lambda args: model)
+    monkeypatch.setattr(ask_cli, "_load", lambda args, **kw: model)
     argv = ["ask", "--input", str(requests), "--output", str(answers)]
     assert main(argv) == 1  # q0 failed
     assert main(argv) == 1  # q0 retried and failed again

@@ -7,7 +7,6 @@ count real tokens only, so each row computes what it would compute alone.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +14,6 @@ from transformers import DynamicCache
 
 from af2.errors import RequestError
 from af2.model.af2 import AF2Model
-from af2.model.cpu_pack import is_packed
 from af2.model.xattn import AudioContext
 
 
@@ -72,29 +70,6 @@ def _pick(logits: torch.Tensor, gen: GenerationConfig, generator: torch.Generato
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-@contextmanager
-def decode_kernels(model: AF2Model, device: torch.device, rows: int):
-    """Matmul kernels for a decoding step of ``rows`` rows against every weight, on ``device``.
-
-    On CPUs, oneDNN's bf16 path for a single row streams plain weights at about half the rate of
-    PyTorch's own kernel (measured with AVX512-BF16, one thread: 2.2-5.4 against 5.6-10.8 GB/s;
-    whole 0.5B decoding step 1.5x faster); fp32 is unaffected, and from 8 rows on oneDNN is the
-    faster one (3x). So oneDNN is switched off around single-row decoding steps of unpacked
-    models only: prompts, batches and the audio encoder keep it, and a model whose weights
-    ``af2.model.cpu_pack`` packed (what ``af2.load`` does for bf16, and fp32 on AVX-512 CPUs) needs
-    no switch.
-    """
-    if device.type != "cpu" or rows != 1 or is_packed(model.lm):
-        yield
-        return
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = before
-
-
 @torch.inference_mode()
 def stream_tokens(model: AF2Model, audio: AudioContext, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   gen: GenerationConfig, stop_ids: tuple[int, ...], pad_id: int,
@@ -125,9 +100,8 @@ def stream_tokens(model: AF2Model, audio: AudioContext, input_ids: torch.Tensor,
             return
         attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
         position_ids = position_ids[:, -1:] + 1
-        with decode_kernels(model, input_ids.device, B):
-            out = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=position_ids,
-                        audio=audio, cache=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=position_ids,
+                    audio=audio, cache=cache, use_cache=True, logits_to_keep=1)
 
 
 def generate(model: AF2Model, audio: AudioContext, input_ids: torch.Tensor, attention_mask: torch.Tensor,

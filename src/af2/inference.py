@@ -30,7 +30,7 @@ from af2.errors import CheckpointError, DeviceError, RequestError
 from af2.registry import DEFAULT_MODEL, model_entry
 from af2.generate import GenerationConfig, left_pad, stream_tokens
 from af2.model.af2 import AF2Model
-from af2.model.cpu_pack import can_pack, pack_for_cpu
+from af2.model.cpu_pack import lay_out_for_cpu
 from af2.tokens import SpecialTokens, add_special_tokens, clean_answer, prompt_ids, special_token_ids
 
 CAPTION_PROMPT = "Caption the input audio."
@@ -308,17 +308,21 @@ def cpu_has_fast_bf16() -> bool:
 
 def load(path_or_id: str | Path = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
          dtype: str | torch.dtype | None = None, base_lm: str | Path | None = None, max_audio_seconds: float = 300.0,
-         strict_length: bool = False, config: AF2Config | None = None) -> AF2:
+         strict_length: bool = False, config: AF2Config | None = None, decode_batch: int = 1) -> AF2:
     """Load an AF2 model: our format (config.json + model.safetensors), NVIDIA's released layout
     (safe_ckpt/ + clap_ckpt/; the Qwen2.5 base LM comes from ``base_lm``, the registry entry, or
     the width of the checkpoint's embedding), a registry name, a local folder or a hub id (honours
     HF_HUB_OFFLINE). A folder whose config.json names its base LM is built from that base LM.
     ``config`` gives the architecture of an official checkpoint where its tensor shapes do not
     (default: the released AF2). ``dtype``: None (bf16 on CPUs with native bf16, else fp32),
-    "float32", "bfloat16" or "int8" (int8 linear weights). Bad arguments, devices and files raise
-    AF2Errors before weights are read."""
+    "float32", "bfloat16" or "int8" (int8 linear weights). ``decode_batch``: the batch you mostly
+    decode (1: one question at a time; the server and ``af2 eval`` pass theirs); on CPUs it picks
+    the weight layout that decodes it fastest (``af2.model.cpu_pack``; any batch still works).
+    Bad arguments, devices and files raise AF2Errors before weights are read."""
     t0 = time.perf_counter()
     check_device(device)
+    if decode_batch < 1:
+        raise RequestError(f"decode_batch must be >= 1, got {decode_batch}")
     torch_dtype, int8 = resolve_dtype(dtype, device)
     folder = resolve_model_dir(path_or_id)
     if (folder / "safe_ckpt").is_dir():
@@ -336,8 +340,8 @@ def load(path_or_id: str | Path = DEFAULT_MODEL, *, device: str | torch.device =
         raise CheckpointError(f"{folder}: neither an af2 model (config.json + model.safetensors) nor an official AF2 "
                               "checkpoint (safe_ckpt/ + clap_ckpt/); convert one with `af2 convert`")
     model = model.to(device=device, dtype=torch_dtype)
-    if not int8 and can_pack(model.lm, torch.device(device)):
-        pack_for_cpu(model.lm)  # bf16, and fp32 on AVX-512: weights packed once (af2.model.cpu_pack)
+    if not int8:  # bf16: rows or packed by decode_batch; fp32 on AVX-512: packed (af2.model.cpu_pack)
+        lay_out_for_cpu(model.lm, torch.device(device), decode_batch)
     api = AF2(model, tokenizer, special, device=device, max_audio_seconds=max_audio_seconds,
               strict_length=strict_length)
     api.load_s = time.perf_counter() - t0

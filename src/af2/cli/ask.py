@@ -89,11 +89,12 @@ def _check_common(args: argparse.Namespace) -> dict:
     return _gen_options(args)
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, decode_batch: int = 1):
     from af2.inference import load
 
     api = load(args.model, device=args.device, dtype=args.dtype, base_lm=args.base_lm,
-               max_audio_seconds=args.max_audio_seconds, strict_length=args.strict_length)
+               max_audio_seconds=args.max_audio_seconds, strict_length=args.strict_length,
+               decode_batch=decode_batch)
     if not args.quiet and sys.stderr.isatty():
         print(f"loaded {args.model} ({api.dtype_name}) in {api.load_s:.1f} s", file=sys.stderr)
     return api
@@ -202,7 +203,7 @@ def _answer(args: argparse.Namespace, todo: list[dict], options: dict) -> int:
     """Answer ``todo`` with a progress bar; returns how many failed."""
     from tqdm import tqdm
 
-    model = _load(args)
+    model = _load(args, decode_batch=max(1, min(args.batch_size, len(todo))))
     with tqdm(total=len(todo), unit="q", desc="af2 ask", disable=args.quiet) as bar, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # truncation goes into each record instead
         return answer_requests(model, todo, args.output, options, args.batch_size, on_batch=bar.update)

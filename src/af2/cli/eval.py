@@ -67,7 +67,7 @@ def _build_adapter(args):
             raise RequestError(f"--adapter predictions needs --model PATH of a predictions JSONL (got {args.model})")
         return adapters.PredictionsAdapter(args.model)
     return adapters.AF2Adapter(args.model, device=args.device, dtype=args.dtype, max_new_tokens=args.max_new_tokens,
-                               audio_control=args.audio_control)
+                               audio_control=args.audio_control, batch_size=args.batch_size)
 
 
 def compare(runs: list[str]) -> int:

@@ -91,7 +91,7 @@ class AF2Adapter:
     """
 
     def __init__(self, model: str | None, device: str = "cpu", dtype: str = "float32", max_new_tokens: int = 256,
-                 audio_control: str = "own"):
+                 audio_control: str = "own", batch_size: int = 8):
         from af2 import inference
         from af2.checkpoint.folder import resolve_model_dir
 
@@ -101,8 +101,8 @@ class AF2Adapter:
         self.model_id = model if model is not None else str(inference.DEFAULT_MODEL)
         self.device, self.dtype = device, dtype
         self.generation = {"max_new_tokens": max_new_tokens, "do_sample": False}
-        self.pipeline = (inference.load(device=device, dtype=dtype) if model is None
-                         else inference.load(model, device=device, dtype=dtype))
+        load = dict(device=device, dtype=dtype, decode_batch=batch_size)
+        self.pipeline = inference.load(**load) if model is None else inference.load(model, **load)
         self.model_dir = resolve_model_dir(self.model_id)
         if audio_control == "zero-gates":
             zero_gates(self.pipeline.model)

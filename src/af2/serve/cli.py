@@ -96,7 +96,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     def loader():
         return load(args.model, device=args.device, dtype=args.dtype, base_lm=args.base_lm,
-                    max_audio_seconds=args.max_audio_seconds)
+                    max_audio_seconds=args.max_audio_seconds, decode_batch=args.max_batch)
 
     uvicorn.run(create_app(cfg, loader), host=args.host, port=args.port, access_log=False, log_level="info",
                 timeout_graceful_shutdown=5)

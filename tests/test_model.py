@@ -130,3 +130,22 @@ def test_output_scale_multiplies_the_gated_branches():
         attn = one.attn(x, mask, one.attn.keys_values(audio))
         want = x + torch.tanh(torch.tensor(0.3)) * 20.0 * attn  # ff gate still 0
         torch.testing.assert_close(scaled(x, mask, scaled.attn.keys_values(audio)), want)
+
+
+def test_unpadded_audio_skips_the_mask_and_computes_the_same():
+    from af2.config import XAttnConfig
+    from af2.model.xattn import AudioContext, MaskedCrossAttention
+
+    torch.manual_seed(0)
+    attn = MaskedCrossAttention(16, 8, XAttnConfig(heads=2, dim_head=4))
+    x, audio = torch.randn(2, 3, 16), torch.randn(2, 6, 8)
+    kv = attn.keys_values(audio)
+    full = AudioContext(audio, torch.ones(2, 6, dtype=torch.bool))
+    padded = AudioContext(audio, torch.tensor([[True] * 6, [True] * 4 + [False] * 2]))
+    assert full.all_real and full.attention_mask(3) is None  # no padding: nothing to mask
+    assert not padded.all_real and padded.attention_mask(3).shape == (2, 1, 1, 6)
+    with torch.no_grad():
+        skipped = attn(x, None, kv)
+        assert torch.equal(skipped, attn(x, full.mask[:, None, None, :], kv))  # an all-true mask changes nothing
+        assert torch.equal(attn(x, padded.attention_mask(3), kv)[:1], skipped[:1])  # the unpadded row
+        assert not torch.allclose(attn(x, padded.attention_mask(3), kv)[1:], skipped[1:])  # padding is masked

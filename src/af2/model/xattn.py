@@ -8,6 +8,7 @@ cross-attention keys and values, computed once per request, so decoding steps re
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -38,10 +39,17 @@ class AudioContext:
         limit = None if self.text_limit is None else self.text_limit[index]
         return AudioContext(self.features[index], self.mask[index], kv, limit)
 
-    def attention_mask(self, T: int) -> torch.Tensor:
-        """Boolean mask over audio keys, broadcastable to (B, heads, T, N)."""
+    @cached_property
+    def all_real(self) -> bool:
+        """Whether every audio token of every row is real (no padding): then no mask is needed.
+        Read once per context (a decoding request reuses it at every layer and step)."""
+        return bool(self.mask.all())
+
+    def attention_mask(self, T: int) -> torch.Tensor | None:
+        """Boolean mask over audio keys, broadcastable to (B, heads, T, N); None when every text
+        token sees every audio token (no padding, no few-shot limit): masking would change nothing."""
         if self.text_limit is None:
-            return self.mask[:, None, None, :]
+            return None if self.all_real else self.mask[:, None, None, :]
         if self.text_limit.shape[1] != T:
             raise ValueError(f"text_limit covers {self.text_limit.shape[1]} text tokens but the layer sees {T}; "
                              "the few-shot mask is for teacher-forced passes only, not cached decoding")
@@ -66,14 +74,15 @@ class MaskedCrossAttention(nn.Module):
         k, v = self.to_kv(audio).chunk(2, dim=-1)
         return tuple(t.view(B, N, self.heads, self.dim_head).transpose(1, 2) for t in (k, v))
 
-    def forward(self, x: torch.Tensor, audio_mask: torch.Tensor,
+    def forward(self, x: torch.Tensor, audio_mask: torch.Tensor | None,
                 kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """x: (B, T, D) text states → (B, T, D). audio_mask: boolean, (B, 1, 1, N) (every text
-        token sees every real audio token) or (B, 1, T, N) (a per-token mask: the few-shot one)."""
+        token sees every real audio token), (B, 1, T, N) (a per-token mask: the few-shot one) or
+        None (every text token sees every audio token)."""
         B, T, _ = x.shape
         q = self.to_q(self.norm(x)).view(B, T, self.heads, self.dim_head).transpose(1, 2)
         k, v = (t.to(q.dtype) for t in kv)  # a no-op when K/V were computed in the model's dtype
-        if audio_mask.shape[-2] == 1:
+        if audio_mask is None or audio_mask.shape[-2] == 1:
             out = audio_attention(q, k, v, audio_mask)
         else:
             # Explicit softmax, as the official code: a text token that sees a single audio token
@@ -85,17 +94,21 @@ class MaskedCrossAttention(nn.Module):
         return self.to_out(out.transpose(1, 2).reshape(B, T, -1))
 
 
-def audio_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, audio_mask: torch.Tensor) -> torch.Tensor:
+def audio_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    audio_mask: torch.Tensor | None) -> torch.Tensor:
     """q: (B, H, T, Dh), k/v: (B, H, N, Dh), audio_mask: (B, 1, 1, N) bool with at least one real
-    token per row → (B, H, T, Dh).
+    token per row, or None (no padding) → (B, H, T, Dh).
 
     Written as two batched matmuls rather than ``scaled_dot_product_attention``: with few queries
     (a decoding step has one) and N up to 1,920 audio tokens, PyTorch's CPU SDPA kernel in bf16
     ran 7x slower than this (1.7 ms against 0.25 ms per layer, one thread), and this form streams
-    K and V once. The softmax is taken in fp32, as SDPA does internally.
+    K and V once. The softmax is taken in fp32, as SDPA does internally. Without padding the mask
+    is skipped: at batch 1 over 5 minutes of audio it cost a fifth of the cross-attention (24
+    layers, bf16, two threads: 9.7 ms with it, 7.7 without).
     """
     scores = torch.matmul(q, k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5  # (B, H, T, N)
-    scores = scores.masked_fill(~audio_mask, float("-inf"))
+    if audio_mask is not None:
+        scores = scores.masked_fill(~audio_mask, float("-inf"))
     return torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)
 
 

@@ -133,5 +133,10 @@ def test_row_layout_decodes_as_the_plain_model_and_packs_later(official_model, o
         assert tokens == plain[r][0]
         assert torch.allclose(logits, plain[r][1], rtol=0.02, atol=0.02), (logits - plain[r][1]).abs().max()
     assert lay_out_for_cpu(model.lm, torch.device("cpu"), decode_batch=8) == "packed"
+    packed = {name for name, m in model.lm.named_modules() if isinstance(m, PackedLinear)}
+    for batch in (1, 8):  # laid out again: nothing changes (the head's plain table is not packed twice)
+        assert lay_out_for_cpu(model.lm, torch.device("cpu"), decode_batch=batch) == "packed"
+    assert {name for name, m in model.lm.named_modules() if isinstance(m, PackedLinear)} == packed
+    assert isinstance(model.lm.get_output_embeddings().linear, nn.Linear)  # the plain table, not packed
     for r in range(2):
         assert run(r)[0] == plain[r][0]

@@ -135,7 +135,9 @@ class RowLinear(nn.Linear):
 def _replace_linears(lm: nn.Module, make) -> int:
     """Replace every plain (or row-layout) linear of ``lm`` except the output head by ``make(linear)``."""
     head = lm.get_output_embeddings()
-    targets = [(name, m) for name, m in lm.named_modules() if type(m) in (nn.Linear, RowLinear) and m is not head]
+    inside_head = {id(m) for m in head.modules()}  # a PackedHead keeps its plain linear for the table
+    targets = [(name, m) for name, m in lm.named_modules()
+               if type(m) in (nn.Linear, RowLinear) and id(m) not in inside_head]
     for name, module in targets:
         parent_name, _, attr = name.rpartition(".")
         setattr(lm.get_submodule(parent_name) if parent_name else lm, attr, make(module))
@@ -166,9 +168,10 @@ def lay_out_rows(lm: nn.Module) -> int:
 def lay_out_for_cpu(lm: nn.Module, device: torch.device, decode_batch: int = 1) -> str:
     """Lay out ``lm``'s linear weights for the batch the caller expects to decode, where measured
     faster: ``"rows"`` (bf16, one row at a time), ``"packed"`` (bf16 batches; fp32 on AVX-512
-    CPUs) or ``"plain"`` (unchanged: other devices and dtypes). Returns the layout chosen."""
-    if not can_pack(lm, device):
-        return "plain"
+    CPUs) or ``"plain"`` (unchanged: other devices and dtypes). Returns the layout chosen. Laying
+    out again is a no-op, except rows -> packed (packed weights cannot go back to plain)."""
+    if cpu_layout(lm) == "packed" or not can_pack(lm, device):
+        return cpu_layout(lm)
     bf16 = next(m.weight for m in lm.modules() if type(m) in (nn.Linear, RowLinear)).dtype == torch.bfloat16
     if bf16 and decode_batch <= 1:
         if cpu_layout(lm) == "plain":

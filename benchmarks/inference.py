@@ -193,7 +193,8 @@ def kv_bytes(ctx: AudioContext) -> int:
 def child_run(dtype_name: str, folder: Path, clips: list[int], tokens: int, ref_tokens: int) -> dict:
     """Every clip at batch 1 in the weight layout ``af2.load()`` gives one-question use, then at
     batch 8 in the layout the server and ``af2 eval`` get (``af2.model.cpu_pack``: bf16 decodes
-    single rows from plain weights and batches from packed ones; fp32 is packed for both)."""
+    single rows from plain weights and batches from packed ones; fp32 is packed for one row or for
+    eight)."""
     torch_dtype, int8 = resolve_dtype(API_DTYPE[dtype_name], "cpu")  # what af2.load does, minus the tokenizer
     cpu = torch.device("cpu")
     t = time.perf_counter()
@@ -226,6 +227,8 @@ def child_run(dtype_name: str, folder: Path, clips: list[int], tokens: int, ref_
             del ref_ctx, feats
         runs.append(run)
         contexts.append(ctx)
+    del model  # loaded again for batch 8, laid out as the server lays it out (packed layouts cannot change)
+    model = load_pretrained(folder / "ours", torch_dtype, int8=int8)
     b8_layout = "plain" if int8 else lay_out_for_cpu(model.lm, cpu, decode_batch=8)
     with torch.inference_mode():
         decode_steps(model, warm.select(torch.zeros(8, dtype=torch.long)), 8, 2)

@@ -80,8 +80,10 @@ def test_load_lays_out_weights_for_the_expected_batch(fixture_dir):
     assert cpu_layout(af2.load(path, dtype="bfloat16", **load).model.lm) == ("rows" if HAS_BF16 else "plain")
     assert cpu_layout(af2.load(path, dtype="bfloat16", decode_batch=8, **load).model.lm) == \
         ("packed" if HAS_BF16 else "plain")
-    assert is_packed(af2.load(path, dtype="float32", **load).model.lm) == HAS_FP32
-    assert is_packed(af2.load(path, dtype="float32", decode_batch=8, **load).model.lm) == HAS_FP32
+    for batch, hint in ((1, 1), (8, 8)):  # fp32: packed for the batch expected
+        lm = af2.load(path, dtype="float32", decode_batch=batch, **load).model.lm
+        assert is_packed(lm) == HAS_FP32
+        assert {m.rows_hint for m in lm.modules() if isinstance(m, PackedLinear)} == ({hint} if HAS_FP32 else set())
     assert cpu_layout(af2.load(path, dtype="int8", **load).model.lm) == "plain"
     with pytest.raises(RequestError, match="decode_batch"):
         af2.load(path, decode_batch=0, **load)

@@ -190,20 +190,20 @@ def kv_bytes(ctx: AudioContext) -> int:
     return sum(t.numel() * t.element_size() for pair in ctx.kv if pair is not None for t in pair)
 
 
-def child_run(dtype_name: str, folder: Path, clips: list[int], tokens: int, ref_tokens: int) -> dict:
-    """Every clip at batch 1 in the weight layout ``af2.load()`` gives one-question use, then at
-    batch 8 in the layout the server and ``af2 eval`` get (``af2.model.cpu_pack``: bf16 decodes
-    single rows from plain weights and batches from packed ones; fp32 is packed for one row or for
-    eight)."""
+def child_run(dtype_name: str, folder: Path, clips: list[int], tokens: int, ref_tokens: int, batch: int) -> dict:
+    """Every clip at ``batch`` 1 or 8, the weights laid out as ``af2.load(decode_batch=batch)`` lays
+    them out (``af2.model.cpu_pack``: bf16 decodes single rows from plain weights and batches from
+    packed ones; fp32 is packed for one row or for eight): one-question use (with the reference
+    path) or what the server and ``af2 eval`` get. Each batch runs in its own process, so its peak
+    RSS is its own."""
     torch_dtype, int8 = resolve_dtype(API_DTYPE[dtype_name], "cpu")  # what af2.load does, minus the tokenizer
-    cpu = torch.device("cpu")
     t = time.perf_counter()
     model = load_pretrained(folder / "ours", torch_dtype, int8=int8)
-    b1_layout = "plain" if int8 else lay_out_for_cpu(model.lm, cpu, decode_batch=1)
-    load_s, runs, contexts = time.perf_counter() - t, [], []
+    layout = "plain" if int8 else lay_out_for_cpu(model.lm, torch.device("cpu"), decode_batch=batch)
+    load_s, runs = time.perf_counter() - t, []
     with torch.inference_mode():  # warm-up: kernels chosen and buffers allocated once, outside the timings
         warm = model.encode_audio(torch.zeros(1, 1, 160_000), torch.ones(1, 1), cache_kv=True)
-        decode_steps(model, warm.select(torch.zeros(1, dtype=torch.long)), 1, 2)
+        decode_steps(model, warm.select(torch.zeros(batch, dtype=torch.long)), batch, 2)
     for seconds in clips:
         windows = math.ceil(seconds / 10)
         audio = torch.rand(1, windows, 160_000, generator=torch.Generator().manual_seed(0)) - 0.5
@@ -213,10 +213,22 @@ def child_run(dtype_name: str, folder: Path, clips: list[int], tokens: int, ref_
             t0 = time.perf_counter()
             ctx = model.encode_audio(audio, mask, cache_kv=True, chunk=default_encoder_chunk("cpu"))
             encode_s = time.perf_counter() - t0
+            if batch == 8:
+                # Eight rows of this clip (the encoder is per window, so 8 clips cost 8x to encode);
+                # and the same with one window each, to price cross-attention over the audio.
+                eight = ctx.select(torch.zeros(8, dtype=torch.long))
+                run = {"seconds": seconds, "b8_s_per_token": per_token(decode_steps(model, eight, 8, tokens))}
+                n = TOKENS_PER_WINDOW
+                short = AudioContext(eight.features[:, :n], eight.mask[:, :n], tuple(
+                    None if p is None else tuple(t[:, :, :n].contiguous() for t in p) for p in eight.kv))
+                run.update(b8_one_window_s_per_token=per_token(decode_steps(model, short, 8, tokens)),
+                           b8_peak_rss_gib=rss_gib(), b8_layout=layout)
+                runs.append(run)
+                continue
             one = decode_steps(model, ctx, 1, tokens)
             run = {"seconds": seconds, "windows": windows, "encode_s": encode_s, "first_token_s": one[0] - t0,
                    "b1_s_per_token": per_token(one), "b1_peak_rss_gib": rss_gib(), "kv_bytes_per_row": kv_bytes(ctx),
-                   "encode_flops": encoder_flops(model.cfg, windows), "b1_layout": b1_layout}
+                   "encode_flops": encoder_flops(model.cfg, windows), "b1_layout": layout}
             t0 = time.perf_counter()  # the reference path: windows one by one, no cached audio K/V
             feats = torch.cat([model.encode_windows(audio[:, i:i + 1], mask[:, i:i + 1]) for i in range(windows)], 1)
             full = mask.bool().repeat_interleave(TOKENS_PER_WINDOW, dim=1)
@@ -224,26 +236,7 @@ def child_run(dtype_name: str, folder: Path, clips: list[int], tokens: int, ref_
             run["ref_encode_s"] = time.perf_counter() - t0
             ref = decode_steps(model, ref_ctx, 1, ref_tokens)
             run.update(ref_first_token_s=ref[0] - t0, ref_s_per_token=per_token(ref))
-            del ref_ctx, feats
         runs.append(run)
-        contexts.append(ctx)
-    del model  # loaded again for batch 8, laid out as the server lays it out (packed layouts cannot change)
-    model = load_pretrained(folder / "ours", torch_dtype, int8=int8)
-    b8_layout = "plain" if int8 else lay_out_for_cpu(model.lm, cpu, decode_batch=8)
-    with torch.inference_mode():
-        decode_steps(model, warm.select(torch.zeros(8, dtype=torch.long)), 8, 2)
-        for run, ctx in zip(runs, contexts):
-            # Batch 8: eight rows of this clip (the encoder is per window, so 8 clips cost 8x to
-            # encode); and the same with one window each, to price cross-attention over the audio.
-            reset_peak_rss()
-            eight = ctx.select(torch.zeros(8, dtype=torch.long))
-            run["b8_s_per_token"] = per_token(decode_steps(model, eight, 8, tokens))
-            n = TOKENS_PER_WINDOW
-            short = AudioContext(eight.features[:, :n], eight.mask[:, :n],
-                                 tuple(None if p is None else tuple(t[:, :, :n].contiguous() for t in p) for p in eight.kv))
-            run["b8_one_window_s_per_token"] = per_token(decode_steps(model, short, 8, tokens))
-            run["b8_peak_rss_gib"], run["b8_layout"] = rss_gib(), b8_layout
-            del eight, short
     return {"dtype": dtype_name, "compute_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
             "step_weight_bytes": weight_bytes(model, decode_only=True), "weights_gib": weight_bytes(model) / 2**30,
             "load_s": load_s, "runs": runs}
@@ -267,7 +260,7 @@ def derive(result: dict, floors: dict) -> list[dict]:
                    "tokens_per_s": batch / step, "decode_over_floor": step / step_floor,
                    "decode_speedup_vs_ref": r["ref_s_per_token"] / step if batch == 1 else None,
                    "peak_rss_gib": r[f"b{batch}_peak_rss_gib"], "layout": r.get(f"b{batch}_layout", "packed"),
-                   "rss_over_weights": r[f"b{batch}_peak_rss_gib"] / result["weights_gib"]}
+                   "rss_over_weights": r[f"b{batch}_peak_rss_gib"] / r.get(f"b{batch}_weights_gib", result["weights_gib"])}
             if batch == 1:
                 row.update(encode_s=r["encode_s"], encode_over_floor=r["encode_s"] / encode_floor,
                            encode_speedup_vs_ref=r["ref_encode_s"] / r["encode_s"], first_token_s=r["first_token_s"],
@@ -352,7 +345,8 @@ def main() -> int:
     if args.child:
         kind, dtype_name, folder, extra = args.child[0], args.child[1], Path(args.child[2]), json.loads(args.child[3])
         out = (child_load(dtype_name, extra["layout"], folder, extra["cfg"]) if kind == "load"
-               else child_run(dtype_name, folder, extra["clips"], extra["tokens"], extra["ref_tokens"]))
+               else child_run(dtype_name, folder, extra["clips"], extra["tokens"], extra["ref_tokens"],
+                              extra["batch"]))
         print(json.dumps(out))
         return 0
     dtypes = args.dtypes.split(",")
@@ -375,8 +369,12 @@ def main() -> int:
                 spec = json.dumps({"layout": layout, "cfg": config_to_dict(cfg)})
                 results["loads"].append(_child([*common, "--child", "load", name, str(folder), spec]))
                 print(f"  load {name} {layout}: {results['loads'][-1]}", file=sys.stderr, flush=True)
-            spec = json.dumps({"clips": clips, "tokens": tokens, "ref_tokens": args.ref_tokens})
-            results["runs"].append(_child([*common, "--child", "run", name, str(folder), spec]))
+            spec = {"clips": clips, "tokens": tokens, "ref_tokens": args.ref_tokens}
+            run = _child([*common, "--child", "run", name, str(folder), json.dumps({**spec, "batch": 1})])
+            eight = _child([*common, "--child", "run", name, str(folder), json.dumps({**spec, "batch": 8})])
+            for row, row8 in zip(run["runs"], eight["runs"]):
+                row.update({k: v for k, v in row8.items() if k.startswith("b8_")}, b8_weights_gib=eight["weights_gib"])
+            results["runs"].append(run)
             print(f"  run {name}: {results['runs'][-1]['runs']}", file=sys.stderr, flush=True)
     slug = re.sub(r"[^a-z0-9]+", "-", cpu["name"].lower()).strip("-")[:40]
     out = args.out or REPO / "benchmarks" / f"results-{slug}{'-quick' if args.quick else ''}.json"

@@ -18,21 +18,23 @@ keys/values (2x faster than PyTorch's own bf16 ``bmm`` for one query). With one 
 is as fast as MKL for one row (217 against 210 ms) and still 1.7x faster for 8; fp32 is packed only
 on AVX-512 CPUs, where it was measured. Whole decoding steps (AF2-0.5B, 30-s clip, 2 threads),
 ms/token at batch 1 / 8: fp32 plain 302 / 448, packed 191 / 209; bf16 packed 92 / 122, plain with
-PyTorch's kernel for single rows 82 / 175 -- so bf16 stays packed: its batch-1 gain is small and
-batches lose more.
+PyTorch's kernel for whole single-row steps 82 / 175 (the switch slowed the audio cross-attention
+too; ``RowLinear`` below confines it to the linears).
 
 The tied embedding / LM head keeps its plain table (the embedding looks rows up in it) and the
 head computes from a packed copy (AF2-0.5B, 8 rows: 45 -> 20 ms a step in bf16; the copy costs the
-table's bytes again, 0.27 GB in bf16, 0.54 GB in fp32). Nothing here switches oneDNN on or off
-globally, so the server's encoder and decoder threads can share it. A packed model is for inference
+table's bytes again, 0.27 GB in bf16, 0.54 GB in fp32). Packing switches nothing on or off
+globally, so the server's encoder and decoder threads can share a packed model. A packed model is for inference
 only: its packed weights are opaque and not in its state dict. Packed fp32 rows do not depend on the
 batch at input widths 512 and 896; at 3584 and 4864 oneDNN's one-row kernel sums in another order
 than its several-row one (a few ulps apart), as MKL's plain fp32 kernels do at every width.
 
 Single-stream decoding in bf16 has a faster layout: plain weights, with PyTorch's own kernel for
 single rows and oneDNN switched off for that one product only (``RowLinear``), so the cross-
-attention over the audio keeps oneDNN's fast ``bmm``. Whole decoding steps (AF2-0.5B, 2 threads,
-same AMD EPYC), ms/token at batch 1 / 8: packed 92.5 / 102.6, row layout 58.4 / 161 (30-s clip);
+attention over the audio keeps oneDNN's fast ``bmm``; the switch is process-wide, so other threads'
+products may take PyTorch's kernels for that moment (the server never uses this layout). Whole
+decoding steps (``benchmarks/decode_layouts.py``, AF2-0.5B, 30-s clip, 2 threads, same AMD EPYC),
+ms/token at batch 1 / 8: packed 77-83 / 107, row layout 60-70 / 144-156 (the VM varies by ~10 %);
 5-min clip, row layout 69.0 / 194. The tied head needs no second copy in that layout. So
 ``lay_out_for_cpu`` takes the batch the caller expects to decode: 1 (one question at a time:
 ``af2 ask``, ``af2.load()``'s default) gets the row layout, more (the server, ``af2 eval``, JSONL
@@ -53,15 +55,20 @@ from torch import nn
 
 ROWS_HINT = 8  # the batch the packed layout is tuned for; measured as fast for 1 and 16 rows
 # fp32 packed for one row (rows_hint=1) streams faster than for 8 (AF2-0.5B, 30-s clip, 2 threads, AMD EPYC
-# with AVX-512: 134 against 150 ms/token at batch 1; 24 x 896->4864: 26.5 against 22.3 GB/s) but slows
-# batches (219 against 157 ms/token at batch 8) and prompts (first token 60 ms later): so fp32 is packed for
-# the batch the caller expects (bf16's one-row layout is RowLinear instead).
+# with AVX-512: 122-134 against 125-150 ms/token at batch 1, benchmarks/decode_layouts.py; 24 x 896->4864:
+# 26.5 against 22.3 GB/s) but slows batches (219-226 against 143-157 ms/token at batch 8) and prompts (first
+# token 60 ms later): so fp32 is packed for the batch the caller expects (bf16's one-row layout is RowLinear).
+
+
+def _unpacked_linears(model: nn.Module) -> list[nn.Linear]:
+    """The linears of ``model`` that still hold a plain weight (plain or row layout)."""
+    return [m for m in model.modules() if type(m) in (nn.Linear, RowLinear)]
 
 
 def can_pack(model: nn.Module, device: torch.device) -> bool:
     """Whether packing applies: a CPU model with oneDNN, in bf16 (with oneDNN's bf16 kernels) or in
     fp32 on an AVX-512 CPU (elsewhere packed fp32 is unmeasured and MKL's kernels stay)."""
-    weight = next((m.weight for m in model.modules() if type(m) in (nn.Linear, RowLinear)), None)
+    weight = next((m.weight for m in _unpacked_linears(model)), None)
     if device.type != "cpu" or weight is None or not torch.backends.mkldnn.is_available():
         return False
     if weight.dtype == torch.bfloat16:
@@ -140,9 +147,9 @@ class RowLinear(nn.Linear):
 def _replace_linears(lm: nn.Module, make) -> int:
     """Replace every plain (or row-layout) linear of ``lm`` except the output head by ``make(linear)``."""
     head = lm.get_output_embeddings()
-    inside_head = {id(m) for m in head.modules()}  # a PackedHead keeps its plain linear for the table
-    targets = [(name, m) for name, m in lm.named_modules()
-               if type(m) in (nn.Linear, RowLinear) and id(m) not in inside_head]
+    skip = {id(m) for m in head.modules()}  # the head itself; a PackedHead keeps its plain linear for the table
+    plain = {id(m) for m in _unpacked_linears(lm)}
+    targets = [(name, m) for name, m in lm.named_modules() if id(m) in plain and id(m) not in skip]
     for name, module in targets:
         parent_name, _, attr = name.rpartition(".")
         setattr(lm.get_submodule(parent_name) if parent_name else lm, attr, make(module))
@@ -177,7 +184,7 @@ def lay_out_for_cpu(lm: nn.Module, device: torch.device, decode_batch: int = 1) 
     out again is a no-op, except rows -> packed (packed weights cannot go back to plain)."""
     if cpu_layout(lm) == "packed" or not can_pack(lm, device):
         return cpu_layout(lm)
-    bf16 = next(m.weight for m in lm.modules() if type(m) in (nn.Linear, RowLinear)).dtype == torch.bfloat16
+    bf16 = _unpacked_linears(lm)[0].weight.dtype == torch.bfloat16
     if bf16 and decode_batch <= 1:
         if cpu_layout(lm) == "plain":
             lay_out_rows(lm)

@@ -149,3 +149,6 @@ def test_unpadded_audio_skips_the_mask_and_computes_the_same():
         assert torch.equal(skipped, attn(x, full.mask[:, None, None, :], kv))  # an all-true mask changes nothing
         assert torch.equal(attn(x, padded.attention_mask(3), kv)[:1], skipped[:1])  # the unpadded row
         assert not torch.allclose(attn(x, padded.attention_mask(3), kv)[1:], skipped[1:])  # padding is masked
+    # off the CPU the check is not made (it would sync the host at every training step): the mask stays
+    on_meta = AudioContext(audio.to("meta"), torch.ones(2, 6, dtype=torch.bool, device="meta"))
+    assert not on_meta.all_real and on_meta.attention_mask(3).shape == (2, 1, 1, 6)

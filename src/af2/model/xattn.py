@@ -42,8 +42,10 @@ class AudioContext:
     @cached_property
     def all_real(self) -> bool:
         """Whether every audio token of every row is real (no padding): then no mask is needed.
-        Read once per context (a decoding request reuses it at every layer and step)."""
-        return bool(self.mask.all())
+        Read once per context (a decoding request reuses it at every layer and step). Only on the CPU:
+        on an accelerator the check would cost a host sync per forward (every training step builds a new
+        context), while the mask itself costs little there; the results are identical either way."""
+        return self.mask.device.type == "cpu" and bool(self.mask.all())
 
     def attention_mask(self, T: int) -> torch.Tensor | None:
         """Boolean mask over audio keys, broadcastable to (B, heads, T, N); None when every text

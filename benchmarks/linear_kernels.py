@@ -119,7 +119,8 @@ def _int8_gemv(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> tor
 
 def _int8_compiled(x: torch.Tensor, s) -> torch.Tensor:
     """The compiled ``_int8_gemv`` (compiled at the first call, in the untimed correctness check; one graph
-    per weight shape: a dynamic-shape graph ran at eager speed). Needs a C++ compiler at run time, as any CPU torch.compile does."""
+    per weight shape: a dynamic-shape graph ran at eager speed). Needs a C++ compiler at run time, as any
+    CPU torch.compile does."""
     if "gemv" not in _COMPILED:
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         _COMPILED["gemv"] = torch.compile(_int8_gemv, dynamic=False)

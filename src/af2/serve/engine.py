@@ -35,7 +35,8 @@ log = logging.getLogger("af2.serve")
 # fewer slots are free), or once the oldest has waited JOIN_WAIT_S.
 # At 16 clients a pass of a few short prompts costs about what a decoding step does, so fewer, larger
 # groups serve more: groups of up to 8 gave 14.73-15.72 req/s (4.14-4.31x one by one) against 13.78-14.77
-# (3.90-4.18x) with groups of up to 4 (af2-nano, `python benchmarks/serve.py --threads 1`, three runs each, p99 time to first token no worse).
+# (3.90-4.18x) with groups of up to 4 (af2-nano, `python benchmarks/serve.py --threads 1`, three runs
+# each, p99 time to first token no worse).
 JOIN_GROUP = 8
 JOIN_WAIT_S = 0.2
 

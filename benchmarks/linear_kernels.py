@@ -19,6 +19,7 @@ split long runs with ``--only``. Results of this machine: ``results-linear-kerne
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -108,23 +109,19 @@ def _int4_prep(f: dict, M: int):
     return torch._convert_weight_to_int4pack_for_cpu(codes, 1), sz
 
 
-_COMPILED: dict[str, Callable] = {}
-
-
 def _int8_gemv(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """y = x @ (codes * scale).T as one multiply-and-reduce: under torch.compile (inductor's C++ backend)
     it becomes a single loop that reads each int8 code once and never materialises the dequantized weight."""
     return ((x.float()[:, None, :] * codes.float()[None]).sum(-1) * scale.float()).to(x.dtype)
 
 
-def _int8_compiled(x: torch.Tensor, s) -> torch.Tensor:
-    """The compiled ``_int8_gemv`` (compiled at the first call, in the untimed correctness check; one graph
-    per weight shape: a dynamic-shape graph ran at eager speed). Needs a C++ compiler at run time, as any
-    CPU torch.compile does."""
-    if "gemv" not in _COMPILED:
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        _COMPILED["gemv"] = torch.compile(_int8_gemv, dynamic=False)
-    return _COMPILED["gemv"](x, s[0], s[1])
+@functools.cache
+def _int8_gemv_compiled() -> Callable:
+    """``_int8_gemv`` compiled once per weight shape (a dynamic-shape graph ran at eager speed), at its
+    first call, in the untimed correctness check. Needs a C++ compiler at run time, as any CPU
+    torch.compile does."""
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    return torch.compile(_int8_gemv, dynamic=False)
 
 
 def candidates() -> list[Candidate]:
@@ -158,7 +155,8 @@ def candidates() -> list[Candidate]:
                   lambda x, s: torch._weight_int8pack_mm(x, s[0], s[1]), lambda s: _bytes(*s)),
         Candidate("int8.fbgemm_dyn(act q)", torch.float32, _fbgemm_prep,
                   lambda x, s: torch.ops.quantized.linear_dynamic(x, s[0], True), lambda s: s[1]),
-        Candidate("int8.inductor_gemv", torch.bfloat16, lambda f, M: (f["i8"], f["s_bf16"]), _int8_compiled,
+        Candidate("int8.inductor_gemv", torch.bfloat16, lambda f, M: (f["i8"], f["s_bf16"]),
+                  lambda x, s: _int8_gemv_compiled()(x, *s),
                   lambda s: _bytes(*s)),
         Candidate("int4.pack_bf16(g128)", torch.bfloat16, _int4_prep,
                   lambda x, s: torch._weight_int4pack_mm_for_cpu(x, s[0], GROUP, s[1]), lambda s: _bytes(*s),

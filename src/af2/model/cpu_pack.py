@@ -62,7 +62,7 @@ ROWS_HINT = 8  # the batch the packed layout is tuned for; measured as fast for 
 
 def _unpacked_linears(model: nn.Module) -> list[nn.Linear]:
     """The linears of ``model`` that still hold a plain weight (plain or row layout)."""
-    return [m for m in model.modules() if type(m) in (nn.Linear, RowLinear)]
+    return [m for m in model.modules() if type(m) in _PLAIN]
 
 
 def can_pack(model: nn.Module, device: torch.device) -> bool:
@@ -144,12 +144,14 @@ class RowLinear(nn.Linear):
             return F.linear(x, self.weight, self.bias)
 
 
+_PLAIN = (nn.Linear, RowLinear)  # the linear types that still hold a plain weight
+
+
 def _replace_linears(lm: nn.Module, make) -> int:
     """Replace every plain (or row-layout) linear of ``lm`` except the output head by ``make(linear)``."""
     head = lm.get_output_embeddings()
     skip = {id(m) for m in head.modules()}  # the head itself; a PackedHead keeps its plain linear for the table
-    plain = {id(m) for m in _unpacked_linears(lm)}
-    targets = [(name, m) for name, m in lm.named_modules() if id(m) in plain and id(m) not in skip]
+    targets = [(name, m) for name, m in lm.named_modules() if type(m) in _PLAIN and id(m) not in skip]
     for name, module in targets:
         parent_name, _, attr = name.rpartition(".")
         setattr(lm.get_submodule(parent_name) if parent_name else lm, attr, make(module))

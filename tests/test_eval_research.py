@@ -269,6 +269,17 @@ def test_golden_report_is_byte_identical(bench, tmp_path, monkeypatch):
     assert not math.isnan(summary["tasks"]["clotho-captioning"]["metrics"]["ci95"]["cider_d"][0])
 
 
+def test_corpus_items_that_only_words_answer_are_marked():
+    from af2.eval.corpus_tasks import needs
+
+    speech, phrase = "speech: a voicemail message", "voice phrase: run away"
+    assert needs("scene.first:mcq", [speech, phrase, "snore"], speech) == "words"  # two speech options
+    assert needs("scene.first:mcq", [speech, "gun", "snore"], speech) == "sound"  # speech vs sounds: heard
+    assert needs("scene.last:mcq", [speech, phrase, "snore"], "snore") == "sound"
+    assert needs("speech.sentence_type:mcq", ["a question", "a command"], "a question") == "words"
+    assert needs("music.tempo:mcq", ["fast", "slow"], "fast") == "sound"
+
+
 def test_from_corpus_builds_three_tasks_from_the_val_split(tmp_path, capsys):
     from af2.data.manifest import ManifestItem, write_manifest
 
@@ -292,6 +303,7 @@ def test_from_corpus_builds_three_tasks_from_the_val_split(tmp_path, capsys):
     assert "af2-manifest (4 items), mmau-test-mini (1 items), mmar (1 items)" in capsys.readouterr().out
     (mc,) = get_task("mmau-test-mini").load(tmp_path / "data/mmau")
     assert (mc.question, mc.choices, mc.reference) == ("What is heard?", ("rain", "a dog"), "a dog")
+    assert mc.extra["facets"]["sub-category"] == "needs sound"
     assert len(get_task("af2-manifest").load(tmp_path / "data/manifests")) == 4
     assert main(["eval", "--adapter", "first-choice", "--tasks", "af2-manifest,mmau-test-mini,mmar", "--data-root",
                  str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--no-paper-comparison",

@@ -3,6 +3,7 @@ so a trained model can be evaluated with data that installs here:
 
     <out>/manifests/<Task>/val.json   the val manifests as they are        -> task af2-manifest
     <out>/mmau/mmau-test-mini.json    short-clip multiple-choice val items  -> task mmau-test-mini
+                                      (sub-category "needs words" / "needs sound": see ``needs``)
     <out>/mmar/MMAR-meta.jsonl        long-audio multiple-choice val items  -> task mmar
     <out>/manifests/audio             a link to the corpus audio (the manifests' split_path is "audio")
 
@@ -25,14 +26,35 @@ from af2.errors import RequestError
 _LISTED_OPTIONS = re.compile(r"\s*\(A\) .*$", re.DOTALL)
 
 
+# What an answer needs besides hearing sounds: templates about the words spoken, and scene questions whose answer
+# and some distractor are both speech (told apart only by their words; the labels are written by the corpus
+# builder as "speech: <situation>" and "voice phrase: <text>"). The facet lets a report separate the items a
+# model without speech recognition can answer from those it cannot.
+_WORD_TEMPLATES = ("speech.sentence_type", "speech.words", "speech.situation", "speech.character")
+_SPEECH_LABELS = ("speech: ", "voice phrase: ")
+
+
+def needs(template: str, options: list[str], answer: str) -> str:
+    """``"words"`` when only recognising the spoken words answers the item, else ``"sound"``."""
+    template = template.split(":")[0]
+    if template in _WORD_TEMPLATES:
+        return "words"
+    if template.startswith("scene.") and answer.startswith(_SPEECH_LABELS):
+        if any(o.startswith(_SPEECH_LABELS) for o in options if o != answer):
+            return "words"
+    return "sound"
+
+
 def _mc_item(item, audio: Path, base: Path) -> dict[str, Any] | None:
     options, index = item.extra.get("options"), item.extra.get("answer_index")
     if not options or index is None:
         return None
+    answer = options[int(index)]
+    template = str((item.extra.get("provenance") or {}).get("template", ""))
     return {"id": item.id, "audio_id": os.path.relpath(audio, base), "audio_path": os.path.relpath(audio, base),
-            "question": _LISTED_OPTIONS.sub("", item.prompt), "choices": list(options), "answer": options[int(index)],
+            "question": _LISTED_OPTIONS.sub("", item.prompt), "choices": list(options), "answer": answer,
             "task": str(item.extra.get("skill", "all")), "modality": item.flamingo_task or "all",
-            "category": str(item.extra.get("skill", "all"))}
+            "category": str(item.extra.get("skill", "all")), "sub-category": f"needs {needs(template, options, answer)}"}
 
 
 def _originals(paths: list[Path]) -> list[tuple[Path, Any]]:

@@ -54,7 +54,8 @@ def _mc_item(item, audio: Path, base: Path) -> dict[str, Any] | None:
     return {"id": item.id, "audio_id": os.path.relpath(audio, base), "audio_path": os.path.relpath(audio, base),
             "question": _LISTED_OPTIONS.sub("", item.prompt), "choices": list(options), "answer": answer,
             "task": str(item.extra.get("skill", "all")), "modality": item.flamingo_task or "all",
-            "category": str(item.extra.get("skill", "all")), "sub-category": f"needs {needs(template, options, answer)}"}
+            "category": str(item.extra.get("skill", "all")),
+            "sub-category": f"needs {needs(template, options, answer)}"}
 
 
 def _originals(paths: list[Path]) -> list[tuple[Path, Any]]:

@@ -62,6 +62,12 @@ def check_not_reserved(name_or_path: str | os.PathLike) -> None:
                                   "and never enters training data or the corpus")
 
 
+# Labels of spoken clips start with these, so a scene's events name what was said ("speech: a voicemail
+# message", "voice phrase: run away"); af2.eval.corpus_tasks reads them to tell items that need the words apart.
+SPEECH_LABEL, VOICE_PHRASE_LABEL = "speech: ", "voice phrase: "
+SPOKEN_LABELS = (SPEECH_LABEL, VOICE_PHRASE_LABEL)
+
+
 @dataclass
 class Clip:
     """One short recording with its metadata. ``audio`` is (S,) float32 at 16 kHz."""
@@ -282,7 +288,7 @@ def _collect_voices(ctx: BuildContext) -> Iterator[Clip]:
                 caption = f"A cartoon character shouts a short phrase in {language} meaning \"{text}\"."
                 transcript = None
             yield Clip(id=f"hedgewars-voices/{pack}/{stem}", source="hedgewars-voices", category="speech",
-                       label=f"voice phrase: {text}", caption=caption, audio=x, transcript=transcript,
+                       label=f"{VOICE_PHRASE_LABEL}{text}", caption=caption, audio=x, transcript=transcript,
                        attributes=attributes)
 
 

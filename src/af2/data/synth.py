@@ -18,7 +18,7 @@ import numpy as np
 from af2.audio import SAMPLE_RATE
 from af2.audio.clips import normalise_peak, trim_silence
 from af2.audio.decode import load_mono
-from af2.data.sources import BuildContext, Clip, check_not_reserved
+from af2.data.sources import SPEECH_LABEL, BuildContext, Clip, check_not_reserved
 from af2.errors import SourceError
 
 SOUNDFONTS = (Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"), Path("/usr/share/sounds/sf2/TimGM6mb.sf2"))
@@ -343,7 +343,7 @@ def collect_tts(ctx: BuildContext, per_voice: int = 150, engines: tuple[str, ...
         for engine, voice, gender, desc, sentence, rate, out, i in plan:
             x = normalise_peak(trim_silence(load_mono(out)))
             yield Clip(id=f"tts/{engine}-{voice}/{i:04d}", source=f"tts-{engine}", category="speech",
-                       label=f"speech: {sentence['situation']}",
+                       label=f"{SPEECH_LABEL}{sentence['situation']}",
                        caption=f"A {gender} synthetic voice says: \"{sentence['text']}\"", audio=x,
                        transcript=sentence["text"],
                        attributes={"engine": engine, "voice": desc, "gender": gender, "language": "English",

@@ -21,17 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from af2.data.manifest import read_manifest
+from af2.data.sources import SPOKEN_LABELS
 from af2.errors import RequestError
 
 _LISTED_OPTIONS = re.compile(r"\s*\(A\) .*$", re.DOTALL)
 
 
 # What an answer needs besides hearing sounds: templates about the words spoken, and scene questions whose answer
-# and some distractor are both speech (told apart only by their words; the labels are written by the corpus
-# builder as "speech: <situation>" and "voice phrase: <text>"). The facet lets a report separate the items a
-# model without speech recognition can answer from those it cannot.
+# and some distractor are both spoken clips (told apart only by their words; the corpus builder starts their labels
+# with SPOKEN_LABELS). The facet lets a report separate the items a model without speech recognition can answer
+# from those it cannot.
 _WORD_TEMPLATES = ("speech.sentence_type", "speech.words", "speech.situation", "speech.character")
-_SPEECH_LABELS = ("speech: ", "voice phrase: ")
 
 
 def needs(template: str, options: list[str], answer: str) -> str:
@@ -39,8 +39,8 @@ def needs(template: str, options: list[str], answer: str) -> str:
     template = template.split(":")[0]
     if template in _WORD_TEMPLATES:
         return "words"
-    if template.startswith("scene.") and answer.startswith(_SPEECH_LABELS):
-        if any(o.startswith(_SPEECH_LABELS) for o in options if o != answer):
+    if template.startswith("scene.") and answer.startswith(SPOKEN_LABELS):
+        if any(o.startswith(SPOKEN_LABELS) for o in options if o != answer):
             return "words"
     return "sound"
 

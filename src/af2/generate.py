@@ -54,7 +54,7 @@ def left_pad(sequences: list[list[int]], pad_id: int, device=None) -> tuple[torc
 def _pick(logits: torch.Tensor, gen: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
     """(B, V) next-token logits → (B,) token ids."""
     if not gen.do_sample:
-        return logits.argmax(dim=-1)
+        return logits.float().argmax(dim=-1)  # the same index; PyTorch's bf16 argmax is 5x slower on CPUs
     logits = logits.float() / gen.temperature
     if gen.top_k:
         kth = logits.topk(min(gen.top_k, logits.shape[-1]), dim=-1).values[:, -1:]

@@ -53,6 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from af2.model.cpu_decode import use_decode_kernels
+
 ROWS_HINT = 8  # the batch the packed layout is tuned for; measured as fast for 1 and 16 rows
 # fp32 packed for one row (rows_hint=1) streams faster than for 8 (AF2-0.5B, 30-s clip, 2 threads, AMD EPYC
 # with AVX-512: 122-134 against 125-150 ms/token at batch 1, benchmarks/decode_layouts.py; 24 x 896->4864:
@@ -182,8 +184,9 @@ def lay_out_rows(lm: nn.Module) -> int:
 def lay_out_for_cpu(lm: nn.Module, device: torch.device, decode_batch: int = 1) -> str:
     """Lay out ``lm``'s linear weights for the batch the caller expects to decode, where measured
     faster: ``"rows"`` (bf16, one row at a time), ``"packed"`` (bf16 batches; fp32 on AVX-512
-    CPUs) or ``"plain"`` (unchanged: other devices and dtypes). Returns the layout chosen. Laying
-    out again is a no-op, except rows -> packed (packed weights cannot go back to plain)."""
+    CPUs) or ``"plain"`` (unchanged: other devices and dtypes). Packing for batches also switches
+    the step's two attentions to ``af2.model.cpu_decode``'s batched kernels. Returns the layout
+    chosen. Laying out again is a no-op, except rows -> packed (packed weights cannot go back to plain)."""
     if cpu_layout(lm) == "packed" or not can_pack(lm, device):
         return cpu_layout(lm)
     bf16 = _unpacked_linears(lm)[0].weight.dtype == torch.bfloat16
@@ -192,6 +195,8 @@ def lay_out_for_cpu(lm: nn.Module, device: torch.device, decode_batch: int = 1) 
             lay_out_rows(lm)
         return "rows"
     pack_for_cpu(lm, rows_hint=1 if decode_batch <= 1 else ROWS_HINT)  # fp32: see ROWS_HINT
+    if decode_batch > 1:
+        use_decode_kernels(lm)
     return "packed"
 
 

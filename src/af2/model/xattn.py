@@ -69,6 +69,8 @@ class MaskedCrossAttention(nn.Module):
         self.to_q = nn.Linear(dim, inner, bias=False)
         self.to_kv = nn.Linear(dim_audio, inner * 2, bias=False)
         self.to_out = nn.Linear(inner, dim, bias=False)
+        # One query row per step over the audio: af2.model.cpu_decode swaps in a fused kernel for CPU batches.
+        self.kernel = audio_attention
 
     def keys_values(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """audio: (B, N, Da) → K, V each (B, heads, N, dim_head)."""
@@ -85,7 +87,7 @@ class MaskedCrossAttention(nn.Module):
         q = self.to_q(self.norm(x)).view(B, T, self.heads, self.dim_head).transpose(1, 2)
         k, v = (t.to(q.dtype) for t in kv)  # a no-op when K/V were computed in the model's dtype
         if audio_mask is None or audio_mask.shape[-2] == 1:
-            out = audio_attention(q, k, v, audio_mask)
+            out = self.kernel(q, k, v, audio_mask)
         else:
             # Explicit softmax, as the official code: a text token that sees a single audio token
             # then gets exactly zero query gradient (a fused kernel leaves ~1e-7 residues, which

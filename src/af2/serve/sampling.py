@@ -86,7 +86,7 @@ def gumbel_noise(seed: torch.Tensor, step: torch.Tensor, vocab: int) -> torch.Te
 
 def choose(logits: torch.Tensor, opts: SamplingTensors, step: torch.Tensor) -> torch.Tensor:
     """(B, V) next-token logits, every row's options and (B,) step counters → (B,) token ids."""
-    tokens = logits.argmax(dim=-1)
+    tokens = logits.float().argmax(dim=-1)  # the same index; PyTorch's bf16 argmax is 5x slower on CPUs
     sample = ~opts.greedy
     if not bool(sample.any()):
         return tokens

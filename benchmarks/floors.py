@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,10 +23,35 @@ def cpu_name() -> str:
                 platform.processor() or "unknown CPU")
 
 
+def _cpuinfo_field(field: str) -> str:
+    return next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines()
+                 if line.split(":", 1)[0].strip() == field), "")
+
+
+def cpu_generation() -> str:
+    """A short name for the CPU's generation, where the model name alone does not say it (cloud VMs
+    report "AMD EPYC" for every generation, and the floors differ 2x between them): "zen4", "zen5",
+    else "f<family>m<model>" from /proc/cpuinfo, or "" when unknown."""
+    family, model = _cpuinfo_field("cpu family"), _cpuinfo_field("model")
+    if not family:
+        return ""
+    if "AMD" in cpu_name() and family == "25" and "avx512f" in _cpuinfo_field("flags").split():
+        return "zen4"  # family 25 (0x19) is Zen 3 or Zen 4; only Zen 4 has AVX-512
+    if "AMD" in cpu_name() and family == "26":
+        return "zen5"
+    return f"f{family}m{model}"
+
+
+def cpu_slug() -> str:
+    """The CPU's name and generation as a file-name part, e.g. "amd-epyc-zen5"."""
+    name = re.sub(r"[^a-z0-9]+", "-", cpu_name().lower()).strip("-")[:40]
+    generation = cpu_generation()
+    return f"{name}-{generation}" if generation and generation not in name else name
+
+
 def cpu_features() -> dict:
-    flags = set(next((line.split(":", 1)[1].split() for line in _cpuinfo().splitlines() if line.startswith("flags")),
-                     []))
-    return {"name": cpu_name(), "cores": os.cpu_count(), "avx512": "avx512f" in flags,
+    flags = set(_cpuinfo_field("flags").split())
+    return {"name": cpu_name(), "generation": cpu_generation(), "cores": os.cpu_count(), "avx512": "avx512f" in flags,
             "avx512_bf16": "avx512_bf16" in flags, "avx512_vnni": "avx512_vnni" in flags,
             "amx": bool({"amx_bf16", "amx_tile"} & flags), "torch_capability": torch.backends.cpu.get_cpu_capability(),
             "torch": torch.__version__}

@@ -24,7 +24,6 @@ import base64
 import io
 import json
 import os
-import re
 import resource
 import socket
 import subprocess
@@ -42,7 +41,7 @@ import af2
 import af2.examples
 from af2.inference import DEFAULT_MODEL
 from af2.serve.local import wait_healthy
-from floors import cpu_name
+from floors import cpu_name, cpu_slug
 from readme_block import rewrite_block
 
 REPO = Path(__file__).resolve().parents[1]
@@ -313,8 +312,7 @@ def main() -> int:
                "rows": rows}
     print()
     print(report(results))
-    slug = re.sub(r"[^a-z0-9]+", "-", cpu_name().lower()).strip("-")[:40]
-    out = args.json or REPO / "benchmarks" / f"serve-results-{slug}{'-quick' if args.quick else ''}.json"
+    out = args.json or REPO / "benchmarks" / f"serve-results-{cpu_slug()}{'-quick' if args.quick else ''}.json"
     out.write_text(json.dumps(results, indent=1))
     print(f"\nraw results: {out}; README table: python benchmarks/serve.py --readme {out}")
     return 0

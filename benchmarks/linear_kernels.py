@@ -13,7 +13,7 @@ floor (weight bytes / a read-only stream measured in the same run, ``x.sum()`` o
 
 Every candidate at both row counts takes about 3 minutes on 2 cores (building 0.67 B weights in
 four forms is 20 s of it); ``--budget-s`` stops starting candidates after that many seconds, so
-split long runs with ``--only``. Results of this machine: ``results-linear-kernels-amd-epyc.json``.
+split long runs with ``--only``. Results of a Zen 4 VM: ``results-linear-kernels-amd-epyc-zen4.json``.
 """
 
 from __future__ import annotations

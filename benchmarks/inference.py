@@ -42,7 +42,7 @@ from af2.inference import default_encoder_chunk, resolve_dtype
 from af2.model.af2 import AF2Model, TOKENS_PER_WINDOW
 from af2.model.cpu_pack import lay_out_for_cpu
 from af2.model.xattn import AudioContext
-from floors import best_of, cpu_features, cpu_slug, matmul_rate, read_bandwidth
+from floors import cpu_features, cpu_slug, matmul_rate, read_bandwidth
 from readme_block import rewrite_block
 
 REPO = Path(__file__).resolve().parents[1]

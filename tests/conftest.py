@@ -54,6 +54,37 @@ def open_gates():
     return randomize_gates
 
 
+@pytest.fixture
+def three_rows(official_model):
+    """``make(dtype)`` → (model, run): a copy of the fixture model in ``dtype`` with open gates, and
+    ``run(rows)`` → (greedy tokens, stacked per-step logits) for those of three prompts over three
+    two-window clips (row 1's second window padded), 6 new tokens each."""
+    import copy
+
+    from af2.generate import GenerationConfig, generate, left_pad
+
+    def make(dtype: torch.dtype):
+        model = copy.deepcopy(official_model[0]).to(dtype).eval()
+        randomize_gates(model, torch.Generator().manual_seed(1))
+        g = torch.Generator().manual_seed(0)
+        windows = torch.rand(3, 2, 160_000, generator=g) - 0.5
+        mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+        with torch.inference_mode():
+            audio = model.encode_audio(windows, mask.to(dtype), cache_kv=True)
+        prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
+
+        def run(rows: list[int]):
+            logits: list[torch.Tensor] = []
+            ids, attn = left_pad([prompts[r] for r in rows], 0)
+            tokens = generate(model, audio.select(torch.tensor(rows)), ids, attn, GenerationConfig(max_new_tokens=6),
+                              (), 0, logits)
+            return tokens, torch.stack(logits)
+
+        return model, run
+
+    return make
+
+
 class ChatServer:
     """A chat-completions server on 127.0.0.1 for the judge and QA-generator clients. ``reply(body)``
     returns (HTTP status, content string, seconds to wait); content None sends a non-chat body.

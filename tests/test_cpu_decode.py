@@ -3,14 +3,12 @@ result alone as in any batch."""
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import pytest
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from af2.generate import GenerationConfig, generate, left_pad
 from af2.model import cpu_decode
 from af2.model.cpu_decode import decode_kernels_on, fused_audio_attention, text_decode_attention
 from af2.model.cpu_pack import lay_out_for_cpu
@@ -122,22 +120,8 @@ def test_fused_audio_attention_falls_back_once_when_it_cannot_compile(monkeypatc
 @pytest.mark.parametrize("dtype", [
     pytest.param(torch.bfloat16, marks=pytest.mark.skipif(not HAS_BF16, reason="needs oneDNN's bf16 kernels")),
     pytest.param(torch.float32, marks=pytest.mark.skipif(not HAS_FP32, reason="fp32 packs on AVX-512 only"))])
-def test_batched_layout_decodes_as_the_plain_model_and_rows_as_alone(official_model, open_gates, dtype):
-    model = copy.deepcopy(official_model[0]).to(dtype).eval()
-    open_gates(model, torch.Generator().manual_seed(1))
-    g = torch.Generator().manual_seed(0)
-    windows, mask = torch.rand(3, 2, 160_000, generator=g) - 0.5, torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
-    with torch.inference_mode():
-        audio = model.encode_audio(windows, mask.to(dtype), cache_kv=True)
-    prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
-    gen = GenerationConfig(max_new_tokens=6)
-
-    def run(rows):
-        logits: list[torch.Tensor] = []
-        ids, attn = left_pad([prompts[r] for r in rows], 0)
-        tokens = generate(model, audio.select(torch.tensor(rows)), ids, attn, gen, (), 0, logits)
-        return tokens, torch.stack(logits)
-
+def test_batched_layout_decodes_as_the_plain_model_and_rows_as_alone(three_rows, dtype):
+    model, run = three_rows(dtype)
     plain_tokens, plain_logits = run([0, 1, 2])
     assert not decode_kernels_on(model.lm)
     assert lay_out_for_cpu(model.lm, torch.device("cpu"), decode_batch=8) == "packed" and decode_kernels_on(model.lm)

@@ -44,23 +44,9 @@ def test_packed_linear_equals_the_reference_matmul(dtype, bias):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_packed_model_decodes_as_the_plain_one(official_model, open_gates, dtype):
-    model = copy.deepcopy(official_model[0]).to(dtype).eval()
-    open_gates(model, torch.Generator().manual_seed(1))
+def test_packed_model_decodes_as_the_plain_one(three_rows, dtype):
+    model, run = three_rows(dtype)
     assert can_pack(model.lm, torch.device("cpu")) and not can_pack(model.lm, torch.device("meta"))
-    g = torch.Generator().manual_seed(0)
-    windows, mask = torch.rand(3, 2, 160_000, generator=g) - 0.5, torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
-    with torch.inference_mode():
-        audio = model.encode_audio(windows, mask.to(dtype), cache_kv=True)
-    prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
-    gen = GenerationConfig(max_new_tokens=6)
-
-    def run(rows):
-        logits: list[torch.Tensor] = []
-        ids, attn = left_pad([prompts[r] for r in rows], 0)
-        tokens = generate(model, audio.select(torch.tensor(rows)), ids, attn, gen, (), 0, logits)
-        return tokens, torch.stack(logits)
-
     plain_tokens, plain_logits = run([0, 1, 2])
     assert pack_for_cpu(model.lm) > 0 and is_packed(model.lm)
     assert isinstance(model.lm.lm_head, PackedHead) and model.lm.lm_head.weight is model.lm.model.embed_tokens.weight

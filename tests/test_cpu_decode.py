@@ -35,13 +35,16 @@ def test_text_decode_attention_equals_sdpa(dtype, heads, kv_heads):
     k, v = (torch.randn(B, kv_heads, S, d, generator=g).to(dtype) for _ in range(2))
     pad = torch.ones(B, 1, 1, S, dtype=torch.bool)
     pad[1, ..., :4] = False  # row 1 left-padded
-    for mask in (None, pad):
+    shared = torch.ones(1, 1, 1, S, dtype=torch.bool)
+    shared[..., :2] = False  # one mask broadcast over every row
+    for mask in (None, pad, shared):
         got, _ = text_decode_attention(module, q, k, v, mask, scaling=d ** -0.5)
         want, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=d ** -0.5)
         assert got.shape == want.shape == (B, 1, heads, d)
         assert torch.allclose(got.float(), want.float(), rtol=TOL[dtype], atol=TOL[dtype]), (got - want).abs().max()
         alone = torch.cat([text_decode_attention(module, q[i:i + 1], k[i:i + 1], v[i:i + 1],
-                                                 None if mask is None else mask[i:i + 1])[0] for i in range(B)])
+                                                 None if mask is None else mask[min(i, mask.shape[0] - 1)][None])[0]
+                           for i in range(B)])
         assert torch.equal(got, alone)  # batch = alone
     prompt = torch.randn(B, heads, 5, d, generator=g).to(dtype)  # several queries: SDPA itself
     assert torch.equal(text_decode_attention(module, prompt, k, v, None)[0],

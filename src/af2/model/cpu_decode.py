@@ -64,8 +64,9 @@ def text_decode_attention(module: nn.Module, query: torch.Tensor, key: torch.Ten
     q = query.reshape(B, Hkv, H // Hkv, d)  # the query heads of a key/value group as rows of one product
     scores = torch.matmul(q, key.transpose(-1, -2)).float() * scale  # (B, Hkv, G, S)
     if attention_mask is not None:
-        mask = attention_mask.reshape(B, 1, 1, S) if attention_mask.shape[1] == 1 else \
-            attention_mask.reshape(B, Hkv, H // Hkv, S)
+        rows = attention_mask.shape[0]  # B, or 1 when one mask serves every row
+        mask = attention_mask.reshape(rows, 1, 1, S) if attention_mask.shape[1] == 1 else \
+            attention_mask.reshape(rows, Hkv, H // Hkv, S)
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
     out = torch.matmul(scores.softmax(dim=-1).to(value.dtype), value)  # (B, Hkv, G, d)
     return out.reshape(B, 1, H, d), None
@@ -109,7 +110,7 @@ def fused_audio_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     except Exception as exc:  # no C++ compiler, or Inductor cannot build here: same maths, eager
         _COMPILE_FAILED.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         warnings.warn(f"af2: could not compile the audio cross-attention for batched CPU decoding "
-                      f"({_COMPILE_FAILED[0]}); using the eager form (same results, slower)", stacklevel=2)
+                      f"({_COMPILE_FAILED[0]}); using the eager form (the same maths, slower)", stacklevel=2)
         return audio_attention(q, k, v, audio_mask)
 
 

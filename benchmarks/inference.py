@@ -207,7 +207,7 @@ def child_run(dtype_name: str, folder: Path, clips: list[int], tokens: int, ref_
     torch_dtype, int8 = resolve_dtype(API_DTYPE[dtype_name], "cpu")  # what af2.load does, minus the tokenizer
     t = time.perf_counter()
     model = load_pretrained(folder / "ours", torch_dtype, int8=int8)
-    layout = "plain" if int8 else lay_out_for_cpu(model.lm, torch.device("cpu"), decode_batch=batch)
+    layout = lay_out_for_cpu(model.lm, torch.device("cpu"), decode_batch=batch)  # int8: plain
     load_s, runs = time.perf_counter() - t, []
     chunk = default_encoder_chunk("cpu")
     with torch.inference_mode():  # warm-up: kernels chosen and buffers allocated once, outside the timings

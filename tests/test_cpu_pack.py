@@ -11,6 +11,7 @@ from torch import nn
 import af2
 from af2.generate import GenerationConfig, generate, left_pad
 from af2.errors import RequestError
+from af2.model.cpu_decode import decode_kernels_on
 from af2.model.cpu_pack import (PackedHead, PackedLinear, RowLinear, can_pack, cpu_layout, is_packed,
                                   lay_out_for_cpu, pack_for_cpu)
 from af2.parity import fixture_config
@@ -71,6 +72,9 @@ def test_load_lays_out_weights_for_the_expected_batch(fixture_dir):
         assert is_packed(lm) == HAS_FP32
         assert {m.rows_hint for m in lm.modules() if isinstance(m, PackedLinear)} == ({hint} if HAS_FP32 else set())
     assert cpu_layout(af2.load(path, dtype="int8", **load).model.lm) == "plain"
+    int8_batched = af2.load(path, dtype="int8", decode_batch=8, **load).model.lm  # plain weights, batched attention
+    assert cpu_layout(int8_batched) == "plain" and decode_kernels_on(int8_batched)
+    assert not decode_kernels_on(af2.load(path, dtype="int8", **load).model.lm)
     with pytest.raises(RequestError, match="decode_batch"):
         af2.load(path, decode_batch=0, **load)
 

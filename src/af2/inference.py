@@ -340,8 +340,9 @@ def load(path_or_id: str | Path = DEFAULT_MODEL, *, device: str | torch.device =
         raise CheckpointError(f"{folder}: neither an af2 model (config.json + model.safetensors) nor an official AF2 "
                               "checkpoint (safe_ckpt/ + clap_ckpt/); convert one with `af2 convert`")
     model = model.to(device=device, dtype=torch_dtype)
-    if not int8:  # bf16: rows or packed by decode_batch; fp32 on AVX-512: packed (af2.model.cpu_pack)
-        lay_out_for_cpu(model.lm, torch.device(device), decode_batch)
+    # bf16: rows or packed by decode_batch; fp32 on AVX-512: packed; int8 stays plain; batches get the batched
+    # attention kernels (af2.model.cpu_pack, af2.model.cpu_decode)
+    lay_out_for_cpu(model.lm, torch.device(device), decode_batch)
     api = AF2(model, tokenizer, special, device=device, max_audio_seconds=max_audio_seconds,
               strict_length=strict_length)
     api.load_s = time.perf_counter() - t0

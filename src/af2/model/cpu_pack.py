@@ -184,9 +184,12 @@ def lay_out_rows(lm: nn.Module) -> int:
 def lay_out_for_cpu(lm: nn.Module, device: torch.device, decode_batch: int = 1) -> str:
     """Lay out ``lm``'s linear weights for the batch the caller expects to decode, where measured
     faster: ``"rows"`` (bf16, one row at a time), ``"packed"`` (bf16 batches; fp32 on AVX-512
-    CPUs) or ``"plain"`` (unchanged: other devices and dtypes). Packing for batches also switches
-    the step's two attentions to ``af2.model.cpu_decode``'s batched kernels. Returns the layout
-    chosen. Laying out again is a no-op, except rows -> packed (packed weights cannot go back to plain)."""
+    CPUs) or ``"plain"`` (unchanged: other devices and dtypes, int8). On CPUs a batch
+    (``decode_batch`` > 1) also switches the step's two attentions to ``af2.model.cpu_decode``'s
+    batched kernels, int8 models included. Returns the layout chosen. Laying out again is a no-op,
+    except rows -> packed (packed weights cannot go back to plain)."""
+    if device.type == "cpu" and decode_batch > 1:  # whatever the weights (int8 too): af2.model.cpu_decode
+        use_decode_kernels(lm)
     if cpu_layout(lm) == "packed" or not can_pack(lm, device):
         return cpu_layout(lm)
     bf16 = _unpacked_linears(lm)[0].weight.dtype == torch.bfloat16
@@ -195,8 +198,6 @@ def lay_out_for_cpu(lm: nn.Module, device: torch.device, decode_batch: int = 1) 
             lay_out_rows(lm)
         return "rows"
     pack_for_cpu(lm, rows_hint=1 if decode_batch <= 1 else ROWS_HINT)  # fp32: see ROWS_HINT
-    if decode_batch > 1:
-        use_decode_kernels(lm)
     return "packed"
 
 

@@ -76,8 +76,9 @@ def three_rows(official_model):
         def run(rows: list[int]):
             logits: list[torch.Tensor] = []
             ids, attn = left_pad([prompts[r] for r in rows], 0)
-            tokens = generate(model, audio.select(torch.tensor(rows)), ids, attn, GenerationConfig(max_new_tokens=6),
-                              (), 0, logits)
+            with torch.inference_mode():  # as af2's API makes contexts
+                context = audio.select(torch.tensor(rows))
+            tokens = generate(model, context, ids, attn, GenerationConfig(max_new_tokens=6), (), 0, logits)
             return tokens, torch.stack(logits)
 
         return model, run

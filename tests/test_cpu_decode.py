@@ -10,7 +10,7 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from af2.model import cpu_decode
-from af2.model.cpu_decode import decode_kernels_on, fused_audio_attention, text_decode_attention
+from af2.model.cpu_decode import decode_kernels_on, fused_audio_attention, precompile, text_decode_attention
 from af2.model.cpu_pack import lay_out_for_cpu
 from af2.model.xattn import audio_attention
 
@@ -142,3 +142,18 @@ def test_batched_layout_decodes_as_the_plain_model_and_rows_as_alone(three_rows,
             assert torch.equal(alone_logits[:, 0], logits[:, r])
         else:  # fp32: oneDNN's one-row and several-row kernels sum wide rows in other orders (cpu_pack)
             assert torch.allclose(alone_logits[:, 0], logits[:, r], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+@pytest.mark.skipif(not HAS_BF16, reason="needs oneDNN's bf16 kernels")
+def test_precompile_covers_what_decoding_calls(three_rows):
+    from torch._dynamo.utils import counters
+
+    model, run = three_rows(torch.bfloat16)
+    assert precompile(model.lm) == 0.0  # kernels off: nothing to do
+    lay_out_for_cpu(model.lm, torch.device("cpu"), decode_batch=8)
+    assert precompile(model.lm) > 0
+    compiled = counters["stats"]["unique_graphs"]
+    for rows in ([0, 1, 2], [0, 2], [1], [0]):  # padded and unpadded audio, several rows and one
+        run(rows)
+    assert counters["stats"]["unique_graphs"] == compiled  # no compile on the way

@@ -72,6 +72,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise RequestError(f"af2 serve needs the serve extra ({exc.name} is missing): pip install 'af2[serve]'") from None
     from af2.inference import load
+    from af2.model.cpu_decode import precompile
 
     _check(args)
     key = _api_key(args.api_key_env)
@@ -95,8 +96,12 @@ def _serve(args: argparse.Namespace) -> int:
                       allow_remote_audio=args.allow_remote_audio)
 
     def loader():
-        return load(args.model, device=args.device, dtype=args.dtype, base_lm=args.base_lm,
-                    max_audio_seconds=args.max_audio_seconds, decode_batch=args.max_batch)
+        api = load(args.model, device=args.device, dtype=args.dtype, base_lm=args.base_lm,
+                   max_audio_seconds=args.max_audio_seconds, decode_batch=args.max_batch)
+        seconds = precompile(api.model.lm)  # bf16 batches on CPUs: compiled now, not in the first requests
+        if seconds:
+            logging.getLogger("af2.serve").info("compiled the batched audio cross-attention in %.1f s", seconds)
+        return api
 
     uvicorn.run(create_app(cfg, loader), host=args.host, port=args.port, access_log=False, log_level="info",
                 timeout_graceful_shutdown=5)

@@ -18,14 +18,13 @@ def _cpuinfo() -> str:
     return info.read_text() if info.exists() else ""
 
 
-def cpu_name() -> str:
-    return next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")),
-                platform.processor() or "unknown CPU")
-
-
 def _cpuinfo_field(field: str) -> str:
     return next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines()
                  if line.split(":", 1)[0].strip() == field), "")
+
+
+def cpu_name() -> str:
+    return _cpuinfo_field("model name") or platform.processor() or "unknown CPU"
 
 
 def cpu_generation() -> str:

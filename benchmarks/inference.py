@@ -220,10 +220,13 @@ def child_run(dtype_name: str, folder: Path, clips: list[int], tokens: int, ref_
         audio = torch.rand(1, windows, 160_000, generator=torch.Generator().manual_seed(0)) - 0.5
         mask = torch.ones(1, windows)
         with torch.inference_mode():
-            reset_peak_rss()
-            t0 = time.perf_counter()
-            ctx = model.encode_audio(audio, mask, cache_kv=True, chunk=chunk)
-            encode_s = time.perf_counter() - t0
+            encodes = []
+            for _ in range(2):  # best of two (this VM's neighbours move a single run by 10-30 %)
+                reset_peak_rss()
+                t0 = time.perf_counter()
+                ctx = model.encode_audio(audio, mask, cache_kv=True, chunk=chunk)
+                encodes.append(time.perf_counter() - t0)
+            encode_s = min(encodes)
             if batch == 8:
                 # Eight rows of this clip (the encoder is per window, so 8 clips cost 8x to encode);
                 # and the same with one window each, to price cross-attention over the audio.
@@ -241,11 +244,15 @@ def child_run(dtype_name: str, folder: Path, clips: list[int], tokens: int, ref_
                    "b1_s_per_token": best_per_token(model, ctx, 1, tokens, first=one), "b1_peak_rss_gib": rss_gib(),
                    "kv_bytes_per_row": kv_bytes(ctx),
                    "encode_flops": encoder_flops(model.cfg, windows), "b1_layout": layout}
-            t0 = time.perf_counter()  # the reference path: windows one by one, no cached audio K/V
-            feats = torch.cat([model.encode_windows(audio[:, i:i + 1], mask[:, i:i + 1]) for i in range(windows)], 1)
             full = mask.bool().repeat_interleave(TOKENS_PER_WINDOW, dim=1)
-            ref_ctx = AudioContext(model.audio_transformer(feats, full), full)
-            run["ref_encode_s"] = time.perf_counter() - t0
+            ref_encodes = []
+            for _ in range(2):  # the reference path: windows one by one, no cached audio K/V; best of two
+                t0 = time.perf_counter()
+                feats = torch.cat([model.encode_windows(audio[:, i:i + 1], mask[:, i:i + 1])
+                                   for i in range(windows)], 1)
+                ref_ctx = AudioContext(model.audio_transformer(feats, full), full)
+                ref_encodes.append(time.perf_counter() - t0)
+            run["ref_encode_s"] = min(ref_encodes)
             ref = decode_steps(model, ref_ctx, 1, ref_tokens)
             run.update(ref_first_token_s=ref[0] - t0, ref_s_per_token=per_token(ref))
         runs.append(run)

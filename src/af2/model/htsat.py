@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from af2.config import HTSATConfig
+from af2.model.attention import matmul_attention, use_matmul_attention
 
 OFFICIAL_CLAP_PREFIX = "module.audio_branch."
 FUSION_CHANNELS = 4  # the "fusion" input stacks 4 mels: a global one and 3 local crops
@@ -138,10 +139,9 @@ class WindowAttention(nn.Module):
             bias = bias + mask[:, None]  # (nW, heads, L, L)
         # scaled_dot_product_attention scales q·k by head_dim^-0.5 like the official code. In bf16 on
         # CPUs its kernel is slow for 64-token windows (measured, one thread: 29% of nano's encoder,
-        # 10% of HTSAT-large's): there, the same attention as two matmuls, softmax in fp32.
-        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-            scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2)) + bias.to(q.dtype)
-            out = torch.matmul(scores.float().softmax(dim=-1).to(v.dtype), v)
+        # 10% of HTSAT-large's): there, the same attention as two matmuls (af2.model.attention).
+        if use_matmul_attention(q):
+            out = matmul_attention(q, k, v, bias.to(q.dtype))
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))  # (B, nW, heads, L, d)
         return self.proj(out.transpose(2, 3).reshape(b, nw, seq, c))

@@ -3,7 +3,9 @@
 Audio: HTSAT's 64 dense tokens per 10-s window, mean-pooled, → MLP → embed_dim. Text: any Hugging
 Face encoder (Flan-T5-large in AF2), mask-weighted mean of its last hidden states → MLP → embed_dim.
 Each clip brings M paraphrased captions, all positives, and up to N hard negatives that enter only
-its own softmax denominator, beside the in-batch captions. Training code: ``af2.train.clap``.
+its own softmax denominator, beside the in-batch captions. With ``teacher_dim`` > 0 the pooled audio also
+feeds a head that predicts a pretrained tagger's per-window class probabilities (``teacher`` targets in
+[0, 1], binary cross-entropy; af2.train.teacher), an af2-nano addition. Training code: ``af2.train.clap``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class AFClap(nn.Module):
     """The HTSAT audio tower and a text encoder, each with a projection head into one ``embed_dim`` space."""
 
     def __init__(self, htsat: HTSATConfig, audio: AudioConfig, text_encoder: nn.Module, *, embed_dim: int,
-                 logit_scale_init: float):
+                 logit_scale_init: float, teacher_dim: int = 0, teacher_weight: float = 1.0):
         super().__init__()
         self.audio_cfg = audio
         self.audio_encoder = HTSAT(htsat)
@@ -33,12 +35,17 @@ class AFClap(nn.Module):
         self.audio_projection = _mlp(htsat.num_features, embed_dim)
         self.text_projection = _mlp(text_encoder.config.hidden_size, embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(logit_scale_init))
+        self.teacher_head = _mlp(htsat.num_features, teacher_dim) if teacher_dim else None
+        self.teacher_weight = teacher_weight
         self._text_cache: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def pool_audio(self, windows: torch.Tensor) -> torch.Tensor:
+        """(B, S) 10-s windows → (B, Da): the mean of HTSAT's 64 tokens per window."""
+        return self.audio_encoder(log_mel(windows, self.audio_cfg)).mean(dim=1)
 
     def embed_audio(self, windows: torch.Tensor) -> torch.Tensor:
         """(B, S) 10-s windows → (B, E) unit vectors."""
-        tokens = self.audio_encoder(log_mel(windows, self.audio_cfg))  # (B, 64, Da)
-        return F.normalize(self.audio_projection(tokens.mean(dim=1)), dim=-1)
+        return F.normalize(self.audio_projection(self.pool_audio(windows)), dim=-1)
 
     def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(K, T) captions → (K, E) unit vectors. A frozen text tower's pooled outputs are cached per
@@ -64,14 +71,23 @@ class AFClap(nn.Module):
                 self._text_cache[keys[i]] = vec
         return torch.stack([self._text_cache[k] for k in keys])
 
-    def forward(self, windows, pos_ids, pos_mask, neg_ids, neg_mask, neg_valid) -> torch.Tensor:
-        """windows (B, S); positives (B·M, T) grouped by clip; negatives (B·N, T'); neg_valid (B, N)."""
+    def forward(self, windows, pos_ids, pos_mask, neg_ids, neg_mask, neg_valid, teacher=None) -> torch.Tensor:
+        """windows (B, S); positives (B·M, T) grouped by clip; negatives (B·N, T'); neg_valid (B, N);
+        teacher (B, teacher_dim) targets when the model has a teacher head."""
         B, N = neg_valid.shape
-        audio = self.embed_audio(windows)
+        if (teacher is None) != (self.teacher_head is None):
+            raise ValueError("teacher targets are needed exactly when the model has a teacher head "
+                             f"(head: {self.teacher_head is not None}, targets: {teacher is not None})")
+        pooled = self.pool_audio(windows)
+        audio = F.normalize(self.audio_projection(pooled), dim=-1)
         texts = self.embed_text(torch.cat([pos_ids, _pad_to(neg_ids, pos_ids.shape[1])]) if N else pos_ids,
                                 torch.cat([pos_mask, _pad_to(neg_mask, pos_mask.shape[1])]) if N else pos_mask)
         pos, neg = texts[:pos_ids.shape[0]], texts[pos_ids.shape[0]:]
-        return contrastive_loss(audio, pos, neg.view(B, N, -1), neg_valid, self.logit_scale.exp().clamp(max=100))
+        loss = contrastive_loss(audio, pos, neg.view(B, N, -1), neg_valid, self.logit_scale.exp().clamp(max=100))
+        if self.teacher_head is not None:
+            logits = self.teacher_head(pooled).float()
+            loss = loss + self.teacher_weight * F.binary_cross_entropy_with_logits(logits, teacher.to(logits.dtype))
+        return loss
 
 
 def _pad_to(x: torch.Tensor, t: int) -> torch.Tensor:

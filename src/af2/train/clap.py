@@ -7,6 +7,7 @@ The model and its loss are ``af2.model.clap``; this module builds the text encod
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -45,8 +46,8 @@ def build_text_encoder(cfg: ClapConfig) -> nn.Module:
 class ClapCollator:
     """Samples → the first window of each clip, M positives and N hard negatives, tokenised."""
 
-    def __init__(self, tokenizer, cfg: ClapConfig):
-        self.tokenizer, self.cfg = tokenizer, cfg
+    def __init__(self, tokenizer, cfg: ClapConfig, teacher: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        self.tokenizer, self.cfg, self.teacher = tokenizer, cfg, teacher
 
     def _tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if not texts:
@@ -65,8 +66,12 @@ class ClapCollator:
             negatives.extend(found + [s.captions[0]] * (N - len(found)))  # placeholders, masked out
         pos_ids, pos_mask = self._tokens(positives)
         neg_ids, neg_mask = self._tokens(negatives)
-        return {"windows": torch.stack([s.windows[0] for s in samples]), "pos_ids": pos_ids, "pos_mask": pos_mask,
-                "neg_ids": neg_ids, "neg_mask": neg_mask, "neg_valid": valid}
+        windows = torch.stack([s.windows[0] for s in samples])
+        batch = {"windows": windows, "pos_ids": pos_ids, "pos_mask": pos_mask,
+                 "neg_ids": neg_ids, "neg_mask": neg_mask, "neg_valid": valid}
+        if self.teacher is not None:
+            batch["teacher"] = self.teacher(windows)
+        return batch
 
 
 def clap_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

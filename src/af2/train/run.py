@@ -18,6 +18,7 @@ from af2.train.alm import alm_task, with_training_options
 from af2.train.checkpoint import latest_checkpoint, load_weights
 from af2.model.clap import AFClap
 from af2.train.clap import text_encoder_dir, ClapCollator, build_text_encoder, clap_loss, export_audio_tower
+from af2.train.teacher import build_teacher, teacher_dim
 from af2.train.config import TrainConfig
 from af2.data.dataset import ManifestDataset
 from af2.train.data import blended_items
@@ -119,13 +120,15 @@ def build_clap_task(cfg: TrainConfig) -> Task:
     arch = model_config(cfg)
     torch.manual_seed(cfg.seed)
     model = AFClap(arch.htsat, arch.audio, build_text_encoder(cfg.clap), embed_dim=cfg.clap.embed_dim,
-                   logit_scale_init=cfg.clap.logit_scale_init)
+                   logit_scale_init=cfg.clap.logit_scale_init, teacher_dim=teacher_dim(cfg.clap.teacher),
+                   teacher_weight=cfg.clap.teacher_weight)
     if cfg.init_checkpoint:
         load_weights(model, cfg.init_checkpoint)
     apply_stage(model, cfg.trainable)
     tokenizer = load_tokenizer(text_encoder_dir(cfg.clap.tokenizer or cfg.clap.text_encoder), "clap.tokenizer")
     dataset = ManifestDataset(blended_items(cfg.data), cfg.data.data_root, replace(arch.audio, max_windows=1))
-    return Task(model=model, dataset=dataset, collate=ClapCollator(tokenizer, cfg.clap), loss=clap_loss,
+    return Task(model=model, dataset=dataset, collate=ClapCollator(tokenizer, cfg.clap, build_teacher(cfg.clap.teacher, arch.audio.sample_rate)),
+                loss=clap_loss,
                 lengths=dataset.lengths(), export=export_audio_tower)
 
 

@@ -7,7 +7,7 @@ Groups (parameter names of ``af2.model.af2.AF2Model``):
   embeddings         lm.model.embed_tokens.weight         tied to lm_head: the whole vocabulary trains
   lora               *.lora_a.weight, *.lora_b.weight     adapters on the LM (af2.train.lora)
   text_tower         text_encoder.*                       stage 0 only: the HF text encoder
-  projections        audio_/text_projection.*, logit_scale  stage 0 only: the joint-space heads
+  projections        audio_/text_projection.*, teacher_head.*, logit_scale  stage 0 only: the heads
 Frozen modules are put in eval mode and kept there: a forward pre-hook returns them to eval even
 after ``model.train()`` (so BatchNorm statistics, SpecAugment and drop-path of a frozen CLAP stay off,
 unlike the official code, spec 10.4 #23).
@@ -30,9 +30,10 @@ GROUP_PATTERNS: dict[str, Callable[[str], bool]] = {
     "xattn": lambda n: re.match(r"lm\.model\.layers\.\d+\.xattn\.", n) is not None,
     "embeddings": lambda n: n == EMBEDDING_KEY,
     "lora": lambda n: re.search(r"\.lora_[ab]\.weight$", n) is not None,
-    # stage 0 (af2.model.clap.AFClap): the text tower and both projection heads
+    # stage 0 (af2.model.clap.AFClap): the text tower, both projection heads and the teacher head
     "text_tower": lambda n: n.startswith("text_encoder."),
-    "projections": lambda n: n.startswith(("audio_projection.", "text_projection.")) or n == "logit_scale",
+    "projections": lambda n: n.startswith(("audio_projection.", "text_projection.", "teacher_head."))
+    or n == "logit_scale",
 }
 
 

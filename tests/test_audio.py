@@ -350,10 +350,10 @@ def test_pad_windows_rejects_inconsistent_clips():
 def test_mel_filterbank_matches_independent_implementation():
     from transformers.audio_utils import mel_filter_bank
 
-    from af2.audio.features import _mel_filters
+    from af2.audio.features import mel_filters
 
     cfg = AudioConfig()
-    ours = _mel_filters(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max,
+    ours = mel_filters(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max,
                         torch.device("cpu"), torch.float64)
     theirs = mel_filter_bank(num_frequency_bins=cfg.n_fft // 2 + 1, num_mel_filters=cfg.n_mels,
                              min_frequency=cfg.f_min, max_frequency=cfg.f_max, sampling_rate=cfg.sample_rate,

@@ -77,7 +77,7 @@ def _hz_to_mel(hz: float) -> float:
 
 
 @functools.lru_cache(maxsize=16)
-def _mel_filters(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float,
+def mel_filters(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float,
                  device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """HTK triangular filterbank (n_fft//2+1, n_mels), no area normalisation (torchaudio semantics).
 
@@ -112,7 +112,7 @@ def log_mel(windows: torch.Tensor, cfg: AudioConfig = AudioConfig()) -> torch.Te
                       win_length=cfg.win_length, window=_hann(cfg.win_length, x.device, x.dtype),
                       center=True, pad_mode="reflect", normalized=False, onesided=True, return_complex=True)
     power = spec.abs().pow(2.0)  # (N, n_freqs, frames)
-    fb = _mel_filters(cfg.sample_rate, cfg.n_fft, cfg.n_mels, float(cfg.f_min), float(cfg.f_max), x.device, x.dtype)
+    fb = mel_filters(cfg.sample_rate, cfg.n_fft, cfg.n_mels, float(cfg.f_min), float(cfg.f_max), x.device, x.dtype)
     mel = torch.matmul(power.transpose(-1, -2), fb)  # (N, frames, n_mels)
     db = 10.0 * torch.log10(torch.clamp(mel, min=cfg.amin))
     return db.reshape(*lead, *db.shape[-2:])

@@ -4,8 +4,8 @@ Audio: HTSAT's 64 dense tokens per 10-s window, mean-pooled, → MLP → embed_d
 Face encoder (Flan-T5-large in AF2), mask-weighted mean of its last hidden states → MLP → embed_dim.
 Each clip brings M paraphrased captions, all positives, and up to N hard negatives that enter only
 its own softmax denominator, beside the in-batch captions. With ``teacher_dim`` > 0 the pooled audio also
-feeds a head that predicts a pretrained tagger's per-window class probabilities (``teacher`` targets in
-[0, 1], binary cross-entropy; af2.train.teacher), an af2-nano addition. Training code: ``af2.train.clap``.
+feeds a head that regresses a pretrained tagger's per-window class logits (``teacher`` targets, mean
+squared error; af2.train.teacher), an af2-nano addition. Training code: ``af2.train.clap``.
 """
 
 from __future__ import annotations
@@ -85,8 +85,8 @@ class AFClap(nn.Module):
         pos, neg = texts[:pos_ids.shape[0]], texts[pos_ids.shape[0]:]
         loss = contrastive_loss(audio, pos, neg.view(B, N, -1), neg_valid, self.logit_scale.exp().clamp(max=100))
         if self.teacher_head is not None:
-            logits = self.teacher_head(pooled).float()
-            loss = loss + self.teacher_weight * F.binary_cross_entropy_with_logits(logits, teacher.to(logits.dtype))
+            logits = self.teacher_head(pooled).float()  # the head's predictions of the teacher's logits
+            loss = loss + self.teacher_weight * F.mse_loss(logits, teacher.to(logits.dtype))
         return loss
 
 

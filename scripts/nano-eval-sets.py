@@ -4,7 +4,11 @@
 
 Writes OUT_ROOT/data-short/mmau/mmau-test-mini.json (a seeded sample of the short-clip multiple-choice val
 items) and OUT_ROOT/data-long/mmar/MMAR-meta.jsonl (a seeded sample of the long-audio multiple-choice val
-items on recordings of 2 minutes or more; durations come from the corpus's LongAudio val manifest). The
+items on recordings of 2 minutes or more; durations come from the corpus's LongAudio val manifest), and
+OUT_ROOT/data-focus/mmau/mmau-test-mini.json: every short-clip multiple-choice val item of the attributes
+stage 1 trains on (the templates of the corpus's AF2Corpus-AudioSkills-Focus manifest, made by
+scripts/nano-short-manifest.py: kind of audio, speaker sex, voice, speaking rate, instrument, ...), to score
+what stage 1 taught and what stage 2 keeps. The
 folders sit at the same depth as EVAL_DATA's, so the relative audio paths stay valid.
 """
 
@@ -16,6 +20,11 @@ import random
 from pathlib import Path
 
 from af2.jsonl import read_jsonl, write_jsonl
+
+
+def template(item_id: str) -> str:
+    """'AF2Corpus-AudioSkills/<clip>/speech.voice:mcq/3' -> 'speech.voice'."""
+    return item_id.rsplit("/", 2)[-2].split(":")[0]
 
 
 def main() -> None:
@@ -35,6 +44,16 @@ def main() -> None:
     (out / "data-short" / "mmau").mkdir(parents=True, exist_ok=True)
     (out / "data-short" / "mmau" / "mmau-test-mini.json").write_text(json.dumps(picked, indent=1))
 
+    focus_manifest = Path(args.corpus) / "manifests" / "AF2Corpus-AudioSkills-Focus" / "val.json"
+    if not focus_manifest.is_file():
+        raise SystemExit(f"nano-eval-sets: {focus_manifest} is missing; run scripts/nano-short-manifest.py first")
+    focus_records = json.loads(focus_manifest.read_text())["data"]
+    focus_records = focus_records.values() if isinstance(focus_records, dict) else focus_records
+    focus_templates = {r["provenance"]["template"].split(":")[0] for r in focus_records}
+    focus = [item for item in short if template(item["id"]) in focus_templates]
+    (out / "data-focus" / "mmau").mkdir(parents=True, exist_ok=True)
+    (out / "data-focus" / "mmau" / "mmau-test-mini.json").write_text(json.dumps(focus, indent=1))
+
     manifest = json.loads((Path(args.corpus) / "manifests" / "AF2Corpus-LongAudio" / "val.json").read_text())["data"]
     records = manifest.values() if isinstance(manifest, dict) else manifest
     duration = {r["id"]: float(r["duration"]) for r in records}
@@ -43,7 +62,8 @@ def main() -> None:
     (out / "data-long" / "mmar").mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "data-long" / "mmar" / "MMAR-meta.jsonl", picked_long)
     print(f"{len(picked)} of {len(short)} short-clip items -> {out / 'data-short'}; "
-          f"{len(picked_long)} of {len(long_items)} items on recordings >= {args.min_seconds:.0f} s -> {out / 'data-long'}")
+          f"{len(picked_long)} of {len(long_items)} items on recordings >= {args.min_seconds:.0f} s -> {out / 'data-long'}; "
+          f"{len(focus)} items of stage 1's attributes -> {out / 'data-focus'}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """What an audio tower hears: linear probes on its pooled tokens for the corpus's clip attributes.
 
     python scripts/nano-tower-probe.py CORPUS OUT NAME=TOWER [NAME=TOWER ...] [--yamnet] [--random NAME]
+                                       [--model NAME=MODEL_FOLDER ...]
 
 Each TOWER is an ``audio_tower.safetensors`` (stage 0's output) or a run directory holding one; ``--random
 NAME`` adds a tower at its random init (seed 0) whose input BatchNorm statistics are the corpus's own (the
@@ -10,7 +11,9 @@ and its 64 tokens are mean-pooled; ``--yamnet`` adds YAMNet's mean class logits 
 stage-0 teacher installed, af2.train.teacher). A multinomial logistic regression per attribute (instrument,
 speaker voice, speaking rate, ...) is fitted on the train clips and scored on the held-out clips. Writes
 OUT/probe.md (the table) and OUT/probe.json. ``--save-random FILE`` keeps the random tower, for a stage 1
-without stage 0 (af2-nano round 11: ``audio_tower_checkpoint=FILE``).
+without stage 0 (af2-nano round 11: ``audio_tower_checkpoint=FILE``). ``--model NAME=FOLDER`` probes a whole
+model's audio path (a folder ``af2 export`` wrote): its tower (as NAME) and the features its cross-attention
+reads, after the audio transformer, mean-pooled the same way (as NAME+AT).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from tqdm import tqdm
 
 from af2.audio import load_audio
 from af2.audio.features import log_mel
+from af2.checkpoint.folder import load_pretrained
 from af2.config import nano_config
 from af2.jsonl import read_jsonl
 from af2.model.htsat import HTSAT
@@ -77,6 +81,8 @@ def main() -> None:
     ap.add_argument("--random", metavar="NAME", help="add a randomly initialised tower under this name")
     ap.add_argument("--save-random", type=Path, metavar="FILE",
                     help="also write that random tower as an audio_tower.safetensors (stage 1's audio_tower_checkpoint)")
+    ap.add_argument("--model", action="append", default=[], metavar="NAME=FOLDER",
+                    help="probe a model folder's tower and its audio transformer's output (repeatable)")
     args = ap.parse_args()
     torch.set_num_threads(1)  # light enough to run beside a training job
     cfg = nano_config()
@@ -111,6 +117,17 @@ def main() -> None:
             pooled = [tower(log_mel(windows[i:i + 32], cfg.audio)).mean(dim=1)
                       for i in tqdm(range(0, len(rows), 32), desc=name, unit="batch")]
             features[name] = torch.cat(pooled).numpy()
+        for spec in args.model:
+            name, _, folder = spec.partition("=")
+            model = load_pretrained(folder).eval()
+            tower_pooled, read_pooled = [], []
+            for i in tqdm(range(0, len(rows), 32), desc=name, unit="batch"):
+                tokens = model.audio_encoder(log_mel(windows[i:i + 32], cfg.audio))
+                features_read = model.audio_transformer(tokens, torch.ones(tokens.shape[:2], dtype=torch.bool))
+                tower_pooled.append(tokens.mean(dim=1))
+                read_pooled.append(features_read.mean(dim=1))
+            features[name] = torch.cat(tower_pooled).numpy()
+            features[f"{name}+AT"] = torch.cat(read_pooled).numpy()
     if args.yamnet:
         from af2.train.teacher import YamnetTeacher
         teacher = YamnetTeacher()

@@ -254,4 +254,27 @@ def export_model_folder(source: str | Path, out_dir: str | Path) -> Path:
     for name in MODEL_FOLDER_FILES:
         if (folder / name).is_file():
             shutil.copyfile(folder / name, out / name)
+    fold_audio_whitening(out)
     return out
+
+
+def fold_audio_whitening(folder: Path) -> bool:
+    """In a model folder trained with ``xattn.audio_whitening``, fold the fixed map W into every block's
+    keys and values (to_kv(W f) = (to_kv · W) f, multiplied in fp32) and drop it, so the folder has AF2's
+    layout. Returns whether there was a map to fold."""
+    cfg_path = folder / "config.json"
+    data = read_json(cfg_path, CheckpointError, max_bytes=1 << 24)
+    if not data.get("xattn", {}).get("audio_whitening"):
+        return False
+    tensors = read_safetensors(folder / "model.safetensors")
+    if "audio_whitening" not in tensors:
+        raise CheckpointError(f"{folder}: config.json names xattn.audio_whitening but model.safetensors has no "
+                              "audio_whitening tensor")
+    whitening = tensors.pop("audio_whitening").double()
+    for key in [k for k in tensors if k.endswith(".xattn.attn.to_kv.weight")]:
+        tensors[key] = (tensors[key].double() @ whitening).to(tensors[key].dtype)
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "af2": "2" if data.get("base_lm") else "1"})
+    data["xattn"]["audio_whitening"] = False
+    atomic_write_text(cfg_path, json.dumps(data, indent=1))
+    return True

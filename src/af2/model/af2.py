@@ -56,6 +56,8 @@ class AF2Model(nn.Module):
         for i in range(len(layers)):
             block = GatedCrossAttentionBlock(dim, cfg.audio_dim, cfg.xattn) if cfg.xattn.has_block(i) else None
             layers[i] = XAttnDecoderLayer(layers[i], block, i)
+        # XAttnConfig.audio_whitening: a fixed map on the features every block reads (identity until fitted)
+        self.register_buffer("audio_whitening", torch.eye(cfg.audio_dim) if cfg.xattn.audio_whitening else None)
 
     @property
     def decoder_layers(self) -> list[XAttnDecoderLayer]:
@@ -107,6 +109,8 @@ class AF2Model(nn.Module):
         if tokens is None:
             tokens = self.encode_windows(windows, window_mask, chunk, progress)
         features = self.audio_transformer(tokens, mask)
+        if self.audio_whitening is not None:
+            features = features @ self.audio_whitening.to(features.dtype).T
         kv = None
         if cache_kv:
             # Made contiguous once here: every decoding step then streams them through attention.

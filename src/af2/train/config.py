@@ -136,6 +136,10 @@ class TrainConfig:
     new_rows_init: str = "random"
     init_checkpoint: str = ""  # model.safetensors (or a run/checkpoint directory) of the previous stage
     audio_tower_checkpoint: str = ""  # stage 0's audio_tower.safetensors, loaded into audio_encoder
+    # With the model's xattn.audio_whitening, a run that starts without init_checkpoint fits the map to the
+    # features of this many random training items, shrunk toward isotropy by this fraction (af2.train.whitening).
+    whitening_items: int = 256
+    whitening_shrink: float = 0.05
     trainable: tuple[str, ...] = ("audio_transformer", "xattn", "embeddings")
     # "all": the whole (tied) embedding trains, as in the official FSDP runs of the shipped configs;
     # "special": its gradient is zeroed except the <audio> and <|endofchunk|> rows, as the official
@@ -191,6 +195,9 @@ class TrainConfig:
         if not 0.0 <= self.audio_attn_dropout < 1.0:
             raise ConfigError(f"audio_attn_dropout must be in [0, 1), got {self.audio_attn_dropout}")
         _check_choice("new_rows_init", self.new_rows_init, ("random", "mean"))
+        if self.whitening_items < 1 or not 0.0 <= self.whitening_shrink <= 1.0:
+            raise ConfigError(f"whitening_items must be >= 1 and whitening_shrink in [0, 1], got "
+                              f"{self.whitening_items} and {self.whitening_shrink}")
         for group in self.optim.group_lr:
             _check_choice("optim.group_lr", group, TRAINABLE_GROUPS + ("gates",))
         for group in self.trainable:

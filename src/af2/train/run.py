@@ -27,6 +27,7 @@ from af2.train.engine import Task, TrainResult, train
 from af2.train.listen import listen_check, multiple_choice_items
 from af2.train.lora import add_lora
 from af2.train.stages import apply_stage
+from af2.train.whitening import fit_audio_whitening
 
 
 def model_config(cfg: TrainConfig) -> AF2Config:
@@ -90,6 +91,9 @@ def build_alm_task(cfg: TrainConfig) -> Task:
         save_pretrained(model, folder, tokenizer, base, state=state, cfg=inference_cfg)
 
     task = alm_task(cfg, model, tokenizer, base_vocab=base.vocab_size if base else None)
+    if arch.xattn.audio_whitening and not cfg.init_checkpoint:  # a later stage loads the fitted map
+        fit_audio_whitening(model, task.dataset, cfg.whitening_items, cfg.whitening_shrink, seed=cfg.seed,
+                            progress=cfg.progress)
     return replace(task, save_model=save_model, tokenizer=tokenizer, evaluate=listen_evaluator(cfg, tokenizer))
 
 

@@ -13,7 +13,10 @@ speaker voice, speaking rate, ...) is fitted on the train clips and scored on th
 OUT/probe.md (the table) and OUT/probe.json. ``--save-random FILE`` keeps the random tower, for a stage 1
 without stage 0 (af2-nano round 11: ``audio_tower_checkpoint=FILE``). ``--model NAME=FOLDER`` probes a whole
 model's audio path (a folder ``af2 export`` wrote): its tower (as NAME) and the features its cross-attention
-reads, after the audio transformer, mean-pooled the same way (as NAME+AT).
+reads, after the audio transformer, mean-pooled the same way (as NAME+AT). ``--pcs 5 20`` adds, per feature set,
+the share of the pooled features' variance in their top K principal components (fitted on the train clips)
+and probes on those K components alone (as NAME@pcK): where the attributes lie, in the few directions that
+carry the energy or in the rest.
 """
 
 from __future__ import annotations
@@ -81,6 +84,8 @@ def main() -> None:
     ap.add_argument("--random", metavar="NAME", help="add a randomly initialised tower under this name")
     ap.add_argument("--save-random", type=Path, metavar="FILE",
                     help="also write that random tower as an audio_tower.safetensors (stage 1's audio_tower_checkpoint)")
+    ap.add_argument("--pcs", type=int, nargs="*", default=[], metavar="K",
+                    help="also probe each feature set's top K principal components")
     ap.add_argument("--model", action="append", default=[], metavar="NAME=FOLDER",
                     help="probe a model folder's tower and its audio transformer's output (repeatable)")
     args = ap.parse_args()
@@ -134,6 +139,17 @@ def main() -> None:
         features["YAMNet"] = np.stack([teacher.logits(w).mean(0).numpy()
                                        for w in tqdm(waves, desc="YAMNet", unit="clip")])
 
+    variance_share = {}
+    for name in list(features):
+        for k in args.pcs:
+            x = features[name] - features[name][train].mean(0)
+            _, singular, basis = np.linalg.svd(x[train], full_matrices=False)
+            variance_share[f"{name}@pc{k}"] = float((singular[:k] ** 2).sum() / (singular ** 2).sum())
+            features[f"{name}@pc{k}"] = x @ basis[:k].T  # what those K directions hold (the probe standardises)
+    if variance_share:
+        print("share of the pooled features' variance in the top principal components: "
+              + ", ".join(f"{n} {100 * v:.1f} %" for n, v in variance_share.items()))
+
     results = []
     for source, attr in TASKS:
         keep = [i for i, r in enumerate(rows) if source == "all" or r["source"].startswith(source)]
@@ -147,13 +163,16 @@ def main() -> None:
                         "majority": float(np.mean([lb == majority for lb, h in zip(labels, held) if h])),
                         **{name: probe(x[keep], labels, train[keep]) for name, x in features.items()}})
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "probe.json").write_text(json.dumps(results, indent=2))
+    (args.out / "probe.json").write_text(json.dumps({"probes": results, "variance_share": variance_share}, indent=2))
     names = list(features)
     lines = ["| attribute | classes | train / held-out clips | majority | " + " | ".join(names) + " |",
              "|---|---|---|---|" + "---|" * len(names)]
     for r in results:
         lines.append(f"| {r['task']} | {r['classes']} | {r['train']} / {r['held_out']} | {100 * r['majority']:.0f} | "
                      + " | ".join(f"{100 * r[n]:.0f}" for n in names) + " |")
+    if variance_share:
+        lines += ["", "Share of the pooled features' variance (train clips) in the top principal components: "
+                  + ", ".join(f"{n} {100 * v:.1f} %" for n, v in variance_share.items()) + "."]
     (args.out / "probe.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

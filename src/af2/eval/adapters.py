@@ -58,7 +58,8 @@ AUDIO_CONTROLS = ("own", "shuffled", "silence", "zero-gates")
 
 def shuffled_audio(audios: Sequence[str]) -> list[str]:
     """Each request gets the audio of the next request (cyclically) whose file differs from its own, so
-    no item keeps its clip; a batch with one distinct file keeps it (and cannot be a control)."""
+    no item keeps its clip; a batch with one distinct file keeps it (and cannot be a control). The runner
+    batches a task's items in a seeded random order, so the stand-in is a random item of the task."""
     n = len(audios)
     out = []
     for i, own in enumerate(audios):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -100,6 +101,10 @@ def answer_shard(adapter: Adapter, task: Task, examples: Sequence[Example], conf
             todo.append((e, prompt))
     bar = tqdm(total=len(shard), initial=len(shard) - len(todo), desc=f"{task.name} [rank {config.rank}]",
                disable=not config.progress, position=config.rank, leave=config.rank == 0)
+    # Batches in a seeded random order of the items, not the file's: benchmark files list an item's clip
+    # and its neighbours together (the same voice, source or template), and the shuffled-audio control
+    # swaps clips within a batch, so it must draw each item's stand-in from across the task.
+    random.Random(f"{task.name}/{config.rank}").shuffle(todo)
     for start in range(0, len(todo), config.batch_size):
         batch = todo[start : start + config.batch_size]
         answers = adapter.answer([Request(task.name, e.id, e.audio, p) for e, p in batch])

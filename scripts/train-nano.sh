@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Train af2-nano through the curriculum on the offline corpus: stage 0 (AF-CLAP-nano) -> 1 -> 2 -> 3.
+# The shipped model (round 13) is stages 1 and 2 on the random-init tower of scripts/nano-random-tower.py, which
+# stage 1 reads instead of stage 0's (linear probes hear more in it; docs/af2-nano/history.md, rounds 10-11):
+#   bash scripts/train-nano.sh corpus runs 1 2
 # Every stage resumes where it stopped (checkpoints + --resume), so the script can be re-run after an
 # interruption or a time budget and continues. Each stage's recipe sets a wall-clock budget (max_minutes).
 #   bash scripts/train-nano.sh [CORPUS_DIR] [RUNS_DIR] [STAGES...]
 #   e.g. bash scripts/train-nano.sh /work/corpus runs 0 1      # only stages 0 and 1
-# Env: NICE (default 0) runs the trainer at that niceness; EXTRA holds more key=value overrides.
+# Env: NICE (default 0) runs the trainer at that niceness; EXTRA holds more key=value overrides; TOWER sets
+# stage 1's tower (e.g. TOWER=runs/nano_stage0 for stage 0's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CORPUS=${1:-corpus}
@@ -22,7 +26,9 @@ esac
 for s in $STAGES; do
   case $s in
     0) extra=(output_dir="$RUNS/nano_stage0") ;;
-    1) extra=(output_dir="$RUNS/nano_stage1" audio_tower_checkpoint="$RUNS/nano_stage0"
+    1) [ -f "$RUNS/nano_random_tower.safetensors" ] ||
+         "${AF2_PYTHON:-.venv/bin/python}" scripts/nano-random-tower.py "$RUNS/nano_random_tower.safetensors"
+       extra=(output_dir="$RUNS/nano_stage1" audio_tower_checkpoint="${TOWER:-$RUNS/nano_random_tower.safetensors}"
               listen.manifest="$CORPUS/manifests/AF2Corpus-AudioSkills-Focus/val.json") ;;
     2) extra=(output_dir="$RUNS/nano_stage2" init_checkpoint="$RUNS/nano_stage1" "${listen[@]}") ;;
     3) extra=(output_dir="$RUNS/nano_stage3" init_checkpoint="$RUNS/nano_stage2"

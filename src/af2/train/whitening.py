@@ -3,10 +3,11 @@ cross-attention block reads.
 
 af2-nano's audio path (a frozen random-init nano HTSAT and frozen random audio transformer layers) gives
 features whose energy sits almost all in a few directions: over its training clips, 75 % of the token
-energy in one direction and 98 % in five of 256. Linear probes find the voice and the instrument of a clip
-in the remaining directions (held-out accuracy 100 % and 80 % when each feature is standardised, 43 % and
-38 % from the top five principal components alone), but a cross-attention block trained by Adam on the raw
-features learns those directions slowly. The map is a ZCA whitening of the token second moment M,
+energy in one direction and 98 % in five of 256. Linear probes on the clips' pooled features find the voice
+and the instrument at 100 % and 80 % held out, but only at 73 % and 51 % from the top five principal components
+(scripts/nano-tower-probe.py --pcs; docs/af2-nano/round12/probe.md): the rest lies in directions that carry
+almost no energy, which a cross-attention block trained by Adam on the raw features learnt neither of (af2-nano
+round 12: voice 59 % own vs 57 % shuffled, instrument 29 %). The map is a ZCA whitening of the token second moment M,
 shrunk toward isotropy: W = ((1 - s) M + s (tr M / D) I)^(-1/2), so that every direction of the features
 reaches the blocks at a comparable scale. No centring: the blocks' keys and values have no bias, and a
 constant shift of every key leaves the attention weights unchanged.

@@ -19,7 +19,7 @@ def whitened_config():
 
 
 class Clips:
-    """A dataset of noise clips of a few seconds (what fit_audio_whitening reads: len and .windows)."""
+    """A dataset of one-window noise clips of growing loudness (what fit_audio_whitening reads: len and .windows)."""
 
     def __init__(self, n: int, window_samples: int):
         gen = torch.Generator().manual_seed(0)
@@ -34,7 +34,8 @@ class Clips:
 
 def test_whitening_matrix_whitens_the_shrunk_second_moment():
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(4000, 16, generator=gen, dtype=torch.float64) @ torch.diag(torch.logspace(0, -3, 16, dtype=torch.float64))
+    scales = torch.diag(torch.logspace(0, -3, 16, dtype=torch.float64))  # energy over 3 decades
+    x = torch.randn(4000, 16, generator=gen, dtype=torch.float64) @ scales
     m = x.T @ x / x.shape[0]
     w = whitening_matrix(m, 0.0)
     assert torch.allclose(w, w.T)

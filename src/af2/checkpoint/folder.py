@@ -260,8 +260,8 @@ def export_model_folder(source: str | Path, out_dir: str | Path) -> Path:
 
 def fold_audio_whitening(folder: Path) -> bool:
     """In a model folder trained with ``xattn.audio_whitening``, fold the fixed map W into every block's
-    keys and values (to_kv(W f) = (to_kv · W) f, multiplied in fp32) and drop it, so the folder has AF2's
-    layout. Returns whether there was a map to fold."""
+    keys and values (to_kv(W f) = (to_kv · W) f, multiplied in fp64 and stored in the weight's dtype) and drop
+    it, so the folder has AF2's layout. Returns whether there was a map to fold."""
     cfg_path = folder / "config.json"
     data = read_json(cfg_path, CheckpointError, max_bytes=1 << 24)
     if not data.get("xattn", {}).get("audio_whitening"):

@@ -19,6 +19,7 @@ import json
 import random
 from pathlib import Path
 
+from af2.data.manifest import read_manifest
 from af2.jsonl import read_jsonl, write_jsonl
 
 
@@ -47,16 +48,14 @@ def main() -> None:
     focus_manifest = Path(args.corpus) / "manifests" / "AF2Corpus-AudioSkills-Focus" / "val.json"
     if not focus_manifest.is_file():
         raise SystemExit(f"nano-eval-sets: {focus_manifest} is missing; run scripts/nano-short-manifest.py first")
-    focus_records = json.loads(focus_manifest.read_text())["data"]
-    focus_records = focus_records.values() if isinstance(focus_records, dict) else focus_records
-    focus_templates = {r["provenance"]["template"].split(":")[0] for r in focus_records}
+    focus_templates = {str(it.extra.get("provenance", {}).get("template", "")).split(":")[0]
+                       for it in read_manifest(focus_manifest).items}
     focus = [item for item in short if template(item["id"]) in focus_templates]
     (out / "data-focus" / "mmau").mkdir(parents=True, exist_ok=True)
     (out / "data-focus" / "mmau" / "mmau-test-mini.json").write_text(json.dumps(focus, indent=1))
 
-    manifest = json.loads((Path(args.corpus) / "manifests" / "AF2Corpus-LongAudio" / "val.json").read_text())["data"]
-    records = manifest.values() if isinstance(manifest, dict) else manifest
-    duration = {r["id"]: float(r["duration"]) for r in records}
+    long_manifest = read_manifest(Path(args.corpus) / "manifests" / "AF2Corpus-LongAudio" / "val.json")
+    duration = {it.id: float(it.duration) for it in long_manifest.items}
     long_items = [r for _, r in read_jsonl(src / "mmar" / "MMAR-meta.jsonl").records if duration.get(r["id"], 0.0) >= args.min_seconds]
     picked_long = random.Random(args.seed).sample(long_items, min(args.long, len(long_items)))
     (out / "data-long" / "mmar").mkdir(parents=True, exist_ok=True)

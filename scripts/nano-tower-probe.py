@@ -13,7 +13,8 @@ speaker voice, speaking rate, ...) is fitted on the train clips and scored on th
 OUT/probe.md (the table) and OUT/probe.json. ``--save-random FILE`` keeps the random tower, for a stage 1
 without stage 0 (af2-nano round 11: ``audio_tower_checkpoint=FILE``). ``--model NAME=FOLDER`` probes a whole
 model's audio path (a folder ``af2 export`` wrote): its tower (as NAME) and the features its cross-attention
-reads, after the audio transformer, mean-pooled the same way (as NAME+AT). ``--pcs 5 20`` adds, per feature set,
+reads, after the audio transformer (and ``xattn.audio_whitening``'s map, if any), mean-pooled the same way (as
+NAME+AT). ``--pcs 5 20`` adds, per feature set,
 the share of the pooled features' variance in their top K principal components (fitted on the train clips)
 and probes on those K components alone (as NAME@pcK): where the attributes lie, in the few directions that
 carry the energy or in the rest.
@@ -127,10 +128,10 @@ def main() -> None:
             model = load_pretrained(folder).eval()
             tower_pooled, read_pooled = [], []
             for i in tqdm(range(0, len(rows), 32), desc=name, unit="batch"):
-                tokens = model.audio_encoder(log_mel(windows[i:i + 32], cfg.audio))
-                features_read = model.audio_transformer(tokens, torch.ones(tokens.shape[:2], dtype=torch.bool))
+                one_window, mask = windows[i:i + 32, None], torch.ones(len(windows[i:i + 32]), 1)
+                tokens = model.encode_windows(one_window, mask)  # the model's own audio path, whitening included
                 tower_pooled.append(tokens.mean(dim=1))
-                read_pooled.append(features_read.mean(dim=1))
+                read_pooled.append(model.encode_audio(one_window, mask, tokens=tokens).features.mean(dim=1))
             features[name] = torch.cat(tower_pooled).numpy()
             features[f"{name}+AT"] = torch.cat(read_pooled).numpy()
     if args.yamnet:

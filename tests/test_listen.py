@@ -51,8 +51,12 @@ def test_multiple_choice_items_are_lettered_answers_spread_over_the_file(tmp_pat
             items.append(item(i, "what is it?", not_lettered[i % len(not_lettered)]))
     path = write_manifest(tmp_path / "m.json", items, split="val", split_path="clips", flamingo_task="T-AQA")
     picked = multiple_choice_items(str(path), 3)
-    assert [it.id for it in picked] == ["t/0", "t/9", "t/18"]  # every 3rd of the 10, not the first 3
-    assert [it.id for it in multiple_choice_items(str(path), 100)] == [f"t/{i}" for i in range(0, 30, 3)]
+    assert sorted(it.id for it in picked) == ["t/0", "t/18", "t/9"]  # every 3rd of the 10, not the first 3
+    every = [it.id for it in multiple_choice_items(str(path), 100)]
+    assert sorted(every, key=lambda i: int(i[2:])) == [f"t/{i}" for i in range(0, 30, 3)]
+    # in a fixed random order, so batch neighbours (whose audio the shuffled control swaps) are not file neighbours
+    assert every != sorted(every, key=lambda i: int(i[2:]))
+    assert [it.id for it in multiple_choice_items(str(path), 100)] == every
     assert len(multiple_choice_items(str(path), 7)) == 7
     open_only = write_manifest(tmp_path / "open.json", [it for it in items if not it.output.startswith("(")],
                                split="val", split_path="clips", flamingo_task="T-AQA")
@@ -67,7 +71,7 @@ def test_options_scoring_also_takes_items_answered_with_the_option_text(tmp_path
     open_items = [item(10 + i, "what is it?", "a dog") for i in range(3)]
     path = write_manifest(tmp_path / "m.json", texted + open_items, split="val", split_path="clips",
                           flamingo_task="T-AQA")
-    assert [it.id for it in multiple_choice_items(str(path), 10, "options")] == [f"t/{i}" for i in range(4)]
+    assert sorted(it.id for it in multiple_choice_items(str(path), 10, "options")) == [f"t/{i}" for i in range(4)]
     with pytest.raises(ValueError, match="no multiple-choice items"):  # letter scoring cannot read these
         multiple_choice_items(str(path), 10, "letter")
 

@@ -13,6 +13,7 @@ check costs one teacher-forced pass per item and variant instead of a generation
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -52,8 +53,8 @@ class ListenReport:
 
 
 def multiple_choice_items(manifest: str, limit: int, scoring: str = "letter") -> list[ManifestItem]:
-    """The first ``limit`` multiple-choice items of ``manifest``, in a fixed order spread over the file (every
-    k-th item), so each check sees the same items. "letter" scoring needs answers that start with the option
+    """``limit`` multiple-choice items of ``manifest`` spread over the file (every k-th item), in a fixed random
+    order, so each check sees the same items and batches mix sources. "letter" scoring needs answers that start with the option
     letter ``(x) ...``; "options" scoring also takes items answered with the option's text, whose options and
     answer index the manifest records (``options``, ``answer_index``)."""
     def is_choice(it: ManifestItem) -> bool:
@@ -67,7 +68,12 @@ def multiple_choice_items(manifest: str, limit: int, scoring: str = "letter") ->
         raise ValueError(f"listen.manifest {manifest}: no multiple-choice items ({wanted}); point listen.manifest "
                          "at a manifest with multiple-choice items")
     step = max(1, len(items) // limit)
-    return items[::step][:limit]
+    picked = items[::step][:limit]
+    # Checked in a fixed random order: the shuffled-audio control lends each item the audio of its neighbour in
+    # a batch, and neighbours in file order often share a source or a voice (af2 eval's control had the same
+    # flaw until it answered in a seeded random order).
+    random.Random(0).shuffle(picked)
+    return picked
 
 
 def _n_options(prompt: str) -> int:

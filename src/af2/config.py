@@ -130,6 +130,15 @@ class XAttnConfig:
     # equal for the cross-attention to learn from. ``af2 export`` folds the map into each block's to_kv,
     # so an exported model has AF2's layout. Off (no map) in the official architecture.
     audio_whitening: bool = False
+    # When > 0 (an even number): every token the blocks read also carries where it lies in time, as a learnt
+    # linear map (``AF2Model.audio_time``, zero at initialisation, so the model is unchanged until it learns)
+    # of this many fixed sinusoids: half of the clock in seconds (periods 2.5 s to 640 s), half of the position
+    # within the clip's real windows (0 at the start, 1 at the end). The official blocks read the audio as a
+    # bag of tokens: the audio transformation layers' rotary positions are relative, so nothing they hand on
+    # says "early" or "late", and what comes first, what rises or falls, and where in the clip a sound lies
+    # cannot be read. Off (0) in the official architecture and in every af2-nano recipe: round 14 measured no
+    # gain on the corpus, whose scene items mostly ask where a spoken phrase lies (docs/af2-nano/history.md).
+    audio_time_features: int = 0
 
     def has_block(self, layer: int) -> bool:
         """Whether decoder layer ``layer`` (0-based) gets a gated cross-attention block."""

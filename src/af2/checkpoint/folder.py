@@ -261,7 +261,8 @@ def export_model_folder(source: str | Path, out_dir: str | Path) -> Path:
 def fold_audio_whitening(folder: Path) -> bool:
     """In a model folder trained with ``xattn.audio_whitening``, fold the fixed map W into every block's
     keys and values (to_kv(W f) = (to_kv · W) f, multiplied in fp64 and stored in the weight's dtype) and drop
-    it, so the folder has AF2's layout. Returns whether there was a map to fold."""
+    it, so the folder has AF2's layout (a time map, xattn.audio_time_features, added after W becomes W⁻¹·map so
+    the blocks read the same sum). Returns whether there was a map to fold."""
     cfg_path = folder / "config.json"
     data = read_json(cfg_path, CheckpointError, max_bytes=1 << 24)
     if not data.get("xattn", {}).get("audio_whitening"):
@@ -273,6 +274,9 @@ def fold_audio_whitening(folder: Path) -> bool:
     whitening = tensors.pop("audio_whitening").double()
     for key in [k for k in tensors if k.endswith(".xattn.attn.to_kv.weight")]:
         tensors[key] = (tensors[key].double() @ whitening).to(tensors[key].dtype)
+    if "audio_time.weight" in tensors:
+        time_map = tensors["audio_time.weight"]
+        tensors["audio_time.weight"] = torch.linalg.solve(whitening, time_map.double()).to(time_map.dtype).contiguous()
     with atomic_path(folder / "model.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", "af2": "2" if data.get("base_lm") else "1"})
     data["xattn"]["audio_whitening"] = False

@@ -44,6 +44,30 @@ def build_lm(cfg: AF2Config) -> PreTrainedModel:
     return lm
 
 
+def audio_time_features(window_mask: torch.Tensor, n: int, slots: int, window_seconds: float) -> torch.Tensor:
+    """(B, W) window mask → (B, W·64, n) fixed sinusoids of where each audio token lies in time.
+
+    A token's time is the centre of its time slot (``slots`` per window, HTSAT's chronological token
+    order: token i of a window is slot i mod ``slots``). The first n/2 features are sin and cos of the clock
+    in seconds over n/4 periods spaced geometrically from 2.5 s to 640 s; the last n/2 are sin and cos of
+    π·k·u, k = 1..n/4, with u the token's position within the clip's real windows (0 = start, 1 = end).
+    """
+    B, W = window_mask.shape
+    per_window = TOKENS_PER_WINDOW
+    slot = torch.arange(W * per_window, device=window_mask.device) % per_window % slots
+    window = torch.arange(W * per_window, device=window_mask.device) // per_window
+    seconds = (window * slots + slot + 0.5).double() * (window_seconds / slots)  # (N,)
+    quarter = n // 4
+    periods = 2.5 * (640.0 / 2.5) ** (torch.arange(quarter, device=window_mask.device).double() / max(quarter - 1, 1))
+    clock = seconds[:, None] * (2 * torch.pi / periods)  # (N, n/4)
+    length = window_mask.double().sum(dim=1).clamp(min=1) * window_seconds  # (B,)
+    u = (seconds[None, :] / length[:, None]).clamp(max=1.0)  # (B, N)
+    k = torch.arange(1, quarter + 1, device=window_mask.device).double()
+    place = u[..., None] * (torch.pi * k)  # (B, N, n/4)
+    clock = clock.expand(B, -1, -1)
+    return torch.cat([clock.sin(), clock.cos(), place.sin(), place.cos()], dim=-1).float()
+
+
 class AF2Model(nn.Module):
     def __init__(self, cfg: AF2Config, lm: PreTrainedModel | None = None):
         super().__init__()
@@ -58,6 +82,13 @@ class AF2Model(nn.Module):
             layers[i] = XAttnDecoderLayer(layers[i], block, i)
         # XAttnConfig.audio_whitening: a fixed map on the features every block reads (identity until fitted)
         self.register_buffer("audio_whitening", torch.eye(cfg.audio_dim) if cfg.xattn.audio_whitening else None)
+        # XAttnConfig.audio_time_features: where each token lies in time, added to what the blocks read
+        n_time = cfg.xattn.audio_time_features
+        if n_time < 0 or n_time % 4:
+            raise ValueError(f"xattn.audio_time_features must be 0 or a positive multiple of 4, got {n_time}")
+        self.audio_time = nn.Linear(n_time, cfg.audio_dim, bias=False) if n_time else None
+        if self.audio_time is not None:
+            nn.init.zeros_(self.audio_time.weight)
 
     @property
     def decoder_layers(self) -> list[XAttnDecoderLayer]:
@@ -111,6 +142,10 @@ class AF2Model(nn.Module):
         features = self.audio_transformer(tokens, mask)
         if self.audio_whitening is not None:
             features = features @ self.audio_whitening.to(features.dtype).T
+        if self.audio_time is not None:
+            clock = audio_time_features(window_mask, self.audio_time.in_features, self.audio_encoder.time_slots,
+                                        self.cfg.audio.window_seconds)
+            features = features + self.audio_time(clock.to(self.audio_time.weight.dtype)).to(features.dtype)
         kv = None
         if cache_kv:
             # Made contiguous once here: every decoding step then streams them through attention.

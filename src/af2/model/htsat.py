@@ -366,6 +366,12 @@ class HTSAT(nn.Module):
         x = x.transpose(2, 3).reshape(n, c, m, r, cfg.spec_size)  # (N, 4, M, chunk, S)
         return x.permute(0, 1, 3, 2, 4).reshape(n, c, r * m, cfg.spec_size)
 
+    @property
+    def time_slots(self) -> int:
+        """How many chronological time slots a window's tokens cover (regroup_tokens: token i is slot
+        i mod time_slots)."""
+        return self.cfg.freq_ratio * self.grid // 2 ** (len(self.cfg.depths) - 1)
+
     def regroup_tokens(self, x: Tensor) -> Tensor:
         """(N, g*g, C) on a grid of F = g rows (r time chunks × g/r mel bands) and T = g columns
         -> (N, bands*r*g, C) with token index = band*(r*g) + chunk*g + column (chronological)."""

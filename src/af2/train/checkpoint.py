@@ -51,13 +51,21 @@ def save_weights(state: dict[str, torch.Tensor], path: Path, aliases: dict[str, 
     os.replace(tmp, path)
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
+def load_weights(model: nn.Module, path: str | Path, new_params: tuple[str, ...] = ()) -> None:
     """Load a file written by ``save_weights`` (or a checkpoint / model folder, or a run directory) into
-    ``model``, strictly; a model folder's left-out base LM tensors are taken from ``model``."""
+    ``model``, strictly; a model folder's left-out base LM tensors are taken from ``model``. Parameters whose
+    names start with one of ``new_params`` may be absent from the file: they keep the model's values."""
     path = resolve_weights(path)
     state = load_file(str(path))
     if (path.parent / "config.json").is_file():
         state = expand_saved_state(model, state, str(path), read_model_folder_config(path.parent)[1])
+    if new_params:
+        current = model.state_dict()
+        kept = [name for name in current if name not in state and name.startswith(tuple(new_params))]
+        if kept:
+            print(f"{path}: {len(kept)} new parameter(s) not in the checkpoint keep their initialisation: "
+                  f"{', '.join(kept[:4])}{' ...' if len(kept) > 4 else ''}", flush=True)
+            state.update({name: current[name] for name in kept})
     load_state_dict_strict(model, state, str(path))
 
 

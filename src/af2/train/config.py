@@ -136,6 +136,9 @@ class TrainConfig:
     new_rows_init: str = "random"
     init_checkpoint: str = ""  # model.safetensors (or a run/checkpoint directory) of the previous stage
     audio_tower_checkpoint: str = ""  # stage 0's audio_tower.safetensors, loaded into audio_encoder
+    # Parameters (name prefixes, e.g. "audio_time.") that init_checkpoint may lack because this stage adds
+    # them to the model: they keep their fresh initialisation and a line says so. Anything else missing fails.
+    init_new_params: tuple[str, ...] = ()
     # With the model's xattn.audio_whitening, a run that starts without init_checkpoint fits the map to the
     # features of this many random training items, shrunk toward isotropy by this fraction (af2.train.whitening).
     whitening_items: int = 256

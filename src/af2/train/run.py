@@ -71,7 +71,7 @@ def build_alm_task(cfg: TrainConfig) -> Task:
                        "embeddings" in cfg.trainable)
     model = AF2Model(arch, lm=lm)
     if cfg.init_checkpoint:
-        load_weights(model, cfg.init_checkpoint)
+        load_weights(model, cfg.init_checkpoint, cfg.init_new_params)
     elif cfg.audio_tower_checkpoint:
         tower = audio_tower_file(cfg.audio_tower_checkpoint)
         try:

@@ -27,7 +27,8 @@ from af2.model.af2 import EMBEDDING_KEY
 GROUP_PATTERNS: dict[str, Callable[[str], bool]] = {
     "clap": lambda n: n.startswith("audio_encoder."),
     "audio_transformer": lambda n: n.startswith("audio_transformer."),
-    "xattn": lambda n: re.match(r"lm\.model\.layers\.\d+\.xattn\.", n) is not None,
+    # the blocks and the map of where audio tokens lie in time that only they read (xattn.audio_time_features)
+    "xattn": lambda n: re.match(r"lm\.model\.layers\.\d+\.xattn\.", n) is not None or n.startswith("audio_time."),
     "embeddings": lambda n: n == EMBEDDING_KEY,
     "lora": lambda n: re.search(r"\.lora_[ab]\.weight$", n) is not None,
     # stage 0 (af2.model.clap.AFClap): the text tower, both projection heads and the teacher head

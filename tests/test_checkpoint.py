@@ -279,3 +279,16 @@ def test_folder_naming_its_base_lm_loads_in_every_dtype(official_model, fixture_
     exact = af2.load(folder, dtype="float32").ask(audio, "what is this?", max_new_tokens=4)
     assert exact.text == af2.AF2(model, tokenizer, official_model[2]).ask(audio, "what is this?", max_new_tokens=4).text
     assert af2.load(folder, dtype="int8").dtype_name == "int8"
+
+
+def test_written_weights_are_readable_like_any_new_file(tmp_path):
+    """safetensors creates its files 0600; a model folder or checkpoint is shared, so its files follow the umask."""
+    import os
+
+    from af2.jsonl import _UMASK
+    from af2.train.checkpoint import save_weights
+
+    save_weights({"w": torch.zeros(2)}, tmp_path / "model.safetensors")
+    assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~_UMASK
+    assert torch.equal(load_file(str(tmp_path / "model.safetensors"))["w"], torch.zeros(2))
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]  # no temporary file left behind

@@ -133,14 +133,20 @@ def append_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> None:
         os.fsync(f.fileno())
 
 
+_UMASK = os.umask(0)  # read once, at import (os.umask can only be read by setting it)
+os.umask(_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; when the block succeeds it replaces ``path``."""
+    """Yield a temporary path beside ``path``; when the block succeeds it replaces ``path``, readable as a
+    plainly created file would be (some writers, safetensors' among them, create their files 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")  # threads too
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

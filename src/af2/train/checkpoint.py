@@ -27,6 +27,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state
                                                      set_optimizer_state_dict)
 
 from af2.errors import CheckpointError
+from af2.jsonl import atomic_path, atomic_write_text
 from af2.train.distributed import DistInfo, barrier, gather_objects, unwrap
 from af2.train.lora import join_lora_state, split_lora_state
 from af2.checkpoint.folder import expand_saved_state, read_model_folder_config
@@ -36,19 +37,12 @@ from af2.train.sampler import Position
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def save_weights(state: dict[str, torch.Tensor], path: Path, aliases: dict[str, str] | None = None) -> None:
     """A safetensors file of ``state`` without tied aliases, written atomically."""
     aliases = aliases or {}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items() if k not in aliases}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
 
 
 def load_weights(model: nn.Module, path: str | Path, new_params: tuple[str, ...] = ()) -> None:
@@ -142,7 +136,7 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        atomic_write_bytes(final.parent / "latest", final.name.encode())
+        atomic_write_text(final.parent / "latest", final.name)
         if keep_last > 0:
             for old in sorted(final.parent.glob("step_*"))[:-keep_last]:
                 shutil.rmtree(old, ignore_errors=True)

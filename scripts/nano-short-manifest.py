@@ -18,6 +18,10 @@
   situations, meanings, word counts, language) and exact figures (key, bpm, notes, event counts). Round 2
   measured that spreading stage 2 over all ~100 templates lost stage 1's listening within 188 steps.
 
+- AF2Corpus-AudioSkills-Order/{train,val}.json (round 14's focused runs, docs/af2-nano/history.md): the Scenes
+  items whose answer can be told from sound (not a spoken phrase among spoken options) and the pitch and
+  loudness trends (music.pattern, music.dynamics).
+
 - AF2Corpus-LongAudio-Text/train.json (stage 3): the LongAudio items, multiple-choice answers as text.
 
 Why the option text: a frozen 135M LM does not bind an answer to its letter. After stage 1 the model
@@ -37,6 +41,7 @@ import re
 from dataclasses import replace
 
 from af2.data.manifest import read_manifest, write_manifest
+from af2.eval.corpus_tasks import SPOKEN_LABELS
 
 SKIP_TEMPLATES = ("temporal.duration", "speech.transcript")
 FOCUS_TEMPLATES = ("general.category", "speech.gender", "speech.voice", "speech.rate", "music.family",
@@ -65,16 +70,30 @@ def of(templates: tuple[str, ...]):
 _LETTERED = re.compile(r"^\([A-H]\)\s*(.+)$")
 
 
+TREND_TEMPLATES = ("music.pattern", "music.dynamics")
+
+
+def heard_scene(item) -> bool:
+    """A short scene item whose answer can be told from sound: not a spoken phrase among spoken options."""
+    if not of(SCENE_TEMPLATES)(item):
+        return False
+    answer, options = option_text(item).output, item.extra.get("options") or []
+    return not (answer.startswith(SPOKEN_LABELS) and
+                (not options or any(o.startswith(SPOKEN_LABELS) for o in options if o != answer)))
+
+
 def option_text(item):
     """The item with a multiple-choice answer "(B) text" written as "text"."""
     found = _LETTERED.match(item.output.strip())
     return replace(item, output=found.group(1)) if found else item
 
 
-def write(corpus: Path, split: str, name: str, keep, text_answers: bool = False,
+def write(corpus: Path, split: str, name: str, *keeps, text_answers: bool = False,
           source: str = "AF2Corpus-AudioSkills") -> None:
+    """The items each ``keeps`` predicate selects, one predicate after another (so their order is the file's
+    within each), written as manifest ``name``."""
     manifest = read_manifest(corpus / "manifests" / source / f"{split}.json")
-    items = [option_text(it) if text_answers else it for it in manifest.items if keep(it)]
+    items = [option_text(it) if text_answers else it for keep in keeps for it in manifest.items if keep(it)]
     out = corpus / "manifests" / name / f"{split}.json"
     write_manifest(out, items, split=split, split_path=items[0].split_path, flamingo_task=source)
     print(f"{out}: {len(items)} of {len(manifest.items)} items")
@@ -87,6 +106,7 @@ def main(corpus: str) -> None:
     for split in ("train", "val"):
         for name, templates in (("Focus", FOCUS_TEMPLATES), ("Acoustic", ACOUSTIC_TEMPLATES), ("Scenes", SCENE_TEMPLATES)):
             write(root, split, f"AF2Corpus-AudioSkills-{name}", of(templates), text_answers=True)
+        write(root, split, "AF2Corpus-AudioSkills-Order", heard_scene, of(TREND_TEMPLATES), text_answers=True)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,10 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from af2.model import cpu_decode
 from af2.model.cpu_decode import decode_kernels_on, fused_audio_attention, precompile, text_decode_attention
-from af2.model.cpu_pack import lay_out_for_cpu
+from af2.model.cpu_pack import lay_out_for_cpu, packs
 from af2.model.xattn import audio_attention
 
-HAS_BF16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-HAS_FP32 = torch.backends.mkldnn.is_available() and torch.backends.cpu.get_cpu_capability() == "AVX512"
+HAS_BF16, HAS_FP32 = packs(torch.bfloat16), packs(torch.float32)  # what this CPU packs (af2.model.cpu_pack)
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
 

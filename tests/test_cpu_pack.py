@@ -12,12 +12,11 @@ import af2
 from af2.generate import GenerationConfig, generate, left_pad
 from af2.errors import RequestError
 from af2.model.cpu_decode import decode_kernels_on
-from af2.model.cpu_pack import (PackedHead, PackedLinear, RowLinear, can_pack, cpu_layout, is_packed,
+from af2.model.cpu_pack import (PackedHead, PackedLinear, RowLinear, can_pack, cpu_layout, is_packed, packs,
                                   lay_out_for_cpu, pack_for_cpu)
 from af2.parity import fixture_config
 
-HAS_BF16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-HAS_FP32 = torch.backends.mkldnn.is_available() and torch.backends.cpu.get_cpu_capability() == "AVX512"
+HAS_BF16, HAS_FP32 = packs(torch.bfloat16), packs(torch.float32)  # what this CPU packs (af2.model.cpu_pack)
 DTYPES = [pytest.param(torch.bfloat16, marks=pytest.mark.skipif(not HAS_BF16, reason="needs oneDNN's bf16 kernels")),
           pytest.param(torch.float32, marks=pytest.mark.skipif(not HAS_FP32, reason="fp32 packs on AVX-512 only"))]
 

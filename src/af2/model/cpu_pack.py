@@ -67,15 +67,20 @@ def _unpacked_linears(model: nn.Module) -> list[nn.Linear]:
     return [m for m in model.modules() if type(m) in _PLAIN]
 
 
-def can_pack(model: nn.Module, device: torch.device) -> bool:
-    """Whether packing applies: a CPU model with oneDNN, in bf16 (with oneDNN's bf16 kernels) or in
+def packs(dtype: torch.dtype) -> bool:
+    """Whether this CPU packs weights of ``dtype``: oneDNN present, and bf16 with oneDNN's bf16 kernels or
     fp32 on an AVX-512 CPU (elsewhere packed fp32 is unmeasured and MKL's kernels stay)."""
-    weight = next((m.weight for m in _unpacked_linears(model)), None)
-    if device.type != "cpu" or weight is None or not torch.backends.mkldnn.is_available():
+    if not torch.backends.mkldnn.is_available():
         return False
-    if weight.dtype == torch.bfloat16:
+    if dtype == torch.bfloat16:
         return torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return weight.dtype == torch.float32 and torch.backends.cpu.get_cpu_capability() == "AVX512"
+    return dtype == torch.float32 and torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
+def can_pack(model: nn.Module, device: torch.device) -> bool:
+    """Whether packing applies: a CPU model whose linears' dtype this CPU packs (``packs``)."""
+    weight = next((m.weight for m in _unpacked_linears(model)), None)
+    return device.type == "cpu" and weight is not None and packs(weight.dtype)
 
 
 class PackedLinear(nn.Module):

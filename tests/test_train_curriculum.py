@@ -317,3 +317,15 @@ def test_a_training_run_is_a_model_that_answers_and_is_scored(workspace, tmp_pat
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert "af2-manifest" in json.dumps(summary)
+
+
+def test_whitening_is_fitted_when_a_stage_starts_not_when_it_resumes(workspace):
+    """A resumed run takes the fitted map from its checkpoint; refitting first would be wasted work."""
+    root, tok = workspace
+    cfg = stage_cfg(root, tok, "stage1_pretrain", trainable=("xattn",), whitening_items=8)
+    cfg = replace(cfg, model_overrides={**cfg.model_overrides,
+                                        "xattn": {**cfg.model_overrides.get("xattn", {}), "audio_whitening": True}})
+    fresh = build_alm_task(cfg).model.audio_whitening
+    assert not torch.equal(fresh, torch.eye(fresh.shape[0]))
+    resumed = build_alm_task(replace(cfg, resume=True)).model.audio_whitening
+    assert torch.equal(resumed, torch.eye(resumed.shape[0]))  # left for the checkpoint to fill

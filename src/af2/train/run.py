@@ -91,7 +91,8 @@ def build_alm_task(cfg: TrainConfig) -> Task:
         save_pretrained(model, folder, tokenizer, base, state=state, cfg=inference_cfg)
 
     task = alm_task(cfg, model, tokenizer, base_vocab=base.vocab_size if base else None)
-    if arch.xattn.audio_whitening and not cfg.init_checkpoint:  # a later stage loads the fitted map
+    # a later stage loads the fitted map with init_checkpoint, a resumed run with its checkpoint
+    if arch.xattn.audio_whitening and not cfg.init_checkpoint and not cfg.resume:
         fit_audio_whitening(model, task.dataset, cfg.whitening_items, cfg.whitening_shrink, seed=cfg.seed,
                             progress=cfg.progress)
     return replace(task, save_model=save_model, tokenizer=tokenizer, evaluate=listen_evaluator(cfg, tokenizer))

@@ -41,7 +41,7 @@ import re
 from dataclasses import replace
 
 from af2.data.manifest import read_manifest, write_manifest
-from af2.eval.corpus_tasks import SPOKEN_LABELS
+from af2.eval.corpus_tasks import SPOKEN_LABELS, needs
 
 SKIP_TEMPLATES = ("temporal.duration", "speech.transcript")
 FOCUS_TEMPLATES = ("general.category", "speech.gender", "speech.voice", "speech.rate", "music.family",
@@ -78,8 +78,9 @@ def heard_scene(item) -> bool:
     if not of(SCENE_TEMPLATES)(item):
         return False
     answer, options = option_text(item).output, item.extra.get("options") or []
-    return not (answer.startswith(SPOKEN_LABELS) and
-                (not options or any(o.startswith(SPOKEN_LABELS) for o in options if o != answer)))
+    if not options:  # an open answer that is a spoken phrase has no sound option to tell it from
+        return not answer.startswith(SPOKEN_LABELS)
+    return needs(template(item), options, answer) == "sound"  # af2 eval's own "needs sound"
 
 
 def option_text(item):

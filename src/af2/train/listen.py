@@ -54,9 +54,9 @@ class ListenReport:
 
 def multiple_choice_items(manifest: str, limit: int, scoring: str = "letter") -> list[ManifestItem]:
     """``limit`` multiple-choice items of ``manifest`` spread over the file (every k-th item), in a fixed random
-    order, so each check sees the same items and batches mix sources. "letter" scoring needs answers that start with the option
-    letter ``(x) ...``; "options" scoring also takes items answered with the option's text, whose options and
-    answer index the manifest records (``options``, ``answer_index``)."""
+    order, so each check sees the same items and batches mix sources. "letter" scoring needs answers that start
+    with the option letter ``(x) ...``; "options" scoring also takes items answered with the option's text, whose
+    options and answer index the manifest records (``options``, ``answer_index``)."""
     def is_choice(it: ManifestItem) -> bool:
         if _ANSWER.match(it.output.strip()):
             return True

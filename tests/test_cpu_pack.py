@@ -78,6 +78,45 @@ def test_load_lays_out_weights_for_the_expected_batch(fixture_dir):
         af2.load(path, decode_batch=0, **load)
 
 
+def test_load_takes_the_layout_asked_for_and_refuses_what_cannot_apply(fixture_dir, tmp_path):
+    load = dict(config=fixture_config(fixture_dir), max_audio_seconds=120)
+    path = fixture_dir / "checkpoint"
+    if HAS_BF16:
+        lm = af2.load(path, dtype="bfloat16", cpu_layout="packed", **load).model.lm  # one row, packed anyway
+        assert cpu_layout(lm) == "packed" and not decode_kernels_on(lm)
+        assert {m.rows_hint for m in lm.modules() if isinstance(m, PackedLinear)} == {8}
+        lm = af2.load(path, dtype="bfloat16", decode_batch=8, cpu_layout="rows", **load).model.lm
+        assert cpu_layout(lm) == "rows" and decode_kernels_on(lm)  # a batch's attention kernels, row weights
+    missing = tmp_path / "no-such-model"  # refused before any file is read: the path does not exist
+    for kwargs, match in (({"cpu_layout": "fast"}, "cpu_layout must be one of rows, packed"),
+                          ({"dtype": "int8", "cpu_layout": "packed"}, "does not apply to int8 weights"),
+                          ({"dtype": "float32", "cpu_layout": "rows"}, "does not apply to float32 weights")):
+        with pytest.raises(RequestError, match=match):
+            af2.load(missing, **kwargs)
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="needs oneDNN's bf16 kernels")
+def test_a_bf16_model_packed_for_one_row_decodes_as_the_row_layout(official_model, open_gates):
+    g = torch.Generator().manual_seed(0)
+    windows = torch.rand(1, 2, 160_000, generator=g) - 0.5
+    runs = []
+    for layout in ("rows", "packed"):
+        model = copy.deepcopy(official_model[0]).to(torch.bfloat16).eval()
+        open_gates(model, torch.Generator().manual_seed(1))
+        assert lay_out_for_cpu(model.lm, torch.device("cpu"), decode_batch=1, layout=layout) == layout
+        with torch.inference_mode():
+            audio = model.encode_audio(windows, torch.ones(1, 2, dtype=torch.bfloat16), cache_kv=True)
+        logits: list[torch.Tensor] = []
+        ids, attn = left_pad([[5, 6, 7, 8]], 0)
+        runs.append((generate(model, audio, ids, attn, GenerationConfig(max_new_tokens=6), (), 0, logits),
+                     torch.stack(logits)))
+    (rows_tokens, rows_logits), (packed_tokens, packed_logits) = runs
+    assert packed_tokens == rows_tokens  # PyTorch's one-row kernel against oneDNN's: bf16 sums in another order
+    assert torch.allclose(packed_logits, rows_logits, rtol=0.02, atol=0.02), (packed_logits - rows_logits).abs().max()
+    with pytest.raises(ValueError, match="not packed yet"):
+        lay_out_for_cpu(model.lm, torch.device("cpu"), layout="rows")  # packed weights cannot go back
+
+
 @pytest.mark.parametrize("bias", [False, True])
 def test_row_linear_keeps_the_parameters_and_computes_the_product(bias):
     g = torch.Generator().manual_seed(0)

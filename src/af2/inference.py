@@ -30,7 +30,7 @@ from af2.errors import CheckpointError, DeviceError, RequestError
 from af2.registry import DEFAULT_MODEL, model_entry
 from af2.generate import GenerationConfig, left_pad, stream_tokens
 from af2.model.af2 import AF2Model
-from af2.model.cpu_pack import lay_out_for_cpu
+from af2.model.cpu_pack import LAYOUTS, lay_out_for_cpu, packs
 from af2.tokens import SpecialTokens, add_special_tokens, clean_answer, prompt_ids, special_token_ids
 
 CAPTION_PROMPT = "Caption the input audio."
@@ -306,9 +306,23 @@ def cpu_has_fast_bf16() -> bool:
     return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
 
 
+def check_cpu_layout(layout: str | None, device: torch.device, dtype: torch.dtype, int8: bool) -> None:
+    """Raise RequestError unless ``layout`` (``af2.load``'s ``cpu_layout``) can apply to this device and dtype."""
+    if layout is None:
+        return
+    if layout not in LAYOUTS:
+        raise RequestError(f"cpu_layout must be one of {', '.join(LAYOUTS)} (or left out), got {layout!r}")
+    if device.type != "cpu" or int8 or not packs(dtype) or (layout == "rows" and dtype != torch.bfloat16):
+        what = "int8" if int8 else str(dtype).removeprefix("torch.")
+        raise RequestError(f"cpu_layout={layout!r} does not apply to {what} weights on {device}: 'rows' needs bfloat16 "
+                           "on a CPU with oneDNN's bf16 kernels, 'packed' bfloat16 there or float32 on an AVX-512 CPU; "
+                           "leave cpu_layout out to let af2 choose")
+
+
 def load(path_or_id: str | Path = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
          dtype: str | torch.dtype | None = None, base_lm: str | Path | None = None, max_audio_seconds: float = 300.0,
-         strict_length: bool = False, config: AF2Config | None = None, decode_batch: int = 1) -> AF2:
+         strict_length: bool = False, config: AF2Config | None = None, decode_batch: int = 1,
+         cpu_layout: str | None = None) -> AF2:
     """Load an AF2 model: our format (config.json + model.safetensors), NVIDIA's released layout
     (safe_ckpt/ + clap_ckpt/; the Qwen2.5 base LM comes from ``base_lm``, the registry entry, or
     the width of the checkpoint's embedding), a registry name, a local folder or a hub id (honours
@@ -318,12 +332,15 @@ def load(path_or_id: str | Path = DEFAULT_MODEL, *, device: str | torch.device =
     "float32", "bfloat16" or "int8" (int8 linear weights). ``decode_batch``: the batch you mostly
     decode (1: one question at a time; the server and ``af2 eval`` pass theirs); on CPUs it picks
     the weight layout that decodes it fastest (``af2.model.cpu_pack``; any batch still works).
+    ``cpu_layout``: "rows" or "packed" overrides that choice (which is faster for one row depends on
+    the machine: ``benchmarks/decode_layouts.py`` measures both; results differ by bf16 roundings).
     Bad arguments, devices and files raise AF2Errors before weights are read."""
     t0 = time.perf_counter()
     check_device(device)
     if decode_batch < 1:
         raise RequestError(f"decode_batch must be >= 1, got {decode_batch}")
     torch_dtype, int8 = resolve_dtype(dtype, device)
+    check_cpu_layout(cpu_layout, torch.device(device), torch_dtype, int8)
     folder = resolve_model_dir(path_or_id)
     if (folder / "safe_ckpt").is_dir():
         if base_lm is None and not (folder / "lm_config.json").is_file():
@@ -342,7 +359,7 @@ def load(path_or_id: str | Path = DEFAULT_MODEL, *, device: str | torch.device =
     model = model.to(device=device, dtype=torch_dtype)
     # bf16: rows or packed by decode_batch; fp32 on AVX-512: packed; int8 stays plain; batches get the batched
     # attention kernels (af2.model.cpu_pack, af2.model.cpu_decode)
-    lay_out_for_cpu(model.lm, torch.device(device), decode_batch)
+    lay_out_for_cpu(model.lm, torch.device(device), decode_batch, cpu_layout)
     api = AF2(model, tokenizer, special, device=device, max_audio_seconds=max_audio_seconds,
               strict_length=strict_length)
     api.load_s = time.perf_counter() - t0

@@ -44,6 +44,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ... (default cpu)")
     p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16", "int8"],
                    help="default auto: bfloat16 on CPUs with AVX512-BF16/AMX, else float32; int8 = int8 linear weights")
+    p.add_argument("--cpu-layout", choices=["rows", "packed"], default=None,
+                   help="CPU weight layout for decoding (default: rows for one question in bfloat16, packed for "
+                        "batches); which is faster for one row depends on the machine: benchmarks/decode_layouts.py")
     p.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     p.add_argument("--max-audio-seconds", type=float, default=300.0,
                    help="listen to at most this much of each file (default 300 = 5 min); longer input is "
@@ -94,7 +97,7 @@ def _load(args: argparse.Namespace, decode_batch: int = 1):
 
     api = load(args.model, device=args.device, dtype=args.dtype, base_lm=args.base_lm,
                max_audio_seconds=args.max_audio_seconds, strict_length=args.strict_length,
-               decode_batch=decode_batch)
+               decode_batch=decode_batch, cpu_layout=args.cpu_layout)
     if not args.quiet and sys.stderr.isatty():
         print(f"loaded {args.model} ({api.dtype_name}) in {api.load_s:.1f} s", file=sys.stderr)
     return api

@@ -186,23 +186,48 @@ def lay_out_rows(lm: nn.Module) -> int:
     return count
 
 
-def lay_out_for_cpu(lm: nn.Module, device: torch.device, decode_batch: int = 1) -> str:
+LAYOUTS = ("rows", "packed")  # what a caller may ask lay_out_for_cpu for instead of its choice by batch
+
+
+def lay_out_for_cpu(lm: nn.Module, device: torch.device, decode_batch: int = 1, layout: str | None = None) -> str:
     """Lay out ``lm``'s linear weights for the batch the caller expects to decode, where measured
     faster: ``"rows"`` (bf16, one row at a time), ``"packed"`` (bf16 batches; fp32 on AVX-512
     CPUs) or ``"plain"`` (unchanged: other devices and dtypes, int8). On CPUs a batch
     (``decode_batch`` > 1) also switches the step's two attentions to ``af2.model.cpu_decode``'s
     batched kernels, int8 models included. Returns the layout chosen. Laying out again is a no-op,
-    except rows -> packed (packed weights cannot go back to plain)."""
+    except rows -> packed (packed weights cannot go back to plain).
+
+    ``layout`` overrides the choice by batch: ``"packed"`` (any packable model: bf16, or fp32 on
+    AVX-512) or ``"rows"`` (bf16 only). Which single-row layout is faster depends on the machine, not
+    only on its instruction set (``benchmarks/decode_layouts.py`` measures both): on one 2-vCPU AMD
+    EPYC (family 26, AVX512-BF16, read stream 42.6 GB/s) AF2-0.5B bf16 steps at batch 1 took 60-70 ms
+    in the row layout against 77-83 ms packed; on a VM of the same family with a 78-84 GB/s read
+    stream, ``decode_layouts.py`` (gates open) measured 47.4 against 46.7 ms packed, and steps with
+    the gates at zero 44-54 against 36-48 ms packed (that VM varies by 10-20 %). Timing the linears
+    alone did not predict it (rows 10 % faster on 100 MB of the model's own weights), so af2 does not
+    guess: the row layout stays the default for one row. Raises ``ValueError`` for a
+    layout this model or device cannot take."""
+    if layout is not None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown CPU layout {layout!r}; choose from {LAYOUTS} (or None: chosen by batch)")
+        if not can_pack(lm, device):
+            raise ValueError(f"the {layout!r} CPU layout needs a CPU model whose linears this CPU packs "
+                             "(bf16 with oneDNN's bf16 kernels, or fp32 on AVX-512); this one keeps plain weights")
+        if layout == "rows" and (cpu_layout(lm) == "packed"
+                                 or _unpacked_linears(lm)[0].weight.dtype != torch.bfloat16):
+            raise ValueError("the 'rows' CPU layout is for bf16 models that are not packed yet")
     if device.type == "cpu" and decode_batch > 1:  # whatever the weights (int8 too): af2.model.cpu_decode
         use_decode_kernels(lm)
     if cpu_layout(lm) == "packed" or not can_pack(lm, device):
         return cpu_layout(lm)
     bf16 = _unpacked_linears(lm)[0].weight.dtype == torch.bfloat16
-    if bf16 and decode_batch <= 1:
+    if layout == "rows" or (layout is None and bf16 and decode_batch <= 1):
         if cpu_layout(lm) == "plain":
             lay_out_rows(lm)
         return "rows"
-    pack_for_cpu(lm, rows_hint=1 if decode_batch <= 1 else ROWS_HINT)  # fp32: see ROWS_HINT
+    # bf16 packed for any batch is tuned for 8 rows (whole single-row steps ran 36-41 ms against 47-51
+    # tuned for 1, on the faster-stream VM above); fp32: see ROWS_HINT
+    pack_for_cpu(lm, rows_hint=1 if decode_batch <= 1 and not bf16 else ROWS_HINT)
     return "packed"
 
 

@@ -14,6 +14,13 @@ floor (weight bytes / a read-only stream measured in the same run, ``x.sum()`` o
 Every candidate at both row counts takes about 3 minutes on 2 cores (building 0.67 B weights in
 four forms is 20 s of it); ``--budget-s`` stops starting candidates after that many seconds, so
 split long runs with ``--only``. Results of a Zen 4 VM: ``results-linear-kernels-amd-epyc-zen4.json``.
+
+``int8.hand_avx512`` is a kernel written for this question (``int8_gemv.cpp``, built with g++ at its first
+use; not part of af2): each weight row read once, 64 codes at a time, widened to fp32 and multiplied into
+every row of x. On a 2-vCPU Zen 5 VM (2026-12-06, ``results-linear-kernels-amd-epyc-zen5.json``) it took
+24.2 ms a step at M = 1 against 30.2 ms for ``torch._weight_int8pack_mm`` and 28.6 ms for bf16
+(PyTorch's one-row kernel), in the same run; at M = 8 it was slower (77.9 against 49.1 ms). So even
+a kernel written for the CPU streams int8 at 2.6x its read floor there, not at the floor.
 """
 
 from __future__ import annotations
@@ -116,6 +123,29 @@ def _int8_gemv(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> tor
 
 
 @functools.cache
+def _hand_int8() -> Callable:
+    """``int8_gemv.cpp`` built with g++ against this torch (a minute at most, once per process) and loaded:
+    a kernel written for AVX-512F CPUs, to ask how fast int8 weights can stream here. Not part of af2."""
+    import hashlib
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from torch.utils import cpp_extension
+
+    src = Path(__file__).with_name("int8_gemv.cpp")
+    tag = hashlib.sha256(src.read_bytes() + torch.__version__.encode()).hexdigest()[:16]
+    lib = Path(tempfile.gettempdir()) / f"af2-bench-int8-{tag}.so"
+    if not lib.exists():
+        flags = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-L{p}" for p in cpp_extension.library_paths()]
+        abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
+        subprocess.run(["g++", "-O3", "-mavx512f", "-fopenmp", "-shared", "-fPIC", "-std=c++17", abi, *flags,
+                        str(src), "-o", str(lib), "-lc10", "-ltorch_cpu"], check=True, capture_output=True)
+    torch.ops.load_library(str(lib))
+    return torch.ops.af2_bench.int8_linear
+
+
+@functools.cache
 def _int8_gemv_compiled() -> Callable:
     """``_int8_gemv`` compiled once per weight shape (a dynamic-shape graph ran at eager speed), at its
     first call, in the untimed correctness check. Needs a C++ compiler at run time, as any CPU
@@ -158,6 +188,8 @@ def candidates() -> list[Candidate]:
         Candidate("int8.inductor_gemv", torch.bfloat16, lambda f, M: (f["i8"], f["s_bf16"]),
                   lambda x, s: _int8_gemv_compiled()(x, *s),
                   lambda s: _bytes(*s)),
+        Candidate("int8.hand_avx512(bench only)", torch.bfloat16, lambda f, M: (f["i8"], f["s_bf16"]),
+                  lambda x, s: _hand_int8()(x, *s), lambda s: _bytes(*s)),
         Candidate("int4.pack_bf16(g128)", torch.bfloat16, _int4_prep,
                   lambda x, s: torch._weight_int4pack_mm_for_cpu(x, s[0], GROUP, s[1]), lambda s: _bytes(*s),
                   check=False),

@@ -40,7 +40,7 @@ from af2.config import af2_config, apply_overrides, config_to_dict
 from af2.generate import GenerationConfig, left_pad, stream_tokens
 from af2.inference import default_encoder_chunk, resolve_dtype
 from af2.model.af2 import AF2Model, TOKENS_PER_WINDOW
-from af2.model.cpu_pack import lay_out_for_cpu
+from af2.model.cpu_pack import lay_out_audio_for_cpu, lay_out_for_cpu
 from af2.model.xattn import AudioContext
 from floors import cpu_features, cpu_slug, matmul_rate, read_bandwidth
 from readme_block import rewrite_block
@@ -207,6 +207,7 @@ def child_run(dtype_name: str, folder: Path, clips: list[int], tokens: int, ref_
     torch_dtype, int8 = resolve_dtype(API_DTYPE[dtype_name], "cpu")  # what af2.load does, minus the tokenizer
     t = time.perf_counter()
     model = load_pretrained(folder / "ours", torch_dtype, int8=int8)
+    lay_out_audio_for_cpu(model, torch.device("cpu"))
     layout = lay_out_for_cpu(model.lm, torch.device("cpu"), decode_batch=batch)  # int8: plain
     load_s, runs = time.perf_counter() - t, []
     chunk = default_encoder_chunk("cpu")

@@ -12,8 +12,8 @@ import af2
 from af2.generate import GenerationConfig, generate, left_pad
 from af2.errors import RequestError
 from af2.model.cpu_decode import decode_kernels_on
-from af2.model.cpu_pack import (PackedHead, PackedLinear, RowLinear, can_pack, cpu_layout, is_packed, packs,
-                                  lay_out_for_cpu, pack_for_cpu)
+from af2.model.cpu_pack import (AUDIO_ROWS_HINT, PackedHead, PackedLinear, RowLinear, can_pack, cpu_layout, is_packed,
+                                  lay_out_audio_for_cpu, lay_out_for_cpu, pack_for_cpu, packs)
 from af2.parity import fixture_config
 
 HAS_BF16, HAS_FP32 = packs(torch.bfloat16), packs(torch.float32)  # what this CPU packs (af2.model.cpu_pack)
@@ -69,7 +69,8 @@ def test_load_lays_out_weights_for_the_expected_batch(fixture_dir):
     for batch, hint in ((1, 1), (8, 8)):  # fp32: packed for the batch expected
         lm = af2.load(path, dtype="float32", decode_batch=batch, **load).model.lm
         assert is_packed(lm) == HAS_FP32
-        assert {m.rows_hint for m in lm.modules() if isinstance(m, PackedLinear)} == ({hint} if HAS_FP32 else set())
+        hints = {name.endswith("to_kv"): m.rows_hint for name, m in lm.named_modules() if isinstance(m, PackedLinear)}
+        assert hints == ({False: hint, True: AUDIO_ROWS_HINT} if HAS_FP32 else {})  # K/V projections: for audio
     assert cpu_layout(af2.load(path, dtype="int8", **load).model.lm) == "plain"
     int8_batched = af2.load(path, dtype="int8", decode_batch=8, **load).model.lm  # plain weights, batched attention
     assert cpu_layout(int8_batched) == "plain" and decode_kernels_on(int8_batched)
@@ -78,13 +79,53 @@ def test_load_lays_out_weights_for_the_expected_batch(fixture_dir):
         af2.load(path, decode_batch=0, **load)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_packed_audio_path_encodes_as_the_plain_one(official_model, dtype):
+    model = copy.deepcopy(official_model[0]).to(dtype).eval()
+    g = torch.Generator().manual_seed(0)
+    windows, mask = torch.rand(2, 3, 160_000, generator=g) - 0.5, torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    with torch.inference_mode():
+        plain = model.encode_audio(windows, mask.to(dtype), cache_kv=True, chunk=2)
+        count = lay_out_audio_for_cpu(model, torch.device("cpu"))
+        packed = model.encode_audio(windows, mask.to(dtype), cache_kv=True, chunk=2)
+    linears = sum(isinstance(m, PackedLinear) for part in (model.audio_encoder, model.audio_transformer)
+                  for m in part.modules())
+    to_kv = [layer.xattn.attn.to_kv for layer in model.decoder_layers if layer.xattn is not None]
+    assert count == linears + len(to_kv) and linears > 0 and all(isinstance(m, PackedLinear) for m in to_kv)
+    assert not any(type(m) is nn.Linear for part in (model.audio_encoder, model.audio_transformer)
+                   for m in part.modules())
+    assert lay_out_audio_for_cpu(model, torch.device("cpu")) == 0  # nothing left to pack
+    pairs = [(plain.features, packed.features)] + [(a, b) for p, q in zip(plain.kv, packed.kv) if p is not None
+                                                     for a, b in zip(p, q)]
+    for a, b in pairs:
+        if dtype == torch.bfloat16:  # the same oneDNN kernel, its weight re-laid-out once instead of per call
+            assert torch.equal(a, b)
+        else:  # oneDNN's fp32 sums against MKL's
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (a - b).abs().max()
+    assert torch.equal(plain.mask, packed.mask)
+
+
+def test_int8_and_non_cpu_audio_paths_stay_plain(official_model, fixture_dir):
+    model = copy.deepcopy(official_model[0]).eval()
+    assert lay_out_audio_for_cpu(model, torch.device("meta")) == 0
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())
+    int8 = af2.load(fixture_dir / "checkpoint", dtype="int8", config=fixture_config(fixture_dir),
+                    max_audio_seconds=120).model
+    assert not any(isinstance(m, PackedLinear) for m in int8.modules())  # its linears carry int8 codes
+    if HAS_BF16:  # af2.load packs the audio path where it can
+        bf16 = af2.load(fixture_dir / "checkpoint", dtype="bfloat16", config=fixture_config(fixture_dir),
+                        max_audio_seconds=120).model
+        assert any(isinstance(m, PackedLinear) for m in bf16.audio_encoder.modules())
+
+
 def test_load_takes_the_layout_asked_for_and_refuses_what_cannot_apply(fixture_dir, tmp_path):
     load = dict(config=fixture_config(fixture_dir), max_audio_seconds=120)
     path = fixture_dir / "checkpoint"
     if HAS_BF16:
         lm = af2.load(path, dtype="bfloat16", cpu_layout="packed", **load).model.lm  # one row, packed anyway
         assert cpu_layout(lm) == "packed" and not decode_kernels_on(lm)
-        assert {m.rows_hint for m in lm.modules() if isinstance(m, PackedLinear)} == {8}
+        assert {m.rows_hint for name, m in lm.named_modules() if isinstance(m, PackedLinear)
+                and not name.endswith("to_kv")} == {8}
         lm = af2.load(path, dtype="bfloat16", decode_batch=8, cpu_layout="rows", **load).model.lm
         assert cpu_layout(lm) == "rows" and decode_kernels_on(lm)  # a batch's attention kernels, row weights
     missing = tmp_path / "no-such-model"  # refused before any file is read: the path does not exist

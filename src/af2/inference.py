@@ -30,7 +30,7 @@ from af2.errors import CheckpointError, DeviceError, RequestError
 from af2.registry import DEFAULT_MODEL, model_entry
 from af2.generate import GenerationConfig, left_pad, stream_tokens
 from af2.model.af2 import AF2Model
-from af2.model.cpu_pack import LAYOUTS, lay_out_for_cpu, packs
+from af2.model.cpu_pack import LAYOUTS, lay_out_audio_for_cpu, lay_out_for_cpu, packs
 from af2.tokens import SpecialTokens, add_special_tokens, clean_answer, prompt_ids, special_token_ids
 
 CAPTION_PROMPT = "Caption the input audio."
@@ -357,8 +357,9 @@ def load(path_or_id: str | Path = DEFAULT_MODEL, *, device: str | torch.device =
         raise CheckpointError(f"{folder}: neither an af2 model (config.json + model.safetensors) nor an official AF2 "
                               "checkpoint (safe_ckpt/ + clap_ckpt/); convert one with `af2 convert`")
     model = model.to(device=device, dtype=torch_dtype)
-    # bf16: rows or packed by decode_batch; fp32 on AVX-512: packed; int8 stays plain; batches get the batched
-    # attention kernels (af2.model.cpu_pack, af2.model.cpu_decode)
+    # the audio path packed for oneDNN (bf16; fp32 on AVX-512); then the LM: bf16 rows or packed by decode_batch,
+    # fp32 on AVX-512 packed, int8 plain; batches get the batched attention kernels (af2.model.cpu_pack, cpu_decode)
+    lay_out_audio_for_cpu(model, torch.device(device))
     lay_out_for_cpu(model.lm, torch.device(device), decode_batch, cpu_layout)
     api = AF2(model, tokenizer, special, device=device, max_audio_seconds=max_audio_seconds,
               strict_length=strict_length)

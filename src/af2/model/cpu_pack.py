@@ -154,10 +154,11 @@ class RowLinear(nn.Linear):
 _PLAIN = (nn.Linear, RowLinear)  # the linear types that still hold a plain weight
 
 
-def _replace_linears(lm: nn.Module, make) -> int:
-    """Replace every plain (or row-layout) linear of ``lm`` except the output head by ``make(linear)``."""
-    head = lm.get_output_embeddings()
-    skip = {id(m) for m in head.modules()}  # the head itself; a PackedHead keeps its plain linear for the table
+def _replace_linears(lm: nn.Module, make, keep_head: bool = True) -> int:
+    """Replace every plain (or row-layout) linear of ``lm`` by ``make(linear)``, except (``keep_head``)
+    the output head of a language model."""
+    # the head itself; a PackedHead keeps its plain linear for the table
+    skip = {id(m) for m in lm.get_output_embeddings().modules()} if keep_head else set()
     targets = [(name, m) for name, m in lm.named_modules() if type(m) in _PLAIN and id(m) not in skip]
     for name, module in targets:
         parent_name, _, attr = name.rpartition(".")
@@ -183,6 +184,34 @@ def lay_out_rows(lm: nn.Module) -> int:
     head = lm.get_output_embeddings()
     if type(head) is nn.Linear:
         lm.set_output_embeddings(RowLinear.from_linear(head))
+    return count
+
+
+AUDIO_ROWS_HINT = 1024  # the audio path multiplies thousands of rows per call (HTSAT: 4,096 tokens a window)
+
+
+def lay_out_audio_for_cpu(model: nn.Module, device: torch.device) -> int:
+    """Pack for oneDNN, in place, the linears that only ever multiply audio: the audio encoder's
+    (HTSAT), the audio transformation layers' and the cross-attention's key/value projections.
+    Call it before ``lay_out_for_cpu``, which then leaves those key/value projections packed for
+    audio rather than for a decoding step's rows. Returns the number packed (0 where this CPU does
+    not pack the model's dtype, or for int8 models, whose audio path has its own linears).
+
+    A plain weight is re-laid-out by oneDNN at every call, and fp32 products of plain weights go to
+    MKL, which ran AMD's AVX-512 cores at half oneDNN's rate. Measured (AF2-0.5B, 2-vCPU AMD EPYC
+    family 26, 2 threads, encode with cached audio K/V): bf16 5-min clip 6.6-7.5 -> 5.6 s and 30-s
+    clip 0.70 -> 0.60 s, bit for bit the same features and K/V; fp32 30-s clip 2.6-2.7 -> 1.1-1.2 s,
+    features within 6e-6 (oneDNN's sums against MKL's)."""
+    audio = [model.audio_encoder, model.audio_transformer]
+    if not can_pack(model.audio_encoder, device):
+        return 0
+    count = sum(_replace_linears(part, lambda m: PackedLinear(m, AUDIO_ROWS_HINT), keep_head=False)
+                for part in audio)
+    for module in model.modules():
+        attn_kv = getattr(module, "to_kv", None)  # af2.model.xattn.MaskedCrossAttention
+        if type(attn_kv) in _PLAIN:
+            module.to_kv = PackedLinear(attn_kv, AUDIO_ROWS_HINT)
+            count += 1
     return count
 
 

@@ -1,5 +1,5 @@
 """Decoding on CPUs: the language model's linear weights pre-packed once for oneDNN (bf16, and fp32
-on AVX-512 CPUs).
+on AVX-512 CPUs). The audio path's linears are packed too (``lay_out_audio_for_cpu``, at the end).
 
 A decoding step multiplies a few rows (1 at batch 1, 8 at batch 8) by every weight of the LM.
 Measured with ``benchmarks/linear_kernels.py`` (AF2-0.5B's whole per-step weight set, 265 calls,

@@ -129,8 +129,8 @@ def test_load_takes_the_layout_asked_for_and_refuses_what_cannot_apply(fixture_d
         lm = af2.load(path, dtype="bfloat16", decode_batch=8, cpu_layout="rows", **load).model.lm
         assert cpu_layout(lm) == "rows" and decode_kernels_on(lm)  # a batch's attention kernels, row weights
     missing = tmp_path / "no-such-model"  # refused before any file is read: the path does not exist
-    for kwargs, match in (({"cpu_layout": "fast"}, "cpu_layout must be one of rows, packed"),
-                          ({"dtype": "int8", "cpu_layout": "packed"}, "does not apply to int8 weights"),
+    for kwargs, match in (({"cpu_layout": "fast"}, "unknown CPU layout 'fast'; choose from rows, packed"),
+                          ({"dtype": "int8", "cpu_layout": "packed"}, "does not apply to int8 or packed weights"),
                           ({"dtype": "float32", "cpu_layout": "rows"}, "does not apply to float32 weights")):
         with pytest.raises(RequestError, match=match):
             af2.load(missing, **kwargs)

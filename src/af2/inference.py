@@ -30,7 +30,7 @@ from af2.errors import CheckpointError, DeviceError, RequestError
 from af2.registry import DEFAULT_MODEL, model_entry
 from af2.generate import GenerationConfig, left_pad, stream_tokens
 from af2.model.af2 import AF2Model
-from af2.model.cpu_pack import LAYOUTS, lay_out_audio_for_cpu, lay_out_for_cpu, packs
+from af2.model.cpu_pack import lay_out_audio_for_cpu, lay_out_for_cpu, layout_problem
 from af2.tokens import SpecialTokens, add_special_tokens, clean_answer, prompt_ids, special_token_ids
 
 CAPTION_PROMPT = "Caption the input audio."
@@ -308,15 +308,9 @@ def cpu_has_fast_bf16() -> bool:
 
 def check_cpu_layout(layout: str | None, device: torch.device, dtype: torch.dtype, int8: bool) -> None:
     """Raise RequestError unless ``layout`` (``af2.load``'s ``cpu_layout``) can apply to this device and dtype."""
-    if layout is None:
-        return
-    if layout not in LAYOUTS:
-        raise RequestError(f"cpu_layout must be one of {', '.join(LAYOUTS)} (or left out), got {layout!r}")
-    if device.type != "cpu" or int8 or not packs(dtype) or (layout == "rows" and dtype != torch.bfloat16):
-        what = "int8" if int8 else str(dtype).removeprefix("torch.")
-        raise RequestError(f"cpu_layout={layout!r} does not apply to {what} weights on {device}: 'rows' needs bfloat16 "
-                           "on a CPU with oneDNN's bf16 kernels, 'packed' bfloat16 there or float32 on an AVX-512 CPU; "
-                           "leave cpu_layout out to let af2 choose")
+    problem = None if layout is None else layout_problem(layout, device, None if int8 else dtype)
+    if problem is not None:
+        raise RequestError(f"cpu_layout: {problem}; leave cpu_layout out to let af2 choose")
 
 
 def load(path_or_id: str | Path = DEFAULT_MODEL, *, device: str | torch.device = "cpu",

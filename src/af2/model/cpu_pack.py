@@ -203,7 +203,7 @@ def lay_out_audio_for_cpu(model: nn.Module, device: torch.device) -> int:
     clip 0.70 -> 0.60 s, bit for bit the same features and K/V; fp32 30-s clip 2.6-2.7 -> 1.1-1.2 s,
     features within 6e-6 (oneDNN's sums against MKL's)."""
     audio = [model.audio_encoder, model.audio_transformer]
-    if not can_pack(model.audio_encoder, device):
+    if not can_pack(model, device):
         return 0
     count = sum(_replace_linears(part, lambda m: PackedLinear(m, AUDIO_ROWS_HINT), keep_head=False)
                 for part in audio)
@@ -216,6 +216,18 @@ def lay_out_audio_for_cpu(model: nn.Module, device: torch.device) -> int:
 
 
 LAYOUTS = ("rows", "packed")  # what a caller may ask lay_out_for_cpu for instead of its choice by batch
+
+
+def layout_problem(layout: str, device: torch.device, dtype: torch.dtype | None) -> str | None:
+    """Why ``layout`` (one a caller asks ``lay_out_for_cpu`` for) cannot apply to linears of ``dtype``
+    (None: int8 or no plain linears) on ``device``, or None when it can."""
+    if layout not in LAYOUTS:
+        return f"unknown CPU layout {layout!r}; choose from {', '.join(LAYOUTS)} (or leave it out: chosen by batch)"
+    if device.type != "cpu" or dtype is None or not packs(dtype) or (layout == "rows" and dtype != torch.bfloat16):
+        what = "int8 or packed" if dtype is None else str(dtype).removeprefix("torch.")
+        return (f"the {layout!r} CPU layout does not apply to {what} weights on {device}: 'rows' needs bfloat16 on a "
+                "CPU with oneDNN's bf16 kernels, 'packed' bfloat16 there or float32 on an AVX-512 CPU")
+    return None
 
 
 def lay_out_for_cpu(lm: nn.Module, device: torch.device, decode_batch: int = 1, layout: str | None = None) -> str:
@@ -237,14 +249,12 @@ def lay_out_for_cpu(lm: nn.Module, device: torch.device, decode_batch: int = 1, 
     guess: the row layout stays the default for one row. Raises ``ValueError`` for a
     layout this model or device cannot take."""
     if layout is not None:
-        if layout not in LAYOUTS:
-            raise ValueError(f"unknown CPU layout {layout!r}; choose from {LAYOUTS} (or None: chosen by batch)")
-        if not can_pack(lm, device):
-            raise ValueError(f"the {layout!r} CPU layout needs a CPU model whose linears this CPU packs "
-                             "(bf16 with oneDNN's bf16 kernels, or fp32 on AVX-512); this one keeps plain weights")
-        if layout == "rows" and (cpu_layout(lm) == "packed"
-                                 or _unpacked_linears(lm)[0].weight.dtype != torch.bfloat16):
-            raise ValueError("the 'rows' CPU layout is for bf16 models that are not packed yet")
+        plain = _unpacked_linears(lm)
+        problem = layout_problem(layout, device, plain[0].weight.dtype if plain else None)
+        if problem is None and layout == "rows" and cpu_layout(lm) == "packed":
+            problem = "the 'rows' CPU layout is for bf16 models that are not packed yet"
+        if problem is not None:
+            raise ValueError(problem)
     if device.type == "cpu" and decode_batch > 1:  # whatever the weights (int8 too): af2.model.cpu_decode
         use_decode_kernels(lm)
     if cpu_layout(lm) == "packed" or not can_pack(lm, device):

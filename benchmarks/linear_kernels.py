@@ -139,10 +139,11 @@ def _hand_int8() -> Callable:
     if not lib.exists():
         flags = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-L{p}" for p in cpp_extension.library_paths()]
         abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
-        subprocess.run(["g++", "-O3", "-mavx512f", "-fopenmp", "-shared", "-fPIC", "-std=c++17", abi, *flags,
+        subprocess.run(["g++", "-O3", "-mavx512f", "-mavx512bw", "-mavx512vnni", "-fopenmp", "-shared", "-fPIC",
+                        "-std=c++17", abi, *flags,
                         str(src), "-o", str(lib), "-lc10", "-ltorch_cpu"], check=True, capture_output=True)
     torch.ops.load_library(str(lib))
-    return torch.ops.af2_bench.int8_linear
+    return torch.ops.af2_bench
 
 
 @functools.cache
@@ -189,7 +190,9 @@ def candidates() -> list[Candidate]:
                   lambda x, s: _int8_gemv_compiled()(x, *s),
                   lambda s: _bytes(*s)),
         Candidate("int8.hand_avx512(bench only)", torch.bfloat16, lambda f, M: (f["i8"], f["s_bf16"]),
-                  lambda x, s: _hand_int8()(x, *s), lambda s: _bytes(*s)),
+                  lambda x, s: _hand_int8().int8_linear(x, *s), lambda s: _bytes(*s)),
+        Candidate("int8.hand_a16_vnni(bench only)", torch.bfloat16, lambda f, M: (f["i8"], f["s_bf16"]),
+                  lambda x, s: _hand_int8().int8_linear_a16(x, *s), lambda s: _bytes(*s)),
         Candidate("int4.pack_bf16(g128)", torch.bfloat16, _int4_prep,
                   lambda x, s: torch._weight_int4pack_mm_for_cpu(x, s[0], GROUP, s[1]), lambda s: _bytes(*s),
                   check=False),

@@ -309,8 +309,9 @@ def table(results: dict) -> str:
     for result in results["runs"]:
         for row in derive(result, results["floors"]):
             clip = f"{row['seconds'] // 60} min" if row["seconds"] >= 60 else f"{row['seconds']} s"
-            note = (f"{row['b8_over_b1']:.1f}× batch-1 tokens/s "
-                    f"(at the read floor: {row['b8_over_b1_at_floor']:.1f}×); audio x-attn {max(row['audio_share'], 0):.0%} of a step" if row["batch"] == 8 else "")
+            note = (f"{row['b8_over_b1']:.1f}× batch-1 tokens/s (at the read floor: "
+                    f"{row['b8_over_b1_at_floor']:.1f}×); audio x-attn {max(row['audio_share'], 0):.0%} of a step"
+                    if row["batch"] == 8 else "")
             enc = (f"{row['encode_s']:.2f} ({row['encode_over_floor']:.2f}×, {row['encode_speedup_vs_ref']:.1f}×)"
                    if row["batch"] == 1 else "(8× batch 1)")
             ttft = (f"{row['first_token_s']:.2f} ({row['first_token_over_floor']:.2f}×, "

@@ -34,7 +34,8 @@ void rows_kernel(const float* xp, const int8_t* wp, const float* sp, float* yp, 
         const int8_t* w = wp + (n0 + r) * K + k;
         __m512 wq[4];
         for (int j = 0; j < 4; ++j)
-          wq[j] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 16 * j))));
+          wq[j] = _mm512_cvtepi32_ps(
+              _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 16 * j))));
         for (int64_t m = 0; m < M; ++m) {
           const float* xr = xp + m * K + k;
           for (int j = 0; j < 4; ++j)
@@ -76,8 +77,37 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& codes, const at::T
 }
 
 // For comparison only (not the numerics): activations quantized per row to int16, the codes
-// widened to int16, and VNNI's vpdpwssd (32 int16 products a step into int32); W8A16 arithmetic.
+// widened to int16, and VNNI's vpdpwssd (32 int16 products a step into int32); W8A16 arithmetic. Built for
+// AVX512-BW/VNNI by attribute only, so the rest of the library still loads on AVX-512F CPUs without them.
+__attribute__((target("avx512bw,avx512vnni")))
+void a16_rows(const int16_t* xp, const float* xsp, const int8_t* wp, const float* sp, float* yp, int64_t M,
+              int64_t N, int64_t K, int64_t begin, int64_t end) {
+  for (int64_t n0 = begin; n0 < end; n0 += 2) {
+    const int rows = (int)std::min<int64_t>(2, end - n0);
+    __m512i acc[2][kMaxRows][2];
+    for (int r = 0; r < 2; ++r)
+      for (int64_t m = 0; m < M; ++m) acc[r][m][0] = acc[r][m][1] = _mm512_setzero_si512();
+    for (int64_t k = 0; k < K; k += 64) {
+      for (int r = 0; r < rows; ++r) {
+        const int8_t* w = wp + (n0 + r) * K + k;
+        const __m512i w0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
+        const __m512i w1 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32)));
+        for (int64_t m = 0; m < M; ++m) {
+          const int16_t* xr = xp + m * K + k;
+          acc[r][m][0] = _mm512_dpwssd_epi32(acc[r][m][0], w0, _mm512_loadu_si512(xr));
+          acc[r][m][1] = _mm512_dpwssd_epi32(acc[r][m][1], w1, _mm512_loadu_si512(xr + 32));
+        }
+      }
+    }
+    for (int r = 0; r < rows; ++r)
+      for (int64_t m = 0; m < M; ++m)
+        yp[m * N + n0 + r] = (float)_mm512_reduce_add_epi32(_mm512_add_epi32(acc[r][m][0], acc[r][m][1])) *
+                             xsp[m] * sp[n0 + r];
+  }
+}
+
 at::Tensor int8_linear_a16(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scale) {
+  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kChar && codes.is_contiguous(), "codes: (N, K) int8");
   const int64_t N = codes.size(0), K = codes.size(1);
   TORCH_CHECK(K % 64 == 0, "K must be a multiple of 64, got ", K);
   at::Tensor xf = x.reshape({-1, K}).to(at::kFloat).contiguous();
@@ -92,29 +122,7 @@ at::Tensor int8_linear_a16(const at::Tensor& x, const at::Tensor& codes, const a
   const int8_t* wp = codes.data_ptr<int8_t>();
   const float* sp = sf.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, N, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t n0 = begin; n0 < end; n0 += 2) {
-      const int rows = (int)std::min<int64_t>(2, end - n0);
-      __m512i acc[2][kMaxRows][2];
-      for (int r = 0; r < 2; ++r) for (int64_t m = 0; m < M; ++m) acc[r][m][0] = acc[r][m][1] = _mm512_setzero_si512();
-      for (int64_t k = 0; k < K; k += 64) {
-        for (int r = 0; r < rows; ++r) {
-          const int8_t* w = wp + (n0 + r) * K + k;
-          const __m512i w0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
-          const __m512i w1 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32)));
-          for (int64_t m = 0; m < M; ++m) {
-            const int16_t* xr = xp + m * K + k;
-            acc[r][m][0] = _mm512_dpwssd_epi32(acc[r][m][0], w0, _mm512_loadu_si512(xr));
-            acc[r][m][1] = _mm512_dpwssd_epi32(acc[r][m][1], w1, _mm512_loadu_si512(xr + 32));
-          }
-        }
-      }
-      for (int r = 0; r < rows; ++r)
-        for (int64_t m = 0; m < M; ++m)
-          yp[m * N + n0 + r] = (float)_mm512_reduce_add_epi32(_mm512_add_epi32(acc[r][m][0], acc[r][m][1])) *
-                               xsp[m] * sp[n0 + r];
-    }
-  });
+  at::parallel_for(0, N, 64, [&](int64_t begin, int64_t end) { a16_rows(xp, xsp, wp, sp, yp, M, N, K, begin, end); });
   auto sizes = x.sizes().vec();
   sizes.back() = N;
   return y.to(x.scalar_type()).reshape(sizes);

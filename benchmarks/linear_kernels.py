@@ -35,7 +35,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from floors import best_of, read_bandwidth
+from floors import best_of, cpu_features, read_bandwidth
 
 LAYERS = 24
 LAYER = [("q", 896, 896), ("k", 896, 128), ("v", 896, 128), ("o", 896, 896), ("gate", 896, 4864),
@@ -123,9 +123,10 @@ def _int8_gemv(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> tor
 
 
 @functools.cache
-def _hand_int8() -> Callable:
-    """``int8_gemv.cpp`` built with g++ against this torch (a minute at most, once per process) and loaded:
-    a kernel written for AVX-512F CPUs, to ask how fast int8 weights can stream here. Not part of af2."""
+def _hand_int8():
+    """``int8_gemv.cpp`` built with g++ against this torch (a minute at most, once per process) and loaded;
+    returns its op namespace: kernels written for AVX-512F CPUs (the W8A16 one for VNNI too), to ask how fast
+    int8 weights can stream here. Not part of af2."""
     import hashlib
     import subprocess
     import tempfile
@@ -139,11 +140,20 @@ def _hand_int8() -> Callable:
     if not lib.exists():
         flags = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-L{p}" for p in cpp_extension.library_paths()]
         abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
-        subprocess.run(["g++", "-O3", "-mavx512f", "-mavx512bw", "-mavx512vnni", "-fopenmp", "-shared", "-fPIC",
-                        "-std=c++17", abi, *flags,
+        subprocess.run(["g++", "-O3", "-mavx512f", "-fopenmp", "-shared", "-fPIC", "-std=c++17", abi, *flags,
                         str(src), "-o", str(lib), "-lc10", "-ltorch_cpu"], check=True, capture_output=True)
     torch.ops.load_library(str(lib))
     return torch.ops.af2_bench
+
+
+def _hand_state(feature: str) -> Callable[[dict, int], object]:
+    """The hand kernels' state (codes, scales), refused on a CPU without ``feature`` (a ``cpu_features`` key):
+    there they would die of an illegal instruction, where a refusal is recorded and the loop goes on."""
+    def prep(f: dict, M: int):
+        if not cpu_features()[feature]:
+            raise RuntimeError(f"this CPU lacks {feature}")
+        return f["i8"], f["s_bf16"]
+    return prep
 
 
 @functools.cache
@@ -189,9 +199,9 @@ def candidates() -> list[Candidate]:
         Candidate("int8.inductor_gemv", torch.bfloat16, lambda f, M: (f["i8"], f["s_bf16"]),
                   lambda x, s: _int8_gemv_compiled()(x, *s),
                   lambda s: _bytes(*s)),
-        Candidate("int8.hand_avx512(bench only)", torch.bfloat16, lambda f, M: (f["i8"], f["s_bf16"]),
+        Candidate("int8.hand_avx512(bench only)", torch.bfloat16, _hand_state("avx512"),
                   lambda x, s: _hand_int8().int8_linear(x, *s), lambda s: _bytes(*s)),
-        Candidate("int8.hand_a16_vnni(bench only)", torch.bfloat16, lambda f, M: (f["i8"], f["s_bf16"]),
+        Candidate("int8.hand_a16_vnni(bench only)", torch.bfloat16, _hand_state("avx512_vnni"),
                   lambda x, s: _hand_int8().int8_linear_a16(x, *s), lambda s: _bytes(*s)),
         Candidate("int4.pack_bf16(g128)", torch.bfloat16, _int4_prep,
                   lambda x, s: torch._weight_int4pack_mm_for_cpu(x, s[0], GROUP, s[1]), lambda s: _bytes(*s),

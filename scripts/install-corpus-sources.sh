@@ -28,9 +28,10 @@ else
   pip_cmd=(python3 -m pip)
 fi
 
-# Small: spoken words (alsa-utils), a short-SFX pack (frozen-bubble-data), flite TTS and
-# MIDI rendering with the 6 MB timgm6mb soundfont.
-small_debs=(alsa-utils frozen-bubble-data flite fluidsynth timgm6mb-soundfont)
+# Small: spoken words (alsa-utils), a short-SFX pack (frozen-bubble-data), flite TTS,
+# MIDI rendering with the 6 MB timgm6mb soundfont, and espeak-ng (1 MB; the evaluation-reserved
+# voices of scripts/nano-external-set.py, whose test otherwise skips on a fresh machine).
+small_debs=(alsa-utils frozen-bubble-data flite fluidsynth timgm6mb-soundfont espeak-ng)
 full_debs=("${small_debs[@]}" hedgewars-data freeciv-data wesnoth-1.16-music
            festival festvox-kallpc16k festvox-us-slt-hts fluid-soundfont-gm)
 small_pips=(mido==1.3.3)

@@ -15,7 +15,8 @@ PY=${PYTHON:-python3}
 HF_HUB_OFFLINE=1 .venv/bin/af2 base-lm prepare smollm2-135m-instruct
 # The corpus builder's sample test renders a few minutes of audio from small Debian packages
 # (flite, fluidsynth + a 6 MB soundfont, two SFX packs); install them once (needs root for apt).
-if ! command -v flite >/dev/null || ! command -v fluidsynth >/dev/null || [ ! -d /usr/share/games/frozen-bubble ]; then
+if ! command -v flite >/dev/null || ! command -v fluidsynth >/dev/null || ! command -v espeak-ng >/dev/null ||
+   [ ! -d /usr/share/games/frozen-bubble ]; then
   bash scripts/install-corpus-sources.sh --small
 fi
 # The web page's test drives Debian's headless Chromium through its ChromeDriver (needs root for apt).

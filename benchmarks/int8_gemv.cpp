@@ -16,6 +16,31 @@ namespace {
 
 constexpr int64_t kMaxRows = 8;
 
+// What both products check and prepare: codes (N, K) int8 with K a multiple of 64, x as 1 to kMaxRows fp32 rows
+// of K, the scales in fp32, and the fp32 output they fill; finish() gives it x's dtype and leading shape.
+struct Operands {
+  int64_t M, N, K;
+  at::Tensor xf, sf, y;
+
+  Operands(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scale) {
+    TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kChar && codes.is_contiguous(), "codes: (N, K) int8");
+    N = codes.size(0);
+    K = codes.size(1);
+    TORCH_CHECK(K % 64 == 0, "K must be a multiple of 64, got ", K);
+    xf = x.reshape({-1, K}).to(at::kFloat).contiguous();
+    M = xf.size(0);
+    TORCH_CHECK(M >= 1 && M <= kMaxRows, "1 to ", kMaxRows, " rows, got ", M);
+    sf = scale.to(at::kFloat).contiguous();
+    y = at::empty({M, N}, at::kFloat);
+  }
+
+  at::Tensor finish(const at::Tensor& x) const {
+    auto sizes = x.sizes().vec();
+    sizes.back() = N;
+    return y.to(x.scalar_type()).reshape(sizes);
+  }
+};
+
 // R weight rows at a time, each x row's sum split into S accumulators (the four 16-code quarters of a
 // 64-code step summed separately when S = 4): R * M * S independent FMA chains, enough to cover the FMA
 // latency. One accumulator per row was latency-bound (four dependent FMAs per 64 codes).
@@ -53,27 +78,19 @@ void rows_kernel(const float* xp, const int8_t* wp, const float* sp, float* yp, 
 }
 
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scale) {
-  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kChar && codes.is_contiguous(), "codes: (N, K) int8");
-  const int64_t N = codes.size(0), K = codes.size(1);
-  TORCH_CHECK(K % 64 == 0, "K must be a multiple of 64, got ", K);
-  at::Tensor xf = x.reshape({-1, K}).to(at::kFloat).contiguous();
-  const int64_t M = xf.size(0);
-  TORCH_CHECK(M >= 1 && M <= kMaxRows, "1 to ", kMaxRows, " rows, got ", M);
-  at::Tensor sf = scale.to(at::kFloat).contiguous();
-  at::Tensor y = at::empty({M, N}, at::kFloat);
-  const float* xp = xf.data_ptr<float>();
+  Operands o(x, codes, scale);
+  const int64_t M = o.M, N = o.N, K = o.K;
+  const float* xp = o.xf.data_ptr<float>();
   const int8_t* wp = codes.data_ptr<int8_t>();
-  const float* sp = sf.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
+  const float* sp = o.sf.data_ptr<float>();
+  float* yp = o.y.data_ptr<float>();
   at::parallel_for(0, N, 64, [&](int64_t begin, int64_t end) {
     if (M == 1) rows_kernel<2, 4>(xp, wp, sp, yp, M, N, K, begin, end);
     else if (M == 2) rows_kernel<2, 2>(xp, wp, sp, yp, M, N, K, begin, end);
     else if (M <= 4) rows_kernel<2, 1>(xp, wp, sp, yp, M, N, K, begin, end);
     else rows_kernel<1, 1>(xp, wp, sp, yp, M, N, K, begin, end);
   });
-  auto sizes = x.sizes().vec();
-  sizes.back() = N;
-  return y.to(x.scalar_type()).reshape(sizes);
+  return o.finish(x);
 }
 
 // For comparison only (not the numerics): activations quantized per row to int16, the codes
@@ -107,25 +124,17 @@ void a16_rows(const int16_t* xp, const float* xsp, const int8_t* wp, const float
 }
 
 at::Tensor int8_linear_a16(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scale) {
-  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kChar && codes.is_contiguous(), "codes: (N, K) int8");
-  const int64_t N = codes.size(0), K = codes.size(1);
-  TORCH_CHECK(K % 64 == 0, "K must be a multiple of 64, got ", K);
-  at::Tensor xf = x.reshape({-1, K}).to(at::kFloat).contiguous();
-  const int64_t M = xf.size(0);
-  TORCH_CHECK(M >= 1 && M <= kMaxRows, "1 to ", kMaxRows, " rows, got ", M);
-  at::Tensor xs = xf.abs().amax(1).clamp_min(1e-30) / 32767.0;  // (M,) per-row scale
-  at::Tensor xq = at::round(xf / xs.unsqueeze(1)).to(at::kShort).contiguous();
-  at::Tensor sf = scale.to(at::kFloat).contiguous();
-  at::Tensor y = at::empty({M, N}, at::kFloat);
+  Operands o(x, codes, scale);
+  const int64_t M = o.M, N = o.N, K = o.K;
+  at::Tensor xs = o.xf.abs().amax(1).clamp_min(1e-30) / 32767.0;  // (M,) per-row scale
+  at::Tensor xq = at::round(o.xf / xs.unsqueeze(1)).to(at::kShort).contiguous();
   const int16_t* xp = xq.data_ptr<int16_t>();
   const float* xsp = xs.data_ptr<float>();
   const int8_t* wp = codes.data_ptr<int8_t>();
-  const float* sp = sf.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
+  const float* sp = o.sf.data_ptr<float>();
+  float* yp = o.y.data_ptr<float>();
   at::parallel_for(0, N, 64, [&](int64_t begin, int64_t end) { a16_rows(xp, xsp, wp, sp, yp, M, N, K, begin, end); });
-  auto sizes = x.sizes().vec();
-  sizes.back() = N;
-  return y.to(x.scalar_type()).reshape(sizes);
+  return o.finish(x);
 }
 
 }  // namespace
